@@ -1,0 +1,41 @@
+# Two entry points do all set-up on a fresh machine:
+#   make run   install, then run the whole pipeline on the embedded digits dataset (CPU)
+#   make test  install, then run the test suite (unit, end-to-end Snakemake + DVC, lint)
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+# Stage commands are plain `python -m pipeline ...`: put the venv first on PATH so that
+# Snakemake and DVC both run them with the venv's interpreter.
+export PATH := $(BIN):$(PATH)
+# Where `make run` keeps the default DVC remote (a local directory, outside the repo).
+DVC_REMOTE ?= $(HOME)/.cache/supcon-geometry/dvc-remote
+CORES ?= all
+
+.PHONY: install run test lint bench clean
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# requirements.lock pins every transitive version: same versions -> same bytes.
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'
+	touch $@
+
+run: install
+	dvc config --local cache.dir "$(CURDIR)/.dvc/cache"
+	mkdir -p "$(DVC_REMOTE)"
+	dvc remote add --local --default --force local "$(DVC_REMOTE)"
+	snakemake --cores $(CORES)
+	dvc status
+	dvc push --quiet
+	@echo "figures: data/figures/  summary: data/summary/summary.csv"
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	ruff check pipeline tests
+	snakemake --lint
+
+clean:
+	rm -rf .snakemake logs data/labels data/models data/logs data/embeddings data/geometry data/summary data/figures

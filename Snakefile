@@ -1,0 +1,27 @@
+"""supcon-geometry: noisy labels -> training -> embeddings -> geometry -> aggregate -> figures.
+
+Run from the repository root: `snakemake --cores all` (add `--resources gpu=N` on a GPU
+machine). Reads params.yaml, or the one file given with `--configfile`. Every job runs the
+same command as the matching DVC stage (both come from pipeline/stages.py), and after a
+successful run the results are recorded into dvc.lock, so `dvc status` is clean.
+"""
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/train.smk"
+include: "rules/analysis.smk"
+
+
+rule all:
+    input:
+        S.SUMMARY_CSV,
+        S.FIGURES_DIR,
+    default_target: True
+
+
+onsuccess:
+    # Only params.yaml is what dvc.yaml describes; a run of another params file (a preset
+    # via --configfile) is not recorded into dvc.lock.
+    if PARAMS_FILE == S.PARAMS_FILE:
+        shell("python -m pipeline record")

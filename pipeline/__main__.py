@@ -1,0 +1,94 @@
+"""Thin command line over the stage functions: ``python -m pipeline <stage> ...``.
+
+Options are derived from the stage table (pipeline.stages), so the CLI, Snakemake and DVC
+agree on every flag. Each stage function receives only the params keys its stage declares.
+Stage modules are imported lazily: a geometry job should not pay for importing torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from pathlib import Path
+
+from pipeline import stages
+from pipeline.config import ParamsError, load_params, select
+
+# stage name -> (module, function)
+ENTRY_POINTS = {
+    "noisy_labels": ("pipeline.noise", "make_noisy_labels"),
+    "train": ("pipeline.train", "train"),
+    "embed": ("pipeline.embed", "extract_embeddings"),
+    "geometry": ("pipeline.geometry", "measure_geometry"),
+    "aggregate": ("pipeline.aggregate", "aggregate_runs"),
+    "figures": ("pipeline.figures", "draw_figures"),
+}
+
+WILDCARD_TYPES = {"dataset": str, "model": str, "noise": float, "seed": int}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for stage in stages.STAGES:
+        p = sub.add_parser(stage.name, help=f"run stage {stage.name}")
+        p.add_argument("--params", default=stages.PARAMS_FILE, help="params file")
+        for w in stage.matrix:
+            p.add_argument(f"--{w}", required=True, type=WILDCARD_TYPES[w])
+        for name in [*stage.deps, *stage.outs]:
+            p.add_argument(f"--{name.replace('_', '-')}", dest=name, required=True, type=Path)
+        p.add_argument("--log", type=Path, help="also write the log to this file")
+    p = sub.add_parser("dvc-yaml", help="render dvc.yaml from pipeline/stages.py")
+    p.add_argument("--check", action="store_true", help="exit 1 if dvc.yaml is out of date")
+    p.add_argument("--output", type=Path, default=Path("dvc.yaml"))
+    sub.add_parser("record", help="record finished outputs into dvc.lock (dvc commit)")
+    return parser
+
+
+def _setup_logging(log_file: Path | None) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file, mode="w"))
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        handlers=handlers, force=True,
+    )
+
+
+def run_stage(stage: stages.Stage, args: argparse.Namespace) -> object:
+    params = load_params(args.params)
+    wildcards = {w: getattr(args, w) for w in stage.matrix}
+    keys = [key.format(**{w: str(v) for w, v in wildcards.items()}) for key in stage.params]
+    module, function = ENTRY_POINTS[stage.name]
+    fn = getattr(importlib.import_module(module), function)
+    files = {name: getattr(args, name) for name in [*stage.deps, *stage.outs]}
+    return fn(select(params, keys, args.params), **wildcards, **files)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "dvc-yaml":
+        from pipeline.dvc_yaml import write_dvc_yaml
+
+        return write_dvc_yaml(args.output, check=args.check)
+    if args.command == "record":
+        from pipeline.dvc_yaml import record
+
+        return record()
+    _setup_logging(args.log)
+    log = logging.getLogger("pipeline")
+    try:
+        run_stage(stages.BY_NAME[args.command], args)
+    except (ParamsError, ValueError, ArithmeticError, OSError) as e:
+        # Expected failures (bad params, bad or missing input, divergence): one clear line
+        # naming the value and its source, no traceback, exit status 1.
+        log.error("%s failed: %s", args.command, e)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

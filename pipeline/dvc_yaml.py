@@ -1,0 +1,71 @@
+"""The DVC front-end: render dvc.yaml from the stage table, and record Snakemake's results.
+
+dvc.yaml keeps DVC's own ``matrix`` templating over params.yaml, so ``dvc repro`` alone
+follows any change of the grid; this module only spells the stage table in DVC's syntax.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from pipeline import stages
+
+HEADER = (
+    "# Generated from pipeline/stages.py by `python -m pipeline dvc-yaml`: edit that file,\n"
+    "# then rerun the command (a test fails while this file is out of date).\n"
+)
+
+
+def _dvc(pattern: str) -> str:
+    """``{wildcard}`` -> DVC's ``${item.wildcard}``."""
+    return re.sub(r"{(\w+)}", r"${item.\1}", pattern)
+
+
+def stage_entry(stage: stages.Stage) -> dict:
+    values = {w: f"${{item.{w}}}" for w in stage.matrix}
+    values |= {f"in.{n}": _dvc(stage.dep_path(n)) for n in stage.deps}
+    values |= {f"out.{n}": _dvc(p) for n, p in stage.outs.items()}
+    values["log"] = _dvc(stage.log)
+    entry: dict = {}
+    if stage.matrix:
+        entry["matrix"] = {w: f"${{{stages.GRID_AXES[w]}}}" for w in stage.matrix}
+    entry["cmd"] = stage.command(values)
+    entry["deps"] = [*stage.code, *(_dvc(stage.dep_path(n)) for n in stage.deps)]
+    entry["params"] = [_dvc(key) for key in stage.params]
+    entry["outs"] = [_dvc(p) for p in stage.outs.values()]
+    return entry
+
+
+def render() -> str:
+    doc = {"stages": {s.name: stage_entry(s) for s in stages.STAGES}}
+    return HEADER + yaml.safe_dump(doc, sort_keys=False, width=1000)
+
+
+def write_dvc_yaml(path: Path, check: bool = False) -> int:
+    text = render()
+    if check:
+        if not path.exists() or path.read_text() != text:
+            print(f"{path} is out of date: run `python -m pipeline dvc-yaml`", file=sys.stderr)
+            return 1
+        return 0
+    path.write_text(text)
+    return 0
+
+
+def record() -> int:
+    """Record every stage's current deps and outs into dvc.lock after a Snakemake run, so
+    `dvc status` is clean and `dvc repro` a no-op. `--force`: Snakemake already ran the
+    commands; DVC only hashes what they produced."""
+    result = subprocess.run(["dvc", "commit", "--force", "--quiet"], check=False)
+    if result.returncode != 0:
+        print(
+            "warning: `dvc commit` failed, so dvc.lock does not record this run (were all "
+            "targets built? run plain `snakemake` or `dvc repro` for the full grid)",
+            file=sys.stderr,
+        )
+    return result.returncode

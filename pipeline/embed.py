@@ -1,0 +1,92 @@
+"""Stage ``embed``: a trained encoder's representations of every train and test sample.
+
+Writes one row per sample (schema ``schemas.embeddings``) with the producing run's typed
+config in the file's key-value metadata, and the head's rows (``schemas.head``; none for
+supcon) to a second file, so the geometry stage needs neither torch nor the checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from pipeline import datasets, schemas
+from pipeline.io import write_parquet
+from pipeline.models import Model
+from pipeline.train import load_checkpoint, normalised_images, pick_device, read_labels
+
+
+def _fixed_size_list(values: np.ndarray) -> pa.FixedSizeListArray:
+    n, dim = values.shape
+    flat = pa.array(np.ascontiguousarray(values, dtype=np.float32).reshape(-1))
+    return pa.FixedSizeListArray.from_arrays(flat, dim)
+
+
+@torch.no_grad()
+def _represent(net: Model, x: torch.Tensor, batch_size: int) -> np.ndarray:
+    parts = [net.represent(x[i : i + batch_size]).cpu() for i in range(0, x.shape[0], batch_size)]
+    return torch.cat(parts).numpy()  # (N, h) float32
+
+
+def extract_embeddings(
+    params: dict,
+    *,
+    dataset: str,
+    model: str,
+    noise: float,
+    seed: int,
+    labels: Path,
+    checkpoint: Path,
+    embeddings: Path,
+    head: Path,
+) -> pa.Table:
+    cfg, state = load_checkpoint(Path(checkpoint))
+    expected = (dataset, model, float(noise), int(seed))
+    found = (cfg.dataset, cfg.model.model, cfg.noise_fraction, cfg.seed)
+    if found != expected:
+        raise ValueError(
+            f"{checkpoint}: made for (dataset, model, noise, seed) = {found}, expected {expected}"
+        )
+    torch.set_num_threads(1)  # as in training: results independent of the core count
+    device = pick_device()
+    data = datasets.load(dataset, params["datasets"][dataset])
+    label_table = read_labels(Path(labels), data.train.labels.shape[0])
+    net = Model(cfg.model)
+    net.load_state_dict(state)
+    net.to(device).eval()
+
+    batch = params["embed"]["batch_size"]
+    z_train = _represent(net, normalised_images(data, data.train.images, device), batch)
+    z_test = _represent(net, normalised_images(data, data.test.images, device), batch)
+    n_train, n_test = z_train.shape[0], z_test.shape[0]
+    dim = cfg.model.representation_dim
+    table = pa.table(
+        {
+            "index": np.concatenate([np.arange(n_train), np.arange(n_test)]).astype(np.int64),
+            "split": ["train"] * n_train + ["test"] * n_test,
+            "clean_label": np.concatenate([data.train.labels, data.test.labels]),
+            "noisy_label": pa.array(
+                np.concatenate([label_table["noisy_label"].to_numpy(), np.zeros(n_test, int)]),
+                mask=np.arange(n_train + n_test) >= n_train,  # no training label on test rows
+                type=pa.int64(),
+            ),
+            "embedding": _fixed_size_list(np.concatenate([z_train, z_test])),
+        },
+        schema=schemas.embeddings(dim),
+    )
+    write_parquet(table, embeddings, metadata={"train_config": cfg.to_dict()})
+
+    if net.has_head:
+        weights = net.head.detach().cpu().numpy()  # (K, h)
+        head_table = pa.table(
+            {"class": np.arange(weights.shape[0], dtype=np.int64),
+             "weight": _fixed_size_list(weights)},
+            schema=schemas.head(dim),
+        )
+    else:
+        head_table = schemas.head(dim).empty_table()
+    write_parquet(head_table, head, metadata={"train_config": cfg.to_dict()})
+    return table

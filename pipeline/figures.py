@@ -1,0 +1,397 @@
+"""Stage ``figures``: the paper's plots, per dataset of the grid, as PNG and PDF.
+
+- ``geometry_{dataset}``: Section 5.2. Per model, the distributions (pooled over seeds, at
+  noise fraction ``figures.geometry_noise``) of the cosine similarity across class means, of
+  each sample to its class mean and across head weights, against the regular-simplex value
+  -1/(K-1) and 1 (collapse).
+- ``iterations_to_fit_{dataset}``: Section 5.3. Iterations to fit the (noisy) training labels
+  against the noise fraction p per model, with every seed shown, runs that never fit marked at
+  the top, and the fitted growth exponent a of iterations ~ c * p^a in the legend.
+- ``training_curves_{dataset}``: loss, train accuracy on the labels trained on, and test
+  accuracy of the class-mean classifier over iterations, mean over seeds.
+
+Figures are built with the object-oriented API (``matplotlib.figure.Figure``, rendered by the
+Agg and PDF canvases), never pyplot, so no global figure state or GUI backend is involved,
+and under matplotlib's default rc settings, so a user's matplotlibrc cannot change the bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import matplotlib as mpl
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from pipeline import schemas, stages
+from pipeline.io import InputError, atomic_dir, read_parquet
+
+log = logging.getLogger(__name__)
+
+MODEL_NAMES = {"supcon": "SupCon", "ce": "CE", "ce_fixed": "CE (fixed simplex head)"}
+COSINE_KINDS = ("class_means", "sample_to_class_mean", "head_weights")
+COSINE_LABELS = {
+    "class_means": "across\nclass means",
+    "sample_to_class_mean": "sample to\nits class mean",
+    "head_weights": "across\nhead weights",
+}
+FORMATS = ("png", "pdf")
+# Keys matplotlib writes by default that hold a version or a time: dropped for equal bytes.
+SAVE_METADATA = {
+    "png": {"Software": None},
+    "pdf": {"Creator": None, "Producer": None, "CreationDate": None},
+}
+RUNS_COLUMNS = {
+    "dataset": pa.string(),
+    "model": pa.string(),
+    "noise_fraction": pa.float64(),
+    "seed": pa.int64(),
+}
+TRAIN_LOG_COLUMNS = {f.name: f.type for f in schemas.TRAIN_LOG}
+COSINES_COLUMNS = {f.name: f.type for f in schemas.COSINES}
+
+
+def model_name(model: str) -> str:
+    return MODEL_NAMES.get(model, model)
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    """A figure on the Agg canvas (PDF output switches to the PDF canvas when saving)."""
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _rc() -> dict:
+    """matplotlib's defaults (not the user's matplotlibrc), less the backend setting."""
+    return {k: v for k, v in mpl.rcParamsDefault.items() if k != "backend"}
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def load_runs_table(path: Path, grid: dict) -> pd.DataFrame:
+    """The aggregate stage's runs table, checked to hold every run of ``grid``."""
+    table = read_parquet(path, RUNS_COLUMNS).to_pandas()
+    for column in ("num_classes", "iterations_to_fit"):
+        if column not in table:
+            raise InputError(f"{path}: missing column {column!r} (has {list(table.columns)})")
+    keys = list(table[list(RUNS_COLUMNS)].itertuples(index=False, name=None))
+    wanted = {}
+    for job in stages.grid_jobs(stages.GEOMETRY, grid):
+        wanted[(job["dataset"], job["model"], float(job["noise"]), int(job["seed"]))] = job
+    present = set(keys)
+    for key, job in wanted.items():
+        if key not in present:
+            raise InputError(f"{path}: no row for run {job} of the grid (rerun aggregate)")
+    # Rows of runs outside the grid (a stale table) are not drawn.
+    return table[[key in wanted for key in keys]].reset_index(drop=True)
+
+
+def load_cosines(geometry_dir: Path, grid: dict, noise_fraction: float) -> pd.DataFrame:
+    """The cosine distributions of the grid's runs at ``noise_fraction``, one row per value:
+    dataset, model, seed, kind, value."""
+    frames = []
+    for job in _jobs_at_noise(grid, noise_fraction):
+        path = stages.run_file(stages.COSINES, geometry_dir, **job)
+        frame = read_parquet(path, COSINES_COLUMNS).to_pandas()
+        unknown = sorted(set(frame["kind"]) - set(COSINE_KINDS))
+        if unknown:
+            raise InputError(f"{path}: unknown cosine kind(s) {unknown} (known: {COSINE_KINDS})")
+        frames.append(
+            frame.assign(dataset=job["dataset"], model=job["model"], seed=int(job["seed"]))
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def _jobs_at_noise(grid: dict, noise_fraction: float) -> list[dict[str, str]]:
+    jobs = [
+        job
+        for job in stages.grid_jobs(stages.GEOMETRY, grid)
+        if float(job["noise"]) == float(noise_fraction)
+    ]
+    if not jobs:
+        raise ValueError(
+            f"figures.geometry_noise: {noise_fraction} is not one of grid.noise_fractions "
+            f"{grid['noise_fractions']}"
+        )
+    return jobs
+
+
+def load_train_logs(train_log_dir: Path, grid: dict) -> pd.DataFrame:
+    """Every training log of the grid, stacked, with dataset, model, noise_fraction, seed."""
+    frames = []
+    for job in stages.grid_jobs(stages.TRAIN, grid):
+        path = stages.run_file(stages.TRAIN_LOG, train_log_dir, **job)
+        frame = read_parquet(path, TRAIN_LOG_COLUMNS).to_pandas()
+        frames.append(
+            frame.assign(
+                dataset=job["dataset"],
+                model=job["model"],
+                noise_fraction=float(job["noise"]),
+                seed=int(job["seed"]),
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def num_classes_of(runs: pd.DataFrame, dataset: str) -> int:
+    values = runs.loc[runs["dataset"] == dataset, "num_classes"].dropna().unique()
+    if len(values) != 1:
+        raise InputError(f"runs table: dataset {dataset!r} has num_classes {sorted(values)}")
+    return int(values[0])
+
+
+# ----------------------------------------------------------------------------- analysis
+
+
+def fit_power_law(
+    noise_fractions: np.ndarray, iterations: np.ndarray
+) -> tuple[float, float] | None:
+    """Least-squares fit of log(iterations) = log(c) + a log(p); returns (c, a).
+
+    Uses the points with p > 0 and a finite, positive iteration count (a run that never fit
+    is NaN and drops out); None when fewer than two distinct such p remain.
+    """
+    p = np.asarray(noise_fractions, dtype=np.float64)
+    y = np.asarray(iterations, dtype=np.float64)
+    keep = (p > 0) & np.isfinite(p) & np.isfinite(y) & (y > 0)
+    if np.unique(p[keep]).size < 2:
+        return None
+    a, log_c = np.polyfit(np.log(p[keep]), np.log(y[keep]), deg=1)
+    return float(np.exp(log_c)), float(a)
+
+
+def iterations_by_noise(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per noise fraction of one model: mean and sample std of iterations_to_fit over the
+    seeds that fit, and how many seeds fit out of how many."""
+    iterations = runs["iterations_to_fit"].astype(np.float64)
+    grouped = iterations.groupby(runs["noise_fraction"], sort=True)
+    return pd.DataFrame(
+        {
+            "mean": grouped.mean(),
+            "std": grouped.std(ddof=1),
+            "n_fit": grouped.count(),
+            "n_seeds": grouped.size(),
+        }
+    ).reset_index()
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def plot_geometry(
+    cosines: pd.DataFrame, *, dataset: str, num_classes: int, models: list[str], noise: float
+) -> Figure:
+    """Section 5.2: one panel per model, a box per cosine kind (whiskers at min and max)."""
+    simplex = -1.0 / (num_classes - 1)
+    with mpl.rc_context(_rc()):
+        fig = _new_figure(0.5 + 3.4 * len(models), 4.6)
+        axes = fig.subplots(1, len(models), sharey=True, squeeze=False)[0]
+        for ax, model in zip(axes, models, strict=True):
+            of_model = cosines[(cosines["dataset"] == dataset) & (cosines["model"] == model)]
+            n_seeds = of_model["seed"].nunique()
+            for x, kind in enumerate(COSINE_KINDS, start=1):
+                values = of_model.loc[of_model["kind"] == kind, "value"].to_numpy()
+                if values.size == 0:
+                    text = "no head" if kind == "head_weights" else "no data"
+                    ax.text(x, 0.0, text, ha="center", va="center", style="italic", color="0.4")
+                    continue
+                ax.boxplot([values], positions=[x], widths=0.6, whis=(0, 100), showfliers=False)
+            ax.axhline(
+                simplex, color="tab:red", ls="--", lw=1, label=f"simplex -1/(K-1) = {simplex:.4g}"
+            )
+            ax.axhline(1.0, color="tab:blue", ls=":", lw=1, label="1 (collapse)")
+            ax.set_xticks(range(1, len(COSINE_KINDS) + 1))
+            ax.set_xticklabels([COSINE_LABELS[k] for k in COSINE_KINDS])
+            ax.set_xlim(0.4, len(COSINE_KINDS) + 0.6)
+            ax.set_ylim(-1.05, 1.05)
+            ax.set_title(f"{model_name(model)} ({n_seeds} seeds)")
+        axes[0].set_ylabel("cosine similarity (dimensionless)")
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncols=2)
+        fig.suptitle(
+            f"{dataset} (K = {num_classes}): cosine similarities at noise fraction {noise:g}, "
+            "pooled over seeds"
+        )
+    return fig
+
+
+def plot_iterations_to_fit(
+    runs: pd.DataFrame, *, dataset: str, num_classes: int, models: list[str]
+) -> Figure:
+    """Section 5.3: iterations to fit vs noise fraction; mean +- std over the seeds that fit,
+    every seed as a dot, seeds that never fit as an x on the line at the top."""
+    runs = runs[runs["dataset"] == dataset]
+    iterations = runs["iterations_to_fit"].astype(np.float64)
+    top = _not_fit_level(runs, iterations)
+    noise_values = np.sort(runs["noise_fraction"].unique())
+    dodge = 0.006 * (noise_values.max() - noise_values.min() or 1.0)  # keep models apart
+    with mpl.rc_context(_rc()):
+        fig = _new_figure(7.0, 4.8)
+        ax = fig.subplots()
+        any_not_fit = False
+        for i, model in enumerate(models):
+            shift = (i - (len(models) - 1) / 2) * dodge
+            of_model = runs[runs["model"] == model]
+            any_not_fit |= _plot_model_iterations(ax, of_model, model, f"C{i}", shift, top)
+        handles, labels = ax.get_legend_handles_labels()
+        if any_not_fit:
+            ax.axhline(top, color="0.5", lw=0.8, ls=":")
+            handles.append(Line2D([], [], ls="none", marker="x", mew=2, color="0.3"))
+            labels.append(f"not fit (shown at {top:.4g})")
+        handles.append(Line2D([], [], ls="none", marker=".", color="0.3"))
+        labels.append("single seed")
+        ax.legend(handles, labels, loc="upper left", fontsize="small")
+        ax.set_xlabel("noise fraction p (fraction of training labels flipped)")
+        ax.set_ylabel("iterations to fit (SGD steps)")
+        ax.set_ylim(bottom=0)
+        ax.set_title(
+            f"{dataset} (K = {num_classes}): iterations to fit noisy labels, "
+            "mean ± std over seeds that fit"
+        )
+    return fig
+
+
+def _plot_model_iterations(
+    ax, runs: pd.DataFrame, model: str, color: str, shift: float, top: float
+) -> bool:
+    """One model's mean +- std, seed dots, not-fit crosses at ``top`` and power-law fit;
+    ``shift`` moves the markers sideways (noise units). True if any run never fit."""
+    stats = iterations_by_noise(runs)
+    fit = fit_power_law(stats["noise_fraction"], stats["mean"])
+    label = model_name(model) + (
+        f": a = {fit[1]:.2f} (iters ~ {fit[0]:.3g} p^{fit[1]:.2f})" if fit else ": a = n/a"
+    )
+    p = stats["noise_fraction"].to_numpy()
+    ax.errorbar(
+        p + shift,
+        stats["mean"],
+        yerr=stats["std"].fillna(0.0),
+        color=color,
+        marker="o",
+        capsize=3,
+        label=label,
+    )
+    iterations = runs["iterations_to_fit"].astype(np.float64)
+    fit_rows = iterations.notna().to_numpy()
+    noise = runs["noise_fraction"].to_numpy()
+    ax.plot(
+        noise[fit_rows] + shift, iterations[fit_rows], ls="none", marker=".", color=color, alpha=0.5
+    )
+    not_fit = noise[~fit_rows]
+    if not_fit.size:  # never dropped: drawn as crosses at the training length
+        x = not_fit + shift
+        ax.plot(x, np.full(x.size, top), ls="none", marker="x", ms=8, mew=2, color=color)
+    if fit:
+        curve = np.linspace(p[p > 0].min(), p.max(), 100)
+        ax.plot(curve, fit[0] * curve ** fit[1], color=color, ls="--", lw=0.8)
+    return bool(not_fit.size)
+
+
+def _not_fit_level(runs: pd.DataFrame, iterations: pd.Series) -> float:
+    """Where a run that never fit is drawn: at the training length (it had not fit by then),
+    else just above the slowest run that did."""
+    if "final_iteration" in runs and runs["final_iteration"].notna().any():
+        return float(runs["final_iteration"].max())
+    return 1.1 * float(iterations.max()) if iterations.notna().any() else 1.0
+
+
+CURVE_ROWS = (
+    ("loss", "training loss (nats)", 1.0),
+    ("train_accuracy_noisy", "train accuracy,\nnoisy labels (%)", 100.0),
+    ("test_accuracy_class_mean", "test accuracy,\nclass-mean classifier (%)", 100.0),
+)
+
+
+def plot_training_curves(
+    logs: pd.DataFrame,
+    *,
+    dataset: str,
+    num_classes: int,
+    models: list[str],
+    noise_fractions: list[float],
+) -> Figure:
+    """Rows: loss, train accuracy (noisy labels), test accuracy (class means); one column per
+    model, one colour per noise fraction; each line is the mean over seeds per iteration."""
+    logs = logs[logs["dataset"] == dataset]
+    cmap = mpl.colormaps["viridis"]
+    noise_fractions = sorted(float(p) for p in noise_fractions)
+    colors = {p: cmap(i / max(len(noise_fractions) - 1, 1)) for i, p in enumerate(noise_fractions)}
+    with mpl.rc_context(_rc()):
+        fig = _new_figure(0.8 + 3.6 * len(models), 8.4)
+        axes = fig.subplots(len(CURVE_ROWS), len(models), sharex=True, sharey="row", squeeze=False)
+        for col, model in enumerate(models):
+            of_model = logs[logs["model"] == model]
+            axes[0, col].set_title(model_name(model))
+            for p in noise_fractions:
+                run = of_model[of_model["noise_fraction"] == p]
+                mean = run.groupby("iteration", sort=True)[[c for c, _, _ in CURVE_ROWS]].mean()
+                for row, (column, _, scale) in enumerate(CURVE_ROWS):
+                    axes[row, col].plot(
+                        mean.index.to_numpy(),
+                        scale * mean[column].to_numpy(),
+                        color=colors[p],
+                        lw=1.2,
+                        label=f"{p:g}",
+                    )
+            axes[-1, col].set_xlabel("iteration (SGD steps)")
+        for row, (_, label, _) in enumerate(CURVE_ROWS):
+            axes[row, 0].set_ylabel(label)
+        axes[0, 0].legend(title="noise fraction p", fontsize="small")
+        fig.suptitle(f"{dataset} (K = {num_classes}): training curves, mean over seeds")
+    return fig
+
+
+def save_figure(fig: Figure, directory: Path, stem: str, dpi: int) -> list[Path]:
+    """Write ``stem``.png and ``stem``.pdf with no version or time stamp in the bytes."""
+    paths = []
+    with mpl.rc_context(_rc()):
+        for fmt in FORMATS:
+            path = Path(directory) / f"{stem}.{fmt}"
+            fig.savefig(path, format=fmt, dpi=dpi, metadata=SAVE_METADATA[fmt])
+            paths.append(path)
+    fig.clear()  # OO figures are not registered with pyplot; clearing frees the artists
+    return paths
+
+
+def draw_figures(
+    params: dict, *, runs: Path, geometry_dir: Path, train_log_dir: Path, figures: Path
+) -> list[Path]:
+    """Draw the three figures of every dataset into directory ``figures`` (replaced as a
+    whole); return the paths of the files written, in a fixed order."""
+    grid = params["grid"]
+    dpi = int(params["figures"]["dpi"])
+    noise = float(params["figures"]["geometry_noise"])
+    run_table = load_runs_table(Path(runs), grid)
+    cosines = load_cosines(Path(geometry_dir), grid, noise)
+    logs = load_train_logs(Path(train_log_dir), grid)
+    models = list(grid["models"])
+    names: list[str] = []
+    with atomic_dir(figures) as tmp:
+        for dataset in grid["datasets"]:
+            k = num_classes_of(run_table, dataset)
+            drawn = {
+                f"geometry_{dataset}": plot_geometry(
+                    cosines, dataset=dataset, num_classes=k, models=models, noise=noise
+                ),
+                f"iterations_to_fit_{dataset}": plot_iterations_to_fit(
+                    run_table, dataset=dataset, num_classes=k, models=models
+                ),
+                f"training_curves_{dataset}": plot_training_curves(
+                    logs,
+                    dataset=dataset,
+                    num_classes=k,
+                    models=models,
+                    noise_fractions=grid["noise_fractions"],
+                ),
+            }
+            for stem, fig in drawn.items():
+                names += [p.name for p in save_figure(fig, tmp, stem, dpi)]
+    log.info("wrote %d figure files to %s", len(names), figures)
+    return [Path(figures) / name for name in names]

@@ -1,0 +1,115 @@
+"""Atomic, deterministic file output and checked Parquet input.
+
+Every stage writes through :func:`atomic_path`: the bytes go to a temporary sibling, are
+fsynced and renamed into place, so an interrupted stage never leaves a file that Snakemake
+or DVC could take for a finished one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+class InputError(ValueError):
+    """An upstream artifact is missing, truncated or has the wrong schema."""
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it replaces ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a fresh temporary directory; on success it replaces directory ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    old = path.with_name(f".{path.name}.old{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        for child in tmp.iterdir():
+            with open(child, "rb+") as f:
+                os.fsync(f.fileno())
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_parquet(table: pa.Table, path: str | Path, metadata: dict | None = None) -> None:
+    """Write ``table`` atomically; ``metadata`` (JSON-able values) goes to the file's
+    key-value metadata. No timestamps are written, so equal tables give equal bytes."""
+    if metadata:
+        kv = dict(table.schema.metadata or {})
+        kv.update({k.encode(): json.dumps(v, sort_keys=True).encode() for k, v in metadata.items()})
+        table = table.replace_schema_metadata(kv)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+
+
+def read_parquet(path: str | Path, columns: dict[str, pa.DataType] | None = None) -> pa.Table:
+    """Read a Parquet file, checking it is complete and has ``columns`` with these types."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: missing input file")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise InputError(f"{path}: unreadable or truncated Parquet file ({e})") from e
+    check_columns(table.schema, columns or {}, path)
+    return table
+
+
+def check_columns(schema: pa.Schema, columns: dict[str, pa.DataType], path) -> None:
+    for name, dtype in columns.items():
+        if name not in schema.names:
+            raise InputError(f"{path}: missing column {name!r} (has {schema.names})")
+        if not schema.field(name).type.equals(dtype):
+            raise InputError(
+                f"{path}: column {name!r} has type {schema.field(name).type}, expected {dtype}"
+            )
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The JSON key-value metadata written by :func:`write_parquet` (pandas' own excluded)."""
+    kv = pq.read_schema(path).metadata or {}
+    return {k.decode(): json.loads(v) for k, v in kv.items() if k != b"pandas"}
+
+
+def write_json(obj, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")

@@ -1,0 +1,209 @@
+"""Every stage of the pipeline, defined once: its matrix, files, params keys, code and command.
+
+Both front-ends are rendered from this table, so they run the identical command per job:
+- Snakemake: ``rules/*.smk`` build each rule from a :class:`Stage` (``snakemake_*`` helpers);
+- DVC: ``dvc.yaml`` is rendered by ``python -m pipeline dvc-yaml`` with DVC's own
+  ``matrix`` templating over params.yaml, and a test checks the committed file is current.
+
+Path patterns use ``{wildcard}`` fields; a wildcard is one axis of the run grid in params.yaml.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# The run grid: wildcard -> the params.yaml list that enumerates it (DVC matrix axes).
+GRID_AXES: dict[str, str] = {
+    "dataset": "grid.datasets",
+    "model": "grid.models",
+    "noise": "grid.noise_fractions",
+    "seed": "grid.seeds",
+}
+
+# Regexes Snakemake uses to parse wildcards back out of paths.
+WILDCARD_CONSTRAINTS: dict[str, str] = {
+    "dataset": r"[a-z][a-z0-9_]*",
+    "model": r"[a-z][a-z0-9_]*",
+    "noise": r"[0-9]+(\.[0-9]+)?(e-?[0-9]+)?",
+    "seed": r"[0-9]+",
+}
+
+PARAMS_FILE = "params.yaml"
+
+# One training run's identity inside every per-run folder.
+RUN = "{dataset}/{model}/noise{noise}-seed{seed}"
+
+LABELS = "data/labels/{dataset}/noise{noise}-seed{seed}.parquet"
+MODEL = f"data/models/{RUN}.pt"
+TRAIN_LOG = f"data/train_logs/{RUN}.parquet"
+EMBEDDINGS = f"data/embeddings/{RUN}.parquet"
+HEAD = f"data/heads/{RUN}.parquet"
+GEOMETRY_DIR = "data/geometry"
+GEOMETRY_METRICS = f"{GEOMETRY_DIR}/{RUN}/metrics.json"
+COSINES = f"{GEOMETRY_DIR}/{RUN}/cosines.parquet"
+TRAIN_LOG_DIR = "data/train_logs"
+SUMMARY_DIR = "data/summary"
+RUNS_TABLE = f"{SUMMARY_DIR}/runs.parquet"
+SUMMARY_TABLE = f"{SUMMARY_DIR}/summary.parquet"
+SUMMARY_CSV = f"{SUMMARY_DIR}/summary.csv"
+FIGURES_DIR = "data/figures"
+LOG = "logs/{stage}/{key}.log"
+
+
+@dataclass(frozen=True)
+class GridDir:
+    """A directory input of a grid-wide stage: DVC depends on the directory, Snakemake on
+    the per-run files in it (``patterns`` expanded over the grid), the CLI gets the directory.
+    """
+
+    path: str
+    patterns: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # CLI subcommand and DVC stage name
+    rule: str  # Snakemake rule name (an action)
+    matrix: tuple[str, ...]  # wildcards: one job per combination of grid values
+    deps: dict[str, str | GridDir]  # CLI option -> input path pattern
+    outs: dict[str, str]  # CLI option -> output path pattern
+    params: tuple[str, ...]  # dotted params.yaml keys read (may hold {wildcard})
+    code: tuple[str, ...]  # source files whose change must rerun the stage
+    directory_outs: tuple[str, ...] = field(default=())  # outs that are directories
+
+    @property
+    def log(self) -> str:
+        key = "-".join(f"{{{w}}}" for w in self.matrix) if self.matrix else self.name
+        return LOG.format(stage=self.name, key=key)
+
+    def command(self, values: dict[str, str], params_file: str = PARAMS_FILE) -> str:
+        """The exact shell command of one job; ``values`` maps each placeholder to its text.
+
+        Placeholders: each wildcard by name, each input as ``in.<name>``, each output as
+        ``out.<name>`` and ``log``. Front-ends pass their own spelling of each placeholder.
+        """
+        parts = ["python -m pipeline", self.name, "--params", params_file]
+        parts += [f"--{w} {values[w]}" for w in self.matrix]
+        parts += [f"--{_flag(n)} {values['in.' + n]}" for n in self.deps]
+        parts += [f"--{_flag(n)} {values['out.' + n]}" for n in self.outs]
+        parts += [f"--log {values['log']}"]
+        return " ".join(parts)
+
+    def dep_path(self, name: str) -> str:
+        dep = self.deps[name]
+        return dep.path if isinstance(dep, GridDir) else dep
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def fill(pattern: str, **wildcards: object) -> str:
+    """Fill a path pattern; unlike str.format, an unknown field is an error naming it."""
+    missing = set(re.findall(r"{(\w+)}", pattern)) - set(wildcards)
+    if missing:
+        raise KeyError(f"pattern {pattern!r} needs wildcard(s) {sorted(missing)}")
+    return pattern.format(**wildcards)
+
+
+# Every stage writes through these: a change to them may change any artifact's bytes.
+_SHARED_CODE = ("pipeline/io.py", "pipeline/schemas.py")
+
+_TRAIN_CODE = (
+    "pipeline/train.py",
+    "pipeline/models.py",
+    "pipeline/losses.py",
+    "pipeline/simplex.py",
+    "pipeline/datasets.py",
+    *_SHARED_CODE,
+)
+
+NOISY_LABELS = Stage(
+    name="noisy_labels",
+    rule="make_noisy_labels",
+    matrix=("dataset", "noise", "seed"),
+    deps={},
+    outs={"labels": LABELS},
+    params=("datasets.{dataset}", "noisy_labels"),
+    code=("pipeline/noise.py", "pipeline/datasets.py", *_SHARED_CODE),
+)
+
+TRAIN = Stage(
+    name="train",
+    rule="train_model",
+    matrix=("dataset", "model", "noise", "seed"),
+    deps={"labels": LABELS},
+    outs={"checkpoint": MODEL, "train_log": TRAIN_LOG},
+    params=("datasets.{dataset}", "train.common", "train.models.{model}"),
+    code=_TRAIN_CODE,
+)
+
+EMBED = Stage(
+    name="embed",
+    rule="extract_embeddings",
+    matrix=("dataset", "model", "noise", "seed"),
+    deps={"labels": LABELS, "checkpoint": MODEL},
+    outs={"embeddings": EMBEDDINGS, "head": HEAD},
+    params=("datasets.{dataset}", "embed"),
+    code=("pipeline/embed.py", *_TRAIN_CODE),
+)
+
+GEOMETRY = Stage(
+    name="geometry",
+    rule="measure_geometry",
+    matrix=("dataset", "model", "noise", "seed"),
+    deps={"embeddings": EMBEDDINGS, "head": HEAD, "train_log": TRAIN_LOG},
+    outs={"metrics": GEOMETRY_METRICS, "cosines": COSINES},
+    params=("geometry",),
+    code=("pipeline/geometry.py", *_SHARED_CODE),
+)
+
+AGGREGATE = Stage(
+    name="aggregate",
+    rule="aggregate_runs",
+    matrix=(),
+    deps={"geometry_dir": GridDir(GEOMETRY_DIR, (GEOMETRY_METRICS,))},
+    outs={"runs": RUNS_TABLE, "summary": SUMMARY_TABLE, "summary_csv": SUMMARY_CSV},
+    params=("grid",),
+    code=("pipeline/aggregate.py", *_SHARED_CODE),
+)
+
+FIGURES = Stage(
+    name="figures",
+    rule="draw_figures",
+    matrix=(),
+    deps={
+        "runs": RUNS_TABLE,
+        "geometry_dir": GridDir(GEOMETRY_DIR, (COSINES,)),
+        "train_log_dir": GridDir(TRAIN_LOG_DIR, (TRAIN_LOG,)),
+    },
+    outs={"figures": FIGURES_DIR},
+    params=("grid", "figures"),
+    code=("pipeline/figures.py", *_SHARED_CODE),
+    directory_outs=("figures",),
+)
+
+STAGES: tuple[Stage, ...] = (NOISY_LABELS, TRAIN, EMBED, GEOMETRY, AGGREGATE, FIGURES)
+BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}
+
+
+def grid_jobs(stage: Stage, grid: dict) -> list[dict[str, str]]:
+    """Every job of ``stage`` for a validated ``grid`` section, as wildcard -> text.
+
+    Values are rendered with ``str`` exactly as DVC's templating does (``0.0`` -> "0.0").
+    """
+    axes = [[str(v) for v in grid[GRID_AXES[w].split(".")[1]]] for w in stage.matrix]
+    return [dict(zip(stage.matrix, combo, strict=True)) for combo in itertools.product(*axes)]
+
+
+def run_file(pattern: str, directory: str | Path, **wildcards: object) -> Path:
+    """Where a per-run file of ``pattern`` lies when its top folder is ``directory``.
+
+    Grid-wide stages get the folder as an argument (so tests can point them elsewhere) and
+    find each run's file in it by the same pattern the per-run stages write.
+    """
+    top = pattern.split("/{", 1)[0]  # e.g. "data/geometry"
+    return Path(directory) / fill(pattern, **wildcards).removeprefix(top + "/")

@@ -1,0 +1,212 @@
+"""pipeline.aggregate: per-run table and across-seed summary of synthetic geometry metrics."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import stages
+from pipeline.aggregate import aggregate_runs
+from pipeline.io import InputError
+
+# Model order deliberately not alphabetical: the outputs must keep the grid's order.
+GRID = {"datasets": ["digits"], "models": ["supcon", "ce"], "noise_fractions": [0.0, 0.5, 1.0],
+        "seeds": [0, 1]}  # fmt: skip
+PARAMS = {"grid": GRID}
+# iterations_to_fit per (model, noise) for seeds 0 and 1; None = never fit.
+ITERATIONS = {
+    ("supcon", 0.0): (100, 300),
+    ("supcon", 0.5): (1000, None),
+    ("supcon", 1.0): (None, None),
+    ("ce", 0.0): (200, 200),
+    ("ce", 0.5): (500, 700),
+    ("ce", 1.0): (900, None),
+}
+
+
+def metrics_for(dataset: str, model: str, noise: float, seed: int) -> dict:
+    """Known values: final_loss = 1 + noise + seed/10,
+    train_accuracy_noisy = 1 - noise/2 - seed/100, iterations_to_fit from ITERATIONS."""
+    it = ITERATIONS.get((model, noise), (5, 5))[seed] if seed in (0, 1) else 12345
+    return {
+        "dataset": dataset,
+        "model": model,
+        "noise_fraction": noise,
+        "seed": seed,
+        "num_classes": 10,
+        "simplex_cosine": -1 / 9,
+        "final_loss": 1.0 + noise + seed / 10,
+        "train_accuracy_noisy": 1.0 - noise / 2 - seed / 100,
+        "head_cosine_mean": None if model == "supcon" else -0.1 - seed / 100,
+        "iterations_to_fit": it,
+        "note": "free text is not a metric",
+    }
+
+
+def write_run(geometry_dir, metrics: dict, noise_text: str | None = None) -> None:
+    job = {
+        "dataset": metrics["dataset"],
+        "model": metrics["model"],
+        "noise": noise_text or str(metrics["noise_fraction"]),
+        "seed": str(metrics["seed"]),
+    }
+    path = stages.run_file(stages.GEOMETRY_METRICS, geometry_dir, **job)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metrics, indent=2, sort_keys=True))
+
+
+def write_grid(geometry_dir, grid=GRID) -> None:
+    for job in stages.grid_jobs(stages.GEOMETRY, grid):
+        write_run(
+            geometry_dir,
+            metrics_for(job["dataset"], job["model"], float(job["noise"]), int(job["seed"])),
+            job["noise"],
+        )
+
+
+def outputs(tmp_path):
+    out = tmp_path / "summary"
+    return {
+        "runs": out / "runs.parquet",
+        "summary": out / "summary.parquet",
+        "summary_csv": out / "summary.csv",
+    }
+
+
+@pytest.fixture
+def geometry_dir(tmp_path):
+    directory = tmp_path / "geometry"
+    write_grid(directory)
+    return directory
+
+
+def test_runs_table_has_one_row_per_grid_run_in_grid_order(tmp_path, geometry_dir):
+    paths = outputs(tmp_path)
+    aggregate_runs(PARAMS, geometry_dir=geometry_dir, **paths)
+    runs = pq.read_table(paths["runs"]).to_pandas()
+    assert len(runs) == 12
+    assert list(runs.columns[:4]) == ["dataset", "model", "noise_fraction", "seed"]
+    assert list(runs["model"]) == ["supcon"] * 6 + ["ce"] * 6
+    assert list(runs["noise_fraction"][:6]) == [0.0, 0.0, 0.5, 0.5, 1.0, 1.0]
+    assert list(runs["seed"][:6]) == [0, 1, 0, 1, 0, 1]
+    assert "note" not in runs  # non-numeric keys are not metrics
+    assert runs["num_classes"].dtype == np.int64
+    row = runs[(runs["model"] == "ce") & (runs["noise_fraction"] == 0.5) & (runs["seed"] == 1)]
+    assert row["final_loss"].item() == pytest.approx(1.6)
+    assert row["iterations_to_fit"].item() == 700
+    not_fit = runs[(runs["model"] == "supcon") & (runs["noise_fraction"] == 1.0)]
+    assert not_fit["iterations_to_fit"].isna().all()
+
+
+def test_summary_means_stds_and_fit_counts(tmp_path, geometry_dir):
+    paths = outputs(tmp_path)
+    returned = aggregate_runs(PARAMS, geometry_dir=geometry_dir, **paths)
+    summary = pq.read_table(paths["summary"]).to_pandas()
+    assert len(summary) == 6
+    assert list(summary.columns[:5]) == ["dataset", "model", "noise_fraction", "n_seeds", "n_fit"]
+    assert list(zip(summary["model"], summary["noise_fraction"], strict=True)) == [
+        ("supcon", 0.0), ("supcon", 0.5), ("supcon", 1.0), ("ce", 0.0), ("ce", 0.5), ("ce", 1.0),
+    ]  # fmt: skip
+    by = summary.set_index(["model", "noise_fraction"])
+    assert (summary["n_seeds"] == 2).all()
+    # final_loss at (ce, 0.5): seeds 1.5 and 1.6 -> mean 1.55, sample std 0.1/sqrt(2).
+    assert by.loc[("ce", 0.5), "final_loss_mean"] == pytest.approx(1.55)
+    assert by.loc[("ce", 0.5), "final_loss_std"] == pytest.approx(0.1 / math.sqrt(2))
+    assert by.loc[("supcon", 1.0), "train_accuracy_noisy_mean"] == pytest.approx(0.495)
+    assert by.loc[("ce", 0.0), "num_classes_std"] == 0.0
+    # iterations_to_fit over the seeds that fit.
+    assert by.loc[("supcon", 0.0), "iterations_to_fit_mean"] == 200.0
+    assert by.loc[("supcon", 0.0), "iterations_to_fit_std"] == pytest.approx(math.sqrt(20000))
+    assert by.loc[("supcon", 0.0), "n_fit"] == 2
+    assert by.loc[("supcon", 0.5), "iterations_to_fit_mean"] == 1000.0
+    assert math.isnan(by.loc[("supcon", 0.5), "iterations_to_fit_std"])  # one seed fit
+    assert by.loc[("supcon", 0.5), "n_fit"] == 1
+    assert math.isnan(by.loc[("supcon", 1.0), "iterations_to_fit_mean"])
+    assert by.loc[("supcon", 1.0), "n_fit"] == 0
+    assert by.loc[("ce", 0.5), "iterations_to_fit_mean"] == 600.0
+    assert by.loc[("ce", 0.5), "n_fit"] == 2
+    # A metric that is null for every seed stays null; it is not zero.
+    assert math.isnan(by.loc[("supcon", 0.0), "head_cosine_mean_mean"])
+    assert by.loc[("ce", 0.0), "head_cosine_mean_mean"] == pytest.approx(-0.105)
+    pd.testing.assert_frame_equal(returned, summary, check_dtype=False)
+
+
+def test_csv_matches_parquet_with_fixed_formatting(tmp_path, geometry_dir):
+    paths = outputs(tmp_path)
+    aggregate_runs(PARAMS, geometry_dir=geometry_dir, **paths)
+    text = paths["summary_csv"].read_text()
+    header, first = text.splitlines()[:2]
+    summary = pq.read_table(paths["summary"]).to_pandas()
+    assert header.split(",") == list(summary.columns)
+    assert first.startswith("digits,supcon,0,2,2,")  # %.10g: 0.0 -> "0"
+    assert "0.1111111111" in first  # -1/9 with 10 significant digits
+    csv = pd.read_csv(paths["summary_csv"])
+    np.testing.assert_allclose(csv["final_loss_mean"], summary["final_loss_mean"], rtol=1e-9)
+
+
+def test_single_seed_gives_nan_std(tmp_path):
+    grid = {**GRID, "seeds": [1]}
+    write_grid(tmp_path / "geometry", grid)
+    paths = outputs(tmp_path)
+    summary = aggregate_runs({"grid": grid}, geometry_dir=tmp_path / "geometry", **paths)
+    assert (summary["n_seeds"] == 1).all()
+    assert summary["final_loss_std"].isna().all()
+    assert summary["final_loss_mean"].notna().all()
+
+
+def test_extra_runs_on_disk_are_ignored(tmp_path, geometry_dir):
+    write_run(geometry_dir, metrics_for("digits", "ce", 0.5, 7))  # seed not in the grid
+    write_run(geometry_dir, metrics_for("digits", "ce", 0.25, 0))  # noise not in the grid
+    write_run(geometry_dir, metrics_for("digits", "ce_fixed", 0.5, 0))  # model not in the grid
+    paths = outputs(tmp_path)
+    summary = aggregate_runs(PARAMS, geometry_dir=geometry_dir, **paths)
+    runs = pq.read_table(paths["runs"]).to_pandas()
+    assert len(runs) == 12
+    assert set(runs["seed"]) == {0, 1}
+    assert set(runs["model"]) == {"supcon", "ce"}
+    assert 12345 not in set(runs["iterations_to_fit"])
+    assert len(summary) == 6
+
+
+def test_missing_run_is_an_error_naming_its_path(tmp_path, geometry_dir):
+    missing = stages.run_file(
+        stages.GEOMETRY_METRICS, geometry_dir, dataset="digits", model="ce", noise="1.0", seed="0"
+    )
+    missing.unlink()
+    with pytest.raises(InputError, match=re.escape(str(missing))):
+        aggregate_runs(PARAMS, geometry_dir=geometry_dir, **outputs(tmp_path))
+    assert not outputs(tmp_path)["summary"].exists()
+
+
+def test_run_identity_must_match_its_path(tmp_path, geometry_dir):
+    path = stages.run_file(
+        stages.GEOMETRY_METRICS, geometry_dir, dataset="digits", model="ce", noise="0.5", seed="1"
+    )
+    path.write_text(json.dumps(metrics_for("digits", "ce", 0.5, 0)))  # says seed 0
+    with pytest.raises(InputError, match=re.escape(f"{path}: seed is 0 but the path says 1")):
+        aggregate_runs(PARAMS, geometry_dir=geometry_dir, **outputs(tmp_path))
+
+
+def test_truncated_json_is_an_error_naming_its_path(tmp_path, geometry_dir):
+    path = stages.run_file(
+        stages.GEOMETRY_METRICS, geometry_dir, dataset="digits", model="ce", noise="0.0", seed="0"
+    )
+    path.write_text(path.read_text()[:20])
+    with pytest.raises(InputError, match=re.escape(str(path))):
+        aggregate_runs(PARAMS, geometry_dir=geometry_dir, **outputs(tmp_path))
+
+
+def test_rerun_gives_byte_identical_files(tmp_path, geometry_dir):
+    paths = outputs(tmp_path)
+    aggregate_runs(PARAMS, geometry_dir=geometry_dir, **paths)
+    first = {name: path.read_bytes() for name, path in paths.items()}
+    for path in paths.values():
+        path.unlink()
+    aggregate_runs(PARAMS, geometry_dir=geometry_dir, **paths)
+    assert {name: path.read_bytes() for name, path in paths.items()} == first

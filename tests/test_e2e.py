@@ -1,0 +1,92 @@
+"""The real Snakefile and dvc.yaml on a temporary copy of the project with tiny params:
+Snakemake runs everything and records it into dvc.lock; DVC then agrees it is up to date,
+and a changed training param makes exactly the stages that read it (and downstream) stale."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import ROOT, tiny_params
+
+pytestmark = pytest.mark.e2e
+
+
+def sh(*cmd, cwd, check=True):
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def copy_project(dest):
+    files = sh("git", "ls-files", "--cached", "--others", "--exclude-standard", cwd=ROOT)
+    for name in files.stdout.splitlines():
+        src = ROOT / name
+        if src.is_file() and not name.startswith("tests/"):
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    sh("git", "init", "-q", cwd=dest)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("project")
+    copy_project(root)
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    sh(sys.executable, "-m", "snakemake", "--cores", "2", cwd=root)
+    return root
+
+
+def dvc_status(root) -> dict:
+    return json.loads(sh("dvc", "status", "--json", cwd=root).stdout)
+
+
+def test_snakemake_produces_summary_and_figures(project):
+    summary = (project / "data/summary/summary.csv").read_text().splitlines()
+    assert len(summary) == 1 + 3 * 2  # header + (3 models x 2 noise fractions)
+    figures = sorted(p.name for p in (project / "data/figures").iterdir())
+    for stem in ("geometry_digits", "iterations_to_fit_digits", "training_curves_digits"):
+        assert f"{stem}.png" in figures and f"{stem}.pdf" in figures
+
+
+def test_after_snakemake_dvc_is_up_to_date_and_nothing_reruns(project):
+    assert dvc_status(project) == {}
+    assert "Nothing to be done" in sh(
+        sys.executable, "-m", "snakemake", "-n", "--cores", "1", cwd=project
+    ).stdout
+    repro = sh("dvc", "repro", cwd=project)
+    assert "Running stage" not in repro.stdout
+
+
+def test_param_change_reruns_exactly_its_readers_and_downstream(project):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"]["models"]["supcon"]["learning_rate"] = 0.05
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    stale = set(dvc_status(project))
+    assert stale == {"train@digits-supcon-0.0-0", "train@digits-supcon-0.3-0"}
+
+    ran = set(re.findall(r"Running stage '([^']+)'", sh("dvc", "repro", cwd=project).stdout))
+    runs = {f"digits-supcon-{p}-0" for p in ("0.0", "0.3")}
+    expected = {f"{stage}@{run}" for stage in ("train", "embed", "geometry") for run in runs}
+    assert ran == expected | {"aggregate", "figures"}
+    assert dvc_status(project) == {}
+
+
+def test_bad_params_stop_snakemake_with_a_named_error(project, tmp_path):
+    bad = tiny_params()
+    bad["train"]["common"]["bach_size"] = 64
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    result = sh(
+        sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile", str(path),
+        cwd=project, check=False,
+    )
+    assert result.returncode != 0
+    assert "unknown key 'train.common.bach_size'" in result.stdout + result.stderr

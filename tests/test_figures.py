@@ -1,0 +1,221 @@
+"""pipeline.figures: the three figures per dataset from small synthetic runs."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import matplotlib.image
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from pipeline import schemas, stages
+from pipeline.aggregate import aggregate_runs
+from pipeline.figures import (
+    draw_figures,
+    fit_power_law,
+    iterations_by_noise,
+    load_cosines,
+    load_runs_table,
+    load_train_logs,
+    plot_geometry,
+    plot_iterations_to_fit,
+    plot_training_curves,
+)
+from pipeline.io import InputError, write_parquet
+
+K = 10
+DPI = 40  # small: fast, and the PNG size in pixels is checked against it
+GRID = {"datasets": ["digits"], "models": ["supcon", "ce"], "noise_fractions": [0.0, 0.5, 1.0],
+        "seeds": [0, 1]}  # fmt: skip
+PARAMS = {"grid": GRID, "figures": {"dpi": DPI, "geometry_noise": 0.5}}
+STEMS = ("geometry_digits", "iterations_to_fit_digits", "training_curves_digits")
+EVAL_ITERATIONS = np.array([0, 50, 100], dtype=np.int64)
+
+
+def iterations_to_fit(model: str, noise: float, seed: int) -> int | None:
+    """supcon: exactly 100 p^2 iterations (never fits at p = 0.5 with seed 1); ce: 40 + seed."""
+    if model == "supcon":
+        return None if (noise, seed) == (0.5, 1) else round(100 * noise**2)
+    return 40 + seed
+
+
+def write_run(dirs, job: dict[str, str]) -> None:
+    model, noise, seed = job["model"], float(job["noise"]), int(job["seed"])
+    metrics = {
+        "dataset": job["dataset"],
+        "model": model,
+        "noise_fraction": noise,
+        "seed": seed,
+        "num_classes": K,
+        "final_iteration": 100,
+        "iterations_to_fit": iterations_to_fit(model, noise, seed),
+    }
+    path = stages.run_file(stages.GEOMETRY_METRICS, dirs["geometry"], **job)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metrics))
+    kinds = ["class_means"] * 45 + ["sample_to_class_mean"] * 20
+    values = [-1 / 9 + 0.01 * seed] * 45 + list(np.linspace(0.5, 1.0, 20))
+    if model != "supcon":
+        kinds += ["head_weights"] * 45
+        values += [-1 / 9] * 45
+    cosines = pa.table({"kind": kinds, "value": values}, schema=schemas.COSINES)
+    write_parquet(cosines, stages.run_file(stages.COSINES, dirs["geometry"], **job))
+    n = len(EVAL_ITERATIONS)
+    log = {
+        "iteration": EVAL_ITERATIONS,
+        "learning_rate": np.full(n, 0.1),
+        "loss": 2.0 - EVAL_ITERATIONS / 100 + seed,  # mean over seeds 0, 1: 2.5 - i/100
+        "supcon_loss": np.full(n, 1.0),
+        "train_accuracy_noisy": np.array([0.1, 0.5, 1.0]),
+        "train_accuracy_clean": np.array([0.1, 0.5, 1.0 - noise]),
+        "test_accuracy_class_mean": np.array([0.1, 0.4, 0.8]) - 0.1 * noise,
+        "test_accuracy_head": [None] * n if model == "supcon" else np.array([0.1, 0.4, 0.8]),
+    }
+    write_parquet(
+        pa.table(log, schema=schemas.TRAIN_LOG),
+        stages.run_file(stages.TRAIN_LOG, dirs["logs"], **job),
+    )
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    dirs = {"geometry": tmp_path / "geometry", "logs": tmp_path / "train_logs"}
+    for job in stages.grid_jobs(stages.TRAIN, GRID):
+        write_run(dirs, job)
+    runs = tmp_path / "summary" / "runs.parquet"
+    aggregate_runs(
+        {"grid": GRID},
+        geometry_dir=dirs["geometry"],
+        runs=runs,
+        summary=tmp_path / "summary" / "summary.parquet",
+        summary_csv=tmp_path / "summary" / "summary.csv",
+    )
+    return {"runs": runs, "geometry_dir": dirs["geometry"], "train_log_dir": dirs["logs"]}
+
+
+def draw(inputs, figures, params=PARAMS):
+    return draw_figures(params, figures=figures, **inputs)
+
+
+def test_power_law_fit_recovers_exact_exponent():
+    p = np.array([0.0, 0.1, 0.2, 0.5, 1.0])
+    c, a = fit_power_law(p, 100 * p**2)  # p = 0 is left out, not log(0)
+    assert a == pytest.approx(2.0)
+    assert c == pytest.approx(100.0)
+    c, a = fit_power_law(p, 3000 * p**1.5 + np.array([0, np.nan, 0, 0, 0]))  # NaN = never fit
+    assert (c, a) == (pytest.approx(3000.0), pytest.approx(1.5))
+
+
+def test_power_law_fit_needs_two_points():
+    assert fit_power_law(np.array([0.0, 0.5]), np.array([10.0, 20.0])) is None
+    assert fit_power_law(np.array([0.5, 1.0]), np.array([20.0, np.nan])) is None
+    assert fit_power_law(np.array([0.5, 0.5]), np.array([20.0, 30.0])) is None
+
+
+def test_draw_figures_writes_png_and_pdf_of_each_figure(tmp_path, inputs):
+    figures = tmp_path / "figures"
+    (figures / "stale").mkdir(parents=True)  # replaced as a whole
+    paths = draw(inputs, figures)
+    expected = [figures / f"{stem}.{fmt}" for stem in STEMS for fmt in ("png", "pdf")]
+    assert paths == expected
+    assert sorted(figures.iterdir()) == sorted(expected)
+    for path in expected:
+        if path.suffix == ".png":
+            image = matplotlib.image.imread(path)
+            assert image.ndim == 3 and image.shape[0] > 0 and image.shape[1] > 0
+        else:
+            assert path.read_bytes().startswith(b"%PDF")
+    # The PNG's size is the figure's size at the dpi from params: (7.0 x 4.8) inches.
+    assert matplotlib.image.imread(figures / "iterations_to_fit_digits.png").shape[:2] == (
+        round(4.8 * DPI),
+        round(7.0 * DPI),
+    )
+
+
+def test_rerun_gives_byte_identical_files(tmp_path, inputs):
+    first = {p.name: p.read_bytes() for p in draw(inputs, tmp_path / "a")}
+    second = {p.name: p.read_bytes() for p in draw(inputs, tmp_path / "b")}
+    assert first == second
+    assert b"CreationDate" not in first["geometry_digits.pdf"]
+    assert b"Software" not in first["geometry_digits.png"]
+
+
+def test_missing_cosines_is_an_error_naming_its_path(tmp_path, inputs):
+    path = stages.run_file(
+        stages.COSINES, inputs["geometry_dir"], dataset="digits", model="ce", noise="0.5", seed="1"
+    )
+    path.unlink()
+    with pytest.raises(InputError, match=re.escape(str(path))):
+        draw(inputs, tmp_path / "figures")
+    assert not (tmp_path / "figures").exists()
+
+
+def test_runs_table_must_cover_the_grid(tmp_path, inputs):
+    grid = {**GRID, "seeds": [0, 1, 2]}
+    with pytest.raises(InputError, match="no row for run"):
+        draw(inputs, tmp_path / "figures", {**PARAMS, "grid": grid})
+
+
+def test_iterations_figure_marks_not_fit_runs_and_reports_exponents(inputs):
+    runs = pd.read_parquet(inputs["runs"])
+    stats = iterations_by_noise(runs[runs["model"] == "supcon"])
+    assert list(stats["n_fit"]) == [2, 1, 2]
+    assert list(stats["mean"]) == [0.0, 25.0, 100.0]
+    fig = plot_iterations_to_fit(runs, dataset="digits", num_classes=K, models=["supcon", "ce"])
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    # supcon: seeds that fit follow 100 p^2 exactly; ce is flat (40.5 at every p) -> a = 0.
+    assert labels[0].startswith("SupCon: a = 2.00")
+    assert labels[1].startswith("CE: a = -0.00") or labels[1].startswith("CE: a = 0.00")
+    assert "not fit (shown at 100)" in labels
+    # The run that never fit is drawn as an x at the training length, not dropped.
+    crosses = [line for line in ax.lines if line.get_marker() == "x"]
+    assert len(crosses) == 1
+    assert list(crosses[0].get_ydata()) == [100.0]
+    assert "digits (K = 10)" in ax.get_title()
+
+
+def test_geometry_figure_has_reference_lines_and_no_head_for_supcon(inputs):
+    cosines = load_cosines(inputs["geometry_dir"], GRID, 0.5)
+    assert set(cosines["seed"]) == {0, 1}  # pooled over seeds
+    fig = plot_geometry(
+        cosines, dataset="digits", num_classes=K, models=["supcon", "ce"], noise=0.5
+    )
+    supcon_ax, ce_ax = fig.axes
+    for ax in (supcon_ax, ce_ax):
+        levels = {line.get_label(): list(line.get_ydata()) for line in ax.lines}
+        assert levels["simplex -1/(K-1) = -0.1111"] == [pytest.approx(-1 / 9)] * 2
+        assert levels["1 (collapse)"] == [1.0, 1.0]
+    assert "no head" in [t.get_text() for t in supcon_ax.texts]
+    assert "no head" not in [t.get_text() for t in ce_ax.texts]
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == ["simplex -1/(K-1) = -0.1111", "1 (collapse)"]
+    assert fig.get_suptitle().startswith("digits (K = 10)")
+
+
+def test_training_curves_are_means_over_seeds(inputs):
+    logs = load_train_logs(inputs["train_log_dir"], GRID)
+    fig = plot_training_curves(
+        logs,
+        dataset="digits",
+        num_classes=K,
+        models=["supcon", "ce"],
+        noise_fractions=[0.0, 0.5, 1.0],
+    )
+    axes = np.array(fig.axes).reshape(3, 2)
+    loss_lines = axes[0, 0].get_lines()
+    assert len(loss_lines) == 3  # one per noise fraction
+    np.testing.assert_allclose(loss_lines[0].get_ydata(), 2.5 - EVAL_ITERATIONS / 100)
+    np.testing.assert_allclose(axes[2, 1].get_lines()[2].get_ydata(), [0.0, 30.0, 70.0])  # %
+    assert axes[1, 0].get_ylabel().endswith("(%)")
+    assert axes[2, 0].get_xlabel() == "iteration (SGD steps)"
+
+
+def test_runs_outside_the_grid_are_not_drawn(inputs):
+    grid = {**GRID, "models": ["ce"], "seeds": [1]}
+    runs = load_runs_table(inputs["runs"], grid)
+    assert len(runs) == 3
+    assert set(runs["model"]) == {"ce"} and set(runs["seed"]) == {1}

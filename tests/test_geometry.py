@@ -1,0 +1,501 @@
+"""pipeline.geometry against closed forms (regular simplex, orthogonal and coincident means,
+a hand-computed noisy-label case) and against naive loops on random data."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import geometry, io, schemas
+from pipeline.simplex import regular_simplex, simplex_gram
+
+
+def _no_nan(token):
+    raise AssertionError(f"metrics.json contains {token}")
+
+
+def write_run(
+    tmp_path,
+    *,
+    train_z,
+    train_noisy,
+    train_clean=None,
+    test_z=None,
+    test_labels=None,
+    head=None,
+    model="ce_fixed",
+    num_classes=None,
+    accuracies=(0.5, 1.0, 1.0),
+    name="run",
+):
+    """Write embeddings, head and training log of a synthetic run; return their paths."""
+    train_z = np.asarray(train_z, dtype=np.float64)
+    n, h = train_z.shape
+    train_noisy = np.asarray(train_noisy)
+    train_clean = train_noisy if train_clean is None else np.asarray(train_clean)
+    test_z = np.zeros((0, h)) if test_z is None else np.asarray(test_z, dtype=np.float64)
+    test_labels = np.zeros(0, dtype=np.int64) if test_labels is None else np.asarray(test_labels)
+    k = num_classes if num_classes is not None else int(train_noisy.max()) + 1
+    m = test_z.shape[0]
+    z = np.concatenate([train_z, test_z]).astype(np.float32)
+    table = pa.table(
+        {
+            "index": np.concatenate([np.arange(n), np.arange(m)]).astype(np.int64),
+            "split": ["train"] * n + ["test"] * m,
+            "clean_label": np.concatenate([train_clean, test_labels]).astype(np.int64),
+            "noisy_label": pa.array(
+                [int(v) for v in train_noisy] + [None] * m, pa.int64()
+            ),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(z.ravel()), h),
+        },
+        schema=schemas.embeddings(h),
+    )
+    cfg = {
+        "dataset": "synthetic",
+        "noise_fraction": 0.0,
+        "seed": 7,
+        "model": {"model": model, "num_classes": k, "representation_dim": h},
+    }
+    d = tmp_path / name
+    paths = {
+        "embeddings": d / "embeddings.parquet",
+        "head": d / "head.parquet",
+        "train_log": d / "train_log.parquet",
+    }
+    io.write_parquet(table, paths["embeddings"], metadata={"train_config": cfg})
+    w = np.zeros((0, h)) if head is None else np.asarray(head, dtype=np.float32)
+    head_table = pa.table(
+        {
+            "class": np.arange(w.shape[0], dtype=np.int64),
+            "weight": pa.FixedSizeListArray.from_arrays(pa.array(w.ravel(), pa.float32()), h),
+        },
+        schema=schemas.head(h),
+    )
+    io.write_parquet(head_table, paths["head"])
+    rows = [
+        {
+            "iteration": 100 * (i + 1),
+            "learning_rate": 0.1,
+            "loss": 2.0 / (i + 1),
+            "supcon_loss": 3.0 / (i + 1),
+            "train_accuracy_noisy": a,
+            "train_accuracy_clean": a,
+            "test_accuracy_class_mean": a,
+            "test_accuracy_head": None,
+        }
+        for i, a in enumerate(accuracies)
+    ]
+    io.write_parquet(pa.Table.from_pylist(rows, schema=schemas.TRAIN_LOG), paths["train_log"])
+    return paths
+
+
+def identity(paths) -> dict:
+    """The run identity (the stage's wildcards) that the embeddings' metadata names."""
+    cfg = io.read_metadata(paths["embeddings"])["train_config"]
+    return {"dataset": cfg["dataset"], "model": cfg["model"]["model"],
+            "noise": cfg["noise_fraction"], "seed": cfg["seed"]}
+
+
+def run_stage(tmp_path, paths, threshold=1.0, name="out", batch_size=geometry.BATCH_SIZE):
+    out = {"metrics": tmp_path / name / "metrics.json", "cosines": tmp_path / name / "cos.pq"}
+    returned = geometry.measure_geometry(
+        {"geometry": {"fit_threshold": threshold}},
+        **identity(paths), **paths, **out, batch_size=batch_size,
+    )
+    metrics = json.loads(out["metrics"].read_text(), parse_constant=_no_nan)
+    assert metrics == returned
+    cosines = pq.read_table(out["cosines"]).to_pandas()
+    return metrics, cosines
+
+
+def simplex_run(k, h, rho=2.0, per_class=3):
+    """Training and test samples collapsed onto the vertices of a radius-rho simplex."""
+    vertices = regular_simplex(k, h, rho)  # (K, h)
+    labels = np.repeat(np.arange(k), per_class)
+    return vertices, vertices[labels], labels
+
+
+# ------------------------------------------------------------------------- pure functions
+
+
+def test_pairwise_cosines_match_double_loop():
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(6, 4))
+    v[4] = 0.0  # a zero vector: its cosines are undefined
+    got = geometry.pairwise_cosines(v)
+    expected = []
+    for i in range(6):
+        for j in range(i + 1, 6):
+            ni, nj = np.linalg.norm(v[i]), np.linalg.norm(v[j])
+            expected.append(v[i] @ v[j] / (ni * nj) if ni > 0 and nj > 0 else np.nan)
+    assert got.shape == (15,)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-15)
+    assert np.isnan(got).sum() == 5
+
+
+def test_nc1_matches_naive_loop_with_an_empty_class():
+    rng = np.random.default_rng(1)
+    k, h, n = 6, 3, 60
+    labels = rng.integers(0, k - 1, size=n)  # class 5 never occurs
+    labels[:5] = np.arange(5)
+    z = rng.normal(size=(n, h)) + 3 * rng.normal(size=(k, h))[labels]
+    counts = np.bincount(labels, minlength=k)
+    means = np.full((k, h), np.nan)
+    scatter = np.zeros((h, h))
+    for c in range(k - 1):
+        means[c] = z[labels == c].mean(axis=0)
+    for i in range(n):
+        d = z[i] - means[labels[i]]
+        scatter += np.outer(d, d)
+    # Naive: present classes only; h < K'-1 so Sigma_B is invertible.
+    present = means[: k - 1]
+    mu_g = present.mean(axis=0)
+    sigma_b = sum(np.outer(m - mu_g, m - mu_g) for m in present) / (k - 1)
+    expected = np.trace(scatter / n @ np.linalg.inv(sigma_b)) / (k - 1)
+    assert geometry.nc1(scatter, means, counts) == pytest.approx(expected, rel=1e-10)
+
+
+@pytest.mark.parametrize("k, h", [(3, 5), (10, 16)])
+def test_nc1_simplex_closed_form(k, h):
+    # Two samples per class at mu_k +- s u. Sigma_B = rho^2/(K-1) P (P: projector onto the
+    # simplex's span), Sigma_W = s^2 u u^T, so nc1 = (K-1) s^2 |P u|^2 / (rho^2 K).
+    rho, s = 2.0, 0.3
+    means = regular_simplex(k, h, rho)
+    counts = np.full(k, 2)
+    for u_index, pu2 in ((0, 1.0), (h - 1, 0.0)):  # in the span; orthogonal to it
+        u = np.zeros(h)
+        u[u_index] = 1.0
+        scatter = 2 * k * s**2 * np.outer(u, u)
+        expected = (k - 1) * s**2 * pu2 / (rho**2 * k)
+        assert geometry.nc1(scatter, means, counts) == pytest.approx(expected, abs=1e-12)
+
+
+def test_nc1_undefined_without_between_class_spread():
+    means = np.ones((3, 2))
+    assert math.isnan(geometry.nc1(np.eye(2), means, np.array([2, 2, 2])))
+    assert math.isnan(geometry.nc1(np.eye(2), means, np.array([2, 0, 0])))
+
+
+@pytest.mark.parametrize("k", [3, 10])
+def test_simplex_gram_distance_closed_forms(k):
+    g_star = simplex_gram(k)
+    assert geometry.simplex_gram_distance(regular_simplex(k, k + 2, 3.0)) < 1e-12
+    # Orthogonal means: ||I - G*||_F / ||G*||_F = sqrt(K/(K-1)) / (K/sqrt(K-1)) = 1/sqrt(K).
+    by_hand = np.linalg.norm(np.eye(k) - g_star) / np.linalg.norm(g_star)
+    orthogonal = geometry.simplex_gram_distance(5.0 * np.eye(k))
+    assert orthogonal == pytest.approx(by_hand, rel=1e-12)
+    assert orthogonal == pytest.approx(1 / math.sqrt(k), rel=1e-12)
+    # Coincident means: G = 11^T, distance sqrt(K).
+    assert geometry.simplex_gram_distance(np.ones((k, 4))) == pytest.approx(math.sqrt(k))
+    # Missing classes compare against the principal block of the K-class G*.
+    block = regular_simplex(k, k - 1)[: k - 1]
+    assert geometry.simplex_gram_distance(block, num_classes=k) < 1e-12
+    assert geometry.simplex_gram_distance(block) > 0.01
+
+
+def test_iterations_to_fit():
+    its = [500, 1000, 1500, 2000]
+    assert geometry.iterations_to_fit(its, [0.2, 0.99, 1.0, 1.0], 1.0) == 1500
+    assert geometry.iterations_to_fit(its, [0.2, 0.99, 0.98, 1.0], 0.99) == 1000  # met exactly
+    assert geometry.iterations_to_fit(its, [0.2, 0.5, np.nan, 0.9], 1.0) is None
+    assert geometry.iterations_to_fit(its, [1.0, 0.5, 0.5, 0.5], 1.0) == 500
+
+
+def test_nearest_class_mean_never_predicts_empty_class():
+    means = np.array([[0.0, 0.0], [np.nan, np.nan], [10.0, 0.0]])
+    z = np.array([[0.1, 0.0], [9.0, 1.0], [4.0, 0.0], [6.0, 0.0]])
+    pred = geometry.nearest_class_mean(z, means, np.array([True, False, True]))
+    np.testing.assert_array_equal(pred, [0, 2, 0, 2])
+
+
+# --------------------------------------------------------------------------------- stage
+
+
+@pytest.mark.parametrize("k, h", [(3, 2), (3, 6), (10, 9), (10, 13)])
+def test_regular_simplex_collapse(tmp_path, k, h):
+    vertices, z, labels = simplex_run(k, h)
+    head = regular_simplex(k, h, 1.0)
+    paths = write_run(
+        tmp_path, train_z=z, train_noisy=labels, test_z=vertices, test_labels=np.arange(k),
+        head=head, model="ce_fixed",
+    )
+    m, cos = run_stage(tmp_path, paths)
+    target = -1 / (k - 1)
+    assert m["simplex_cosine"] == pytest.approx(target, abs=1e-15)
+    for stat in ("mean", "min", "max"):
+        assert m[f"class_mean_cosine_{stat}"] == pytest.approx(target, abs=1e-6)
+        assert m[f"head_cosine_{stat}"] == pytest.approx(target, abs=1e-6)
+    assert m["class_mean_cosine_std"] < 1e-6
+    assert m["class_mean_cosine_deviation"] < 1e-6
+    assert m["sample_cosine_mean"] == pytest.approx(1.0, abs=1e-12)
+    assert m["sample_cosine_min"] == pytest.approx(1.0, abs=1e-12)
+    assert m["sample_cosine_std"] < 1e-12
+    assert m["class_mean_norm_mean"] == pytest.approx(2.0, rel=1e-6)
+    assert m["class_mean_norm_cv"] < 1e-6
+    assert abs(m["nc1"]) < 1e-12
+    assert m["simplex_gram_distance"] < 1e-6
+    assert m["head_class_mean_alignment"] == pytest.approx(1.0, abs=1e-6)
+    for key in ("train_accuracy_noisy", "train_accuracy_clean", "train_accuracy_head_noisy",
+                "test_accuracy_class_mean", "test_accuracy_head"):
+        assert m[key] == 1.0, key
+    assert (m["num_classes"], m["num_classes_present"], m["representation_dim"]) == (k, k, h)
+    assert (m["num_train"], m["num_test"]) == (3 * k, k)
+    counts = cos["kind"].value_counts().to_dict()
+    assert counts == {"class_means": k * (k - 1) // 2, "sample_to_class_mean": 3 * k,
+                      "head_weights": k * (k - 1) // 2}
+    assert list(cos["kind"].drop_duplicates()) == list(geometry.COSINE_KINDS)
+    np.testing.assert_allclose(cos.loc[cos.kind == "class_means", "value"], target, atol=1e-6)
+
+
+def test_orthogonal_class_means(tmp_path):
+    k, h = 4, 6
+    means = 3.0 * np.eye(k, h)
+    labels = np.repeat(np.arange(k), 2)
+    m, cos = run_stage(tmp_path, write_run(tmp_path, train_z=means[labels], train_noisy=labels,
+                                           head=means, model="ce"))
+    for stat in ("mean", "min", "max"):
+        assert m[f"class_mean_cosine_{stat}"] == pytest.approx(0.0, abs=1e-12)
+        assert m[f"head_cosine_{stat}"] == pytest.approx(0.0, abs=1e-12)
+    g_star = simplex_gram(k)
+    by_hand = np.linalg.norm(np.eye(k) - g_star) / np.linalg.norm(g_star)
+    assert m["simplex_gram_distance"] == pytest.approx(by_hand, rel=1e-12)
+    assert m["class_mean_cosine_deviation"] == pytest.approx(1 / (k - 1), rel=1e-12)
+    assert m["class_mean_norm_mean"] == pytest.approx(3.0, rel=1e-12)
+    assert m["class_mean_norm_cv"] == pytest.approx(0.0, abs=1e-12)
+    assert m["nc1"] == pytest.approx(0.0, abs=1e-12)
+    assert m["test_accuracy_class_mean"] is None and m["test_accuracy_head"] is None
+
+
+def test_collapsed_classes(tmp_path):
+    rng = np.random.default_rng(2)
+    k, h = 5, 8
+    labels = np.repeat(np.arange(k), 20)
+    z = np.eye(h)[0] + 1e-3 * rng.normal(size=(labels.size, h))
+    m, _ = run_stage(tmp_path, write_run(tmp_path, train_z=z, train_noisy=labels,
+                                         model="supcon"))
+    assert m["class_mean_cosine_min"] > 0.9999
+    assert m["sample_cosine_min"] > 0.999
+    assert m["class_mean_cosine_deviation"] == pytest.approx(1 + 1 / (k - 1), abs=1e-3)
+    assert m["simplex_gram_distance"] == pytest.approx(math.sqrt(k), rel=1e-3)
+    assert m["nc1"] > 1.0  # within-class spread as large as the between-class one
+
+
+def test_noisy_labels_by_hand(tmp_path):
+    # 1-d, K = 2: class 0 at -1 (x3); class 1 at +1, +1 and one flipped sample at -1.
+    # mu_0 = -1, mu_1 = 1/3, boundary -1/3: the flipped sample is predicted 0.
+    z = np.array([[-1.0], [-1.0], [-1.0], [1.0], [1.0], [-1.0]])
+    noisy = np.array([0, 0, 0, 1, 1, 1])
+    clean = np.array([0, 0, 0, 1, 1, 0])
+    paths = write_run(tmp_path, train_z=z, train_noisy=noisy, train_clean=clean,
+                      test_z=[[-0.5], [0.0]], test_labels=[0, 0], model="supcon",
+                      accuracies=(0.5, 5 / 6, 5 / 6))
+    m, cos = run_stage(tmp_path, paths, threshold=0.8)
+    assert m["train_accuracy_noisy"] == pytest.approx(5 / 6)
+    assert m["train_accuracy_clean"] == 1.0
+    assert m["test_accuracy_class_mean"] == 0.5
+    assert m["sample_cosine_mean"] == pytest.approx(2 / 3)
+    assert m["sample_cosine_min"] == pytest.approx(-1.0)
+    assert m["class_mean_cosine_mean"] == pytest.approx(-1.0)  # the K=2 simplex value
+    # Sigma_W = (4/9 + 4/9 + 16/9)/6 = 4/9, Sigma_B = 4/9, nc1 = 1/K.
+    assert m["nc1"] == pytest.approx(0.5, rel=1e-12)
+    assert m["class_mean_norm_cv"] == pytest.approx((1 - 1 / 3) / 2 / ((1 + 1 / 3) / 2))
+    assert (m["iterations_to_fit"], m["final_iteration"]) == (200, 300)
+    assert m["final_loss"] == pytest.approx(2 / 3)
+    samples = cos.loc[cos.kind == "sample_to_class_mean", "value"].to_numpy()
+    np.testing.assert_allclose(samples, [1, 1, 1, 1, 1, -1])
+
+
+def test_empty_class_is_left_out(tmp_path):
+    k, h = 4, 3
+    vertices = regular_simplex(k, h)
+    labels = np.array([0, 0, 1, 1, 2, 2])  # class 3 has no training sample
+    paths = write_run(tmp_path, train_z=vertices[labels], train_noisy=labels,
+                      test_z=vertices, test_labels=np.arange(k), num_classes=k,
+                      model="supcon")
+    m, cos = run_stage(tmp_path, paths)
+    assert m["num_classes_present"] == 3
+    assert (cos.kind == "class_means").sum() == 3
+    assert m["class_mean_cosine_mean"] == pytest.approx(-1 / 3, abs=1e-6)
+    assert m["simplex_gram_distance"] < 1e-6
+    assert m["test_accuracy_class_mean"] == 0.75  # the test sample of class 3 is missed
+    assert m["nc1"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_random_run_matches_naive_and_is_chunk_independent(tmp_path):
+    rng = np.random.default_rng(3)
+    k, h, n, n_test = 5, 7, 103, 41
+    centres = rng.normal(size=(k, h))
+    noisy = rng.integers(0, k, size=n)
+    clean = np.where(rng.random(n) < 0.2, rng.integers(0, k, size=n), noisy)
+    z = (centres[noisy] + 0.8 * rng.normal(size=(n, h))).astype(np.float32).astype(np.float64)
+    test_labels = rng.integers(0, k, size=n_test)
+    tz = (centres[test_labels] + rng.normal(size=(n_test, h))).astype(np.float32)
+    tz = tz.astype(np.float64)
+    w = rng.normal(size=(k, h)).astype(np.float32).astype(np.float64)
+    paths = write_run(tmp_path, train_z=z, train_noisy=noisy, train_clean=clean, test_z=tz,
+                      test_labels=test_labels, head=w, model="ce")
+    small, cos_small = run_stage(tmp_path, paths, name="small", batch_size=7)
+    large, cos_large = run_stage(tmp_path, paths, name="large", batch_size=10_000)
+    assert small.keys() == large.keys()
+    for key, value in small.items():
+        if isinstance(value, float):
+            assert value == pytest.approx(large[key], rel=1e-12, abs=1e-12), key
+        else:
+            assert value == large[key], key
+    assert list(cos_small.kind) == list(cos_large.kind)
+    np.testing.assert_allclose(cos_small.value, cos_large.value, rtol=1e-12, atol=1e-12)
+
+    # Naive full-matrix versions of the same numbers.
+    means = np.array([z[noisy == c].mean(axis=0) for c in range(k)])
+    d_train = ((z[:, None, :] - means[None]) ** 2).sum(axis=2)  # (N, K)
+    d_test = ((tz[:, None, :] - means[None]) ** 2).sum(axis=2)
+    assert small["train_accuracy_noisy"] == np.mean(d_train.argmin(1) == noisy)
+    assert small["train_accuracy_clean"] == np.mean(d_train.argmin(1) == clean)
+    assert small["test_accuracy_class_mean"] == np.mean(d_test.argmin(1) == test_labels)
+    assert small["test_accuracy_head"] == np.mean((tz @ w.T).argmax(1) == test_labels)
+    assert small["train_accuracy_head_noisy"] == np.mean((z @ w.T).argmax(1) == noisy)
+    sample_cos = [z[i] @ means[noisy[i]] / np.linalg.norm(z[i]) / np.linalg.norm(means[noisy[i]])
+                  for i in range(n)]
+    assert small["sample_cosine_mean"] == pytest.approx(np.mean(sample_cos), rel=1e-12)
+    assert small["sample_cosine_std"] == pytest.approx(np.std(sample_cos), rel=1e-12)
+    unit = means / np.linalg.norm(means, axis=1, keepdims=True)
+    pair = [unit[i] @ unit[j] for i in range(k) for j in range(i + 1, k)]
+    assert small["class_mean_cosine_max"] == pytest.approx(max(pair), rel=1e-12)
+    align = np.mean([w[c] @ unit[c] / np.linalg.norm(w[c]) for c in range(k)])
+    assert small["head_class_mean_alignment"] == pytest.approx(align, rel=1e-12)
+    scatter = sum(np.outer(z[i] - means[noisy[i]], z[i] - means[noisy[i]]) for i in range(n))
+    expected_nc1 = geometry.nc1(scatter, means, np.bincount(noisy, minlength=k))
+    assert small["nc1"] == pytest.approx(expected_nc1, rel=1e-10)
+
+
+def test_supcon_has_no_head_metrics_and_json_has_no_nan(tmp_path):
+    vertices, z, labels = simplex_run(3, 4)
+    z[0] = 0.0  # a zero embedding: its cosine is undefined, not NaN in the JSON
+    paths = write_run(tmp_path, train_z=z, train_noisy=labels, model="supcon",
+                      accuracies=(0.1, 0.2))
+    m, cos = run_stage(tmp_path, paths)
+    for key in ("head_cosine_mean", "head_cosine_std", "head_cosine_min", "head_cosine_max",
+                "head_class_mean_alignment", "test_accuracy_head", "train_accuracy_head_noisy",
+                "iterations_to_fit", "test_accuracy_class_mean"):
+        assert m[key] is None, key
+    assert m["model"] == "supcon"
+    assert m["sample_cosine_min"] == pytest.approx(1.0)
+    assert (cos.kind == "head_weights").sum() == 0
+    samples = cos.loc[cos.kind == "sample_to_class_mean", "value"]
+    assert samples.isna().sum() == 1 and len(samples) == 9
+
+
+def test_metrics_keys(tmp_path):
+    vertices, z, labels = simplex_run(3, 2)
+    m, _ = run_stage(tmp_path, write_run(tmp_path, train_z=z, train_noisy=labels,
+                                         head=vertices, model="ce"))
+    assert sorted(m) == sorted([
+        "dataset", "model", "noise_fraction", "seed", "num_classes", "representation_dim",
+        "fit_threshold", "num_train", "num_test", "num_classes_present",
+        "class_mean_cosine_mean", "class_mean_cosine_std", "class_mean_cosine_min",
+        "class_mean_cosine_max", "simplex_cosine", "class_mean_cosine_deviation",
+        "sample_cosine_mean", "sample_cosine_std", "sample_cosine_min",
+        "class_mean_norm_mean", "class_mean_norm_std", "class_mean_norm_cv",
+        "head_cosine_mean", "head_cosine_std", "head_cosine_min", "head_cosine_max",
+        "head_class_mean_alignment", "nc1", "simplex_gram_distance",
+        "train_accuracy_noisy", "train_accuracy_clean", "train_accuracy_head_noisy",
+        "test_accuracy_class_mean", "test_accuracy_head",
+        "final_loss", "final_iteration", "iterations_to_fit",
+    ])
+    assert (m["dataset"], m["seed"], m["noise_fraction"], m["fit_threshold"]) == (
+        "synthetic", 7, 0.0, 1.0)
+
+
+def test_outputs_are_byte_identical(tmp_path):
+    _, z, labels = simplex_run(3, 4)
+    paths = write_run(tmp_path, train_z=z, train_noisy=labels, model="supcon")
+    run_stage(tmp_path, paths, name="a")
+    run_stage(tmp_path, paths, name="b", batch_size=2)
+    for f in ("metrics.json", "cos.pq"):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
+
+
+# --------------------------------------------------------------------------------- errors
+
+
+def _stage(tmp_path, paths):
+    out = {"metrics": tmp_path / "o" / "m.json", "cosines": tmp_path / "o" / "c.pq"}
+    try:
+        ident = identity(paths)
+    except (KeyError, TypeError, OSError):  # broken or missing file: the stage must name it
+        ident = {"dataset": "synthetic", "model": "ce", "noise": 0.0, "seed": 0}
+    return geometry.measure_geometry(
+        {"geometry": {"fit_threshold": 1.0}}, **ident, **paths, **out
+    )
+
+
+@pytest.mark.parametrize("column", ["noisy_label", "embedding", "split"])
+def test_missing_column_names_the_file(tmp_path, column):
+    _, z, labels = simplex_run(3, 2)
+    paths = write_run(tmp_path, train_z=z, train_noisy=labels, model="supcon")
+    table = pq.read_table(paths["embeddings"])
+    pq.write_table(table.drop_columns([column]), paths["embeddings"])
+    with pytest.raises(io.InputError, match=f"embeddings.parquet: missing column '{column}'"):
+        _stage(tmp_path, paths)
+    assert not (tmp_path / "o").exists()
+
+
+def test_wrong_types_and_missing_files(tmp_path):
+    _, z, labels = simplex_run(3, 2)
+    paths = write_run(tmp_path, train_z=z, train_noisy=labels, model="supcon")
+    table = pq.read_table(paths["train_log"])
+    pq.write_table(table.set_column(0, "iteration", table["iteration"].cast(pa.float64())),
+                   paths["train_log"])
+    with pytest.raises(io.InputError, match="train_log.parquet: column 'iteration' has type"):
+        _stage(tmp_path, paths)
+    emb = pq.read_table(paths["embeddings"])
+    variable = emb.set_column(4, "embedding", emb["embedding"].cast(pa.list_(pa.float32())))
+    pq.write_table(variable, paths["embeddings"])
+    with pytest.raises(io.InputError, match="embeddings.parquet: column 'embedding' has type"):
+        _stage(tmp_path, paths)
+    paths["embeddings"].unlink()
+    with pytest.raises(io.InputError, match="embeddings.parquet: missing input file"):
+        _stage(tmp_path, paths)
+
+
+def test_head_dimension_mismatch_names_both_files(tmp_path):
+    vertices, z, labels = simplex_run(3, 2)
+    paths = write_run(tmp_path, train_z=z, train_noisy=labels, head=vertices, model="ce")
+    other = write_run(tmp_path, train_z=np.zeros((3, 5)), train_noisy=[0, 1, 2],
+                      head=np.eye(3, 5), model="ce", name="other")
+    paths["head"] = other["head"]
+    with pytest.raises(ValueError, match=r"other/head\.parquet .*/run/embeddings\.parquet"):
+        _stage(tmp_path, paths)
+
+
+def test_head_rows_must_match_the_model(tmp_path):
+    _, z, labels = simplex_run(3, 2)
+    paths = write_run(tmp_path, train_z=z, train_noisy=labels, model="ce")  # no head rows
+    with pytest.raises(io.InputError, match="head.parquet: model 'ce' has a head"):
+        _stage(tmp_path, paths)
+
+
+def test_labels_out_of_range_and_missing_metadata(tmp_path):
+    _, z, labels = simplex_run(3, 2)
+    paths = write_run(tmp_path, train_z=z, train_noisy=labels, num_classes=2, model="supcon")
+    with pytest.raises(io.InputError, match="'clean_label' must be in 0..1"):
+        _stage(tmp_path, paths)
+    pq.write_table(pq.read_table(paths["embeddings"]).replace_schema_metadata({}),
+                   paths["embeddings"])
+    with pytest.raises(io.InputError, match="embeddings.parquet: metadata 'train_config'"):
+        _stage(tmp_path, paths)
+
+
+def test_embeddings_of_another_run_are_refused(tmp_path):
+    _, z, labels = simplex_run(3, 4)
+    paths = write_run(tmp_path, train_z=z, train_noisy=labels, model="supcon")
+    out = {"metrics": tmp_path / "o" / "m.json", "cosines": tmp_path / "o" / "c.pq"}
+    wrong = {**identity(paths), "seed": 99}
+    with pytest.raises(io.InputError, match=r"embeddings.parquet: made by run .* expected"):
+        geometry.measure_geometry({"geometry": {"fit_threshold": 1.0}}, **wrong, **paths, **out)
+    assert not out["metrics"].exists()

@@ -1,0 +1,185 @@
+"""Training and embedding stages on the real digits data, cut to a few iterations."""
+
+import math
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from pipeline import schemas
+from pipeline.embed import extract_embeddings
+from pipeline.io import read_metadata
+from pipeline.noise import make_noisy_labels
+from pipeline.simplex import regular_simplex
+from pipeline.train import (
+    DivergenceError,
+    TrainConfig,
+    class_means,
+    learning_rate,
+    load_checkpoint,
+    nearest_class_mean,
+    train,
+)
+
+
+@pytest.fixture
+def labels(tmp_path, small_params):
+    path = tmp_path / "labels.parquet"
+    make_noisy_labels(small_params, dataset="digits", noise=0.3, seed=0, labels=path)
+    return path
+
+
+def run(tmp_path, params, labels, model, tag="a"):
+    paths = {"checkpoint": tmp_path / f"{tag}.pt", "train_log": tmp_path / f"{tag}.parquet"}
+    table = train(params, dataset="digits", model=model, noise=0.3, seed=0, labels=labels, **paths)
+    return table, paths
+
+
+def config(params, model="ce"):
+    return TrainConfig.from_params(params, "digits", model, 0.0, 0)
+
+
+def test_exponential_and_cosine_schedules(small_params):
+    cfg = config(small_params)
+    t, lr = cfg.iterations, cfg.learning_rate
+    assert learning_rate(cfg, 0) == lr
+    assert learning_rate(cfg, t // 2) == pytest.approx(lr * 0.5**5)
+    assert learning_rate(cfg, t - 1) == pytest.approx(lr * (1 / t) ** 5)
+    small_params["train"]["common"]["schedule"] = "cosine"
+    cfg = config(small_params)
+    assert learning_rate(cfg, t // 2) == pytest.approx(lr * 0.5)
+    assert learning_rate(cfg, t // 4) == pytest.approx(lr * 0.5 * (1 + math.cos(math.pi / 4)))
+
+
+@pytest.mark.parametrize("model", ["supcon", "ce", "ce_fixed"])
+def test_train_writes_log_and_checkpoint_deterministically(tmp_path, small_params, labels, model):
+    table, paths = run(tmp_path, small_params, labels, model)
+    common = small_params["train"]["common"]
+    assert table.schema.equals(schemas.TRAIN_LOG)
+    assert table["iteration"].to_pylist() == list(
+        range(common["eval_every"], common["iterations"] + 1, common["eval_every"])
+    )
+    log = table.to_pandas()
+    assert log[["loss", "supcon_loss", "train_accuracy_noisy"]].notna().all().all()
+    assert log["test_accuracy_head"].isna().all() == (model == "supcon")
+    accuracies = log.filter(like="accuracy").fillna(0)
+    assert ((accuracies >= 0) & (accuracies <= 1)).all().all()
+    if model == "supcon":
+        assert (log["loss"] == log["supcon_loss"]).all()
+
+    cfg, state = load_checkpoint(paths["checkpoint"])
+    assert cfg == config(small_params, model).__class__.from_params(
+        small_params, "digits", model, 0.3, 0
+    )
+    assert read_metadata(paths["train_log"])["train_config"] == cfg.to_dict()
+    assert not any("bias" in k for k in state if k.startswith("head"))
+    # same inputs and seed -> byte-identical artifacts
+    _, again = run(tmp_path, small_params, labels, model, tag="b")
+    for key in paths:
+        assert paths[key].read_bytes() == again[key].read_bytes(), key
+
+
+def test_ce_fixed_head_is_an_untrained_regular_simplex(tmp_path, small_params, labels):
+    small_params["train"]["models"]["ce_fixed"]["head_norm"] = 2.0
+    _, paths = run(tmp_path, small_params, labels, "ce_fixed")
+    _, state = load_checkpoint(paths["checkpoint"])
+    h = small_params["train"]["common"]["representation_dim"]
+    np.testing.assert_array_equal(
+        state["head"].numpy(), torch.tensor(regular_simplex(10, h, 2.0), dtype=torch.float32)
+    )
+
+
+def test_ce_head_is_trained(tmp_path, small_params, labels):
+    _, paths = run(tmp_path, small_params, labels, "ce")
+    torch.manual_seed(0)
+    from pipeline.models import Model
+
+    initial = Model(config(small_params).model).state_dict()["head"]
+    _, state = load_checkpoint(paths["checkpoint"])
+    assert not torch.equal(initial, state["head"])
+
+
+def test_divergence_names_run_iteration_and_value_and_writes_nothing(
+    tmp_path, small_params, labels
+):
+    small_params["train"]["models"]["ce"]["learning_rate"] = 1e30
+    expected = r"run digits/ce/noise0.3-seed0: loss is (nan|inf) at iteration \d+"
+    with pytest.raises(DivergenceError, match=expected):
+        run(tmp_path, small_params, labels, "ce")
+    assert list(tmp_path.glob("a.*")) == []
+
+
+def test_untrusted_checkpoint_is_rejected(tmp_path):
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("executed",))
+
+    bad = tmp_path / "evil.pt"
+    torch.save({"config": Evil(), "state_dict": {}}, bad, pickle_protocol=pickle.DEFAULT_PROTOCOL)
+    with pytest.raises(ValueError, match="not a loadable checkpoint"):
+        load_checkpoint(bad)
+    (tmp_path / "junk.pt").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="junk.pt: not a loadable checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+
+
+def test_class_means_and_nearest_mean_equal_naive_loops():
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(50, 4))
+    y = rng.integers(0, 5, size=50)
+    y[y == 3] = 2  # class 3 empty: never predicted
+    means = class_means(torch.tensor(z), torch.tensor(y), 5).numpy()
+    for k in range(5):
+        if (y == k).any():
+            np.testing.assert_allclose(means[k], z[y == k].mean(axis=0), rtol=1e-12)
+        else:
+            assert np.isnan(means[k]).all()
+    pred = nearest_class_mean(torch.tensor(z), torch.tensor(means)).numpy()
+    naive = [
+        min((np.linalg.norm(zi - means[k]), k) for k in range(5) if (y == k).any())[1] for zi in z
+    ]
+    np.testing.assert_array_equal(pred, naive)
+
+
+@pytest.mark.parametrize("model", ["supcon", "ce"])
+def test_embed_writes_every_sample_and_the_head(tmp_path, small_params, labels, model):
+    _, paths = run(tmp_path, small_params, labels, model)
+    out = {"embeddings": tmp_path / "emb.parquet", "head": tmp_path / "head.parquet"}
+    extract_embeddings(
+        small_params, dataset="digits", model=model, noise=0.3, seed=0,
+        labels=labels, checkpoint=paths["checkpoint"], **out,
+    )
+    h = small_params["train"]["common"]["representation_dim"]
+    table = pq.read_table(out["embeddings"])
+    assert table.schema.remove_metadata().equals(schemas.embeddings(h))
+    assert table.num_rows == 1797
+    df = table.to_pandas()
+    assert (df["split"] == "train").sum() == 1258
+    assert df.loc[df.split == "test", "noisy_label"].isna().all()
+    train_rows = df[df.split == "train"]
+    assert train_rows["noisy_label"].tolist() == pq.read_table(labels)["noisy_label"].to_pylist()
+    emb = np.stack(df["embedding"].to_numpy())
+    if model == "supcon":  # supcon's representation lies on the unit sphere
+        np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
+    meta = read_metadata(out["embeddings"])["train_config"]
+    assert meta["model"]["model"] == model and meta["noise_fraction"] == 0.3
+    head = pq.read_table(out["head"])
+    assert head.num_rows == (0 if model == "supcon" else 10)
+    first = out["embeddings"].read_bytes()
+    extract_embeddings(
+        small_params, dataset="digits", model=model, noise=0.3, seed=0,
+        labels=labels, checkpoint=paths["checkpoint"], **out,
+    )
+    assert out["embeddings"].read_bytes() == first
+
+
+def test_embed_refuses_a_checkpoint_of_another_run(tmp_path, small_params, labels):
+    _, paths = run(tmp_path, small_params, labels, "ce")
+    with pytest.raises(ValueError, match=r"made for .*'ce'.*expected .*'supcon'"):
+        extract_embeddings(
+            small_params, dataset="digits", model="supcon", noise=0.3, seed=0, labels=labels,
+            checkpoint=paths["checkpoint"], embeddings=tmp_path / "e", head=tmp_path / "h",
+        )
