@@ -44,8 +44,9 @@ class ModelConfig:
 
 
 class MLPEncoder(nn.Module):
-    """Flattened image -> hidden ReLU layers -> linear representation (no final activation,
-    so representations can take the signs a centred simplex needs)."""
+    """Flattened image -> hidden Linear-BatchNorm-ReLU layers -> linear representation (no
+    final activation or bias, so representations can take the signs a centred simplex needs
+    and cannot collapse onto a constant bias direction)."""
 
     def __init__(self, input_shape: tuple[int, int, int], hidden_dims, representation_dim: int):
         super().__init__()
@@ -53,8 +54,10 @@ class MLPEncoder(nn.Module):
         dims = [c * h * w, *hidden_dims]
         layers: list[nn.Module] = [nn.Flatten()]
         for d_in, d_out in zip(dims[:-1], dims[1:], strict=True):
-            layers += [nn.Linear(d_in, d_out), nn.ReLU()]
-        layers.append(nn.Linear(dims[-1], representation_dim))
+            # BatchNorm as in the paper's ResNet: without it, SGD at lr 0.1 on heavily
+            # noisy labels can kill every ReLU and collapse all representations to 0.
+            layers += [nn.Linear(d_in, d_out, bias=False), nn.BatchNorm1d(d_out), nn.ReLU()]
+        layers.append(nn.Linear(dims[-1], representation_dim, bias=False))
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -91,3 +91,16 @@ def test_digits_split_is_fixed_stratified_and_disjoint(params):
     assert np.all(np.abs(share - 0.3) < 0.01)
     again = datasets.load("digits", params["datasets"]["digits"])
     assert np.array_equal(again.test.images, data.test.images)
+
+
+def test_digits_are_scikit_learns_digits(params):
+    from sklearn.datasets import load_digits
+
+    reference = load_digits()
+    data = datasets.load("digits", params["datasets"]["digits"])
+    images = np.concatenate([data.train.images, data.test.images]).reshape(-1, 64)
+    labels = np.concatenate([data.train.labels, data.test.labels])
+    order = np.lexsort(np.column_stack([images, labels]).T)
+    ref = np.column_stack([reference.data.astype(np.int64), reference.target])
+    mine = np.column_stack([images, labels])[order]
+    np.testing.assert_array_equal(mine, ref[np.lexsort(ref.T)])
