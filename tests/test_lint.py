@@ -26,7 +26,7 @@ def test_snakemake_lint_has_no_unaccepted_findings():
 
 def test_ruff_is_clean():
     result = subprocess.run(
-        [BIN / "ruff", "check", "pipeline", "tests"],
+        [BIN / "ruff", "check", "pipeline", "tests", "benchmarks"],
         cwd=ROOT, capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
