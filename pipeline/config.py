@@ -71,6 +71,12 @@ def _check_cross_fields(params: dict, source: str) -> None:
             raise ParamsError(
                 f"{source}: grid.models lists {model!r} but train.models.{model} is missing"
             )
+    common = params["train"]["common"]
+    if common["encoder"] == "resnet18" and common["representation_dim"] != 512:
+        raise ParamsError(
+            f"{source}: train.common.representation_dim: {common['representation_dim']} does "
+            "not match encoder resnet18, whose pooled output is 512-d"
+        )
     if "ce_fixed" in params["grid"]["models"]:
         h = params["train"]["common"]["representation_dim"]
         for name in params["grid"]["datasets"]:

@@ -1,14 +1,18 @@
 """Dataset registry: a name -> how to load its fixed train/test split.
 
-Stages only ever call :func:`load`; adding a dataset (CIFAR-10/100 in a later issue) means
-adding one :class:`DatasetSpec` here and its params schema entry, without touching a stage.
+Stages only ever call :func:`load`; adding a dataset means adding one :class:`DatasetSpec`
+here and its params schema entry, without touching a stage.
 Images are kept as uint8 (N, C, H, W) with their value range, so the training loop can hold
 them on the device compactly and normalise whole batches there.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import io
+import pickle
+import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,8 +87,108 @@ def _load_digits(params: dict) -> Data:
     )
 
 
+class DatasetError(ValueError):
+    """A raw dataset file is missing, corrupt or not the expected one."""
+
+
+@dataclass(frozen=True)
+class CifarArchive:
+    """One of the official CIFAR python archives (https://www.cs.toronto.edu/~kriz/cifar.html)."""
+
+    filename: str
+    md5: str  # published checksum of the archive
+    folder: str  # top folder inside the archive
+    train_members: tuple[str, ...]
+    test_member: str
+    label_key: bytes
+
+    @property
+    def url(self) -> str:
+        return f"https://www.cs.toronto.edu/~kriz/{self.filename}"
+
+
+CIFAR = {
+    "cifar10": CifarArchive(
+        "cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a", "cifar-10-batches-py",
+        tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch", b"labels",
+    ),
+    "cifar100": CifarArchive(
+        "cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85", "cifar-100-python",
+        ("train",), "test", b"fine_labels",
+    ),
+}
+
+
+def md5sum(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles the CIFAR batches (dicts of bytes, lists and numpy arrays) and refuses
+    every other global, so even an archive that slipped past the checksum runs no code."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("_codecs", "encode"),  # how Python 3 pickles bytes at protocol 2; pure
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing global {module}.{name} in a CIFAR batch")
+        return super().find_class(module, name)
+
+
+def verify_archive(name: str, params: dict) -> Path:
+    """The archive of dataset ``name`` at ``params['archive']``, checked against its md5."""
+    spec = CIFAR[name]
+    path = Path(params["archive"])
+    expected = params.get("md5", spec.md5)
+    where = (f"expected md5 {expected}; get it from {spec.url} (then "
+             f"`dvc add {path}` to track it)")
+    if not path.is_file():
+        raise DatasetError(f"{path}: missing dataset archive for {name!r}; {where}")
+    found = md5sum(path)
+    if found != expected:
+        raise DatasetError(f"{path}: md5 is {found}, {where}")
+    return path
+
+
+def _load_cifar(name: str, params: dict) -> Data:
+    spec = CIFAR[name]
+    path = verify_archive(name, params)
+
+    def batch(tar: tarfile.TarFile, member: str) -> tuple[np.ndarray, np.ndarray]:
+        f = tar.extractfile(f"{spec.folder}/{member}")
+        if f is None:
+            raise DatasetError(f"{path}: has no member {spec.folder}/{member}")
+        d = _ArrayUnpickler(io.BytesIO(f.read()), encoding="bytes").load()
+        images = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)  # (N, C, H, W)
+        return images, np.asarray(d[spec.label_key], dtype=np.int64)
+
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            parts = [batch(tar, m) for m in spec.train_members]
+            test = batch(tar, spec.test_member)
+    except (tarfile.TarError, OSError, EOFError, pickle.UnpicklingError, KeyError) as e:
+        raise DatasetError(f"{path}: corrupt {name} archive ({type(e).__name__}: {e})") from e
+    train = Split(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+    num_classes = REGISTRY[name].num_classes
+    return Data(name, num_classes, 255, train, Split(*test))
+
+
 REGISTRY: dict[str, DatasetSpec] = {
     "digits": DatasetSpec("digits", num_classes=10, image_shape=(1, 8, 8), loader=_load_digits),
+    "cifar10": DatasetSpec(
+        "cifar10", 10, (3, 32, 32), lambda params: _load_cifar("cifar10", params)
+    ),
+    "cifar100": DatasetSpec(
+        "cifar100", 100, (3, 32, 32), lambda params: _load_cifar("cifar100", params)
+    ),
 }
 
 
@@ -98,6 +202,9 @@ def spec(name: str) -> DatasetSpec:
 def load(name: str, params: dict) -> Data:
     """Load dataset ``name`` with its own params section (``datasets.<name>``)."""
     data = spec(name).loader(params)
-    if data.train.labels.max() >= data.num_classes or data.train.labels.min() < 0:
-        raise ValueError(f"dataset {name!r}: labels outside [0, {data.num_classes})")
+    for split in (data.train, data.test):
+        if split.labels.max() >= data.num_classes or split.labels.min() < 0:
+            raise DatasetError(f"dataset {name!r}: labels outside [0, {data.num_classes})")
+        if split.images.shape[1:] != spec(name).image_shape or split.images.dtype != np.uint8:
+            raise DatasetError(f"dataset {name!r}: images are not uint8 {spec(name).image_shape}")
     return data

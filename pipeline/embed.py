@@ -14,21 +14,16 @@ import pyarrow as pa
 import torch
 
 from pipeline import datasets, schemas
+from pipeline.devices import pick_device
 from pipeline.io import write_parquet
 from pipeline.models import Model
-from pipeline.train import load_checkpoint, normalised_images, pick_device, read_labels
+from pipeline.train import device_images, load_checkpoint, read_labels, represent_all
 
 
 def _fixed_size_list(values: np.ndarray) -> pa.FixedSizeListArray:
     n, dim = values.shape
     flat = pa.array(np.ascontiguousarray(values, dtype=np.float32).reshape(-1))
     return pa.FixedSizeListArray.from_arrays(flat, dim)
-
-
-@torch.no_grad()
-def _represent(net: Model, x: torch.Tensor, batch_size: int) -> np.ndarray:
-    parts = [net.represent(x[i : i + batch_size]).cpu() for i in range(0, x.shape[0], batch_size)]
-    return torch.cat(parts).numpy()  # (N, h) float32
 
 
 def extract_embeddings(
@@ -59,8 +54,9 @@ def extract_embeddings(
     net.to(device).eval()
 
     batch = params["embed"]["batch_size"]
-    z_train = _represent(net, normalised_images(data, data.train.images, device), batch)
-    z_test = _represent(net, normalised_images(data, data.test.images, device), batch)
+    train_images, test_images = device_images(data, device)
+    z_train = represent_all(net, train_images, batch).cpu().numpy()  # (N, h) float32
+    z_test = represent_all(net, test_images, batch).cpu().numpy()
     n_train, n_test = z_train.shape[0], z_test.shape[0]
     dim = cfg.model.representation_dim
     table = pa.table(

@@ -64,7 +64,31 @@ class MLPEncoder(nn.Module):
         return self.net(x)  # (B, C, H, W) -> (B, h)
 
 
-ENCODERS = {"mlp": MLPEncoder}
+class ResNet18Encoder(nn.Module):
+    """torchvision's ResNet-18, CIFAR variant (PAPER.md): a 3x3 stride-1 stem and no
+    max-pool, so 32x32 inputs keep their resolution; the 512-d pooled output is the
+    representation (no fc layer)."""
+
+    def __init__(self, input_shape: tuple[int, int, int], hidden_dims, representation_dim: int):
+        super().__init__()
+        from torchvision.models import resnet18
+
+        if representation_dim != 512:
+            raise ValueError(
+                f"encoder resnet18 has a 512-d pooled output, representation_dim is "
+                f"{representation_dim}"
+            )
+        net = resnet18(weights=None)
+        net.conv1 = nn.Conv2d(input_shape[0], 64, kernel_size=3, stride=1, padding=1, bias=False)
+        net.maxpool = nn.Identity()
+        net.fc = nn.Identity()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)  # (B, 3, 32, 32) -> (B, 512)
+
+
+ENCODERS = {"mlp": MLPEncoder, "resnet18": ResNet18Encoder}
 
 
 class Model(nn.Module):

@@ -118,6 +118,8 @@ _TRAIN_CODE = (
     "pipeline/losses.py",
     "pipeline/simplex.py",
     "pipeline/datasets.py",
+    "pipeline/batches.py",
+    "pipeline/devices.py",
     *_SHARED_CODE,
 )
 

@@ -8,10 +8,10 @@ regular simplex. Every ``eval_every`` iterations one row goes to the training lo
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,6 +20,8 @@ import pyarrow as pa
 import torch
 
 from pipeline import datasets, schemas
+from pipeline.batches import DeviceImages, channel_statistics
+from pipeline.devices import pick_device
 from pipeline.io import atomic_path, read_parquet, write_parquet
 from pipeline.losses import cross_entropy_loss, supcon_loss
 from pipeline.models import Model, ModelConfig
@@ -48,6 +50,8 @@ class TrainConfig:
     weight_decay: float
     temperature: float
     eval_every: int
+    augmentation: str  # "none" or "standard" (random crop with padding 4 + horizontal flip)
+    compile: bool  # torch.compile the encoder (speed only; the math is unchanged)
     model: ModelConfig
 
     @classmethod
@@ -67,6 +71,8 @@ class TrainConfig:
             weight_decay=float(common["weight_decay"]),
             temperature=float(common["temperature"]),
             eval_every=common["eval_every"],
+            augmentation=common["augmentation"],
+            compile=bool(common["compile"]),
             model=ModelConfig(
                 model=model,
                 encoder=common["encoder"],
@@ -102,23 +108,6 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
     raise ValueError(f"unknown schedule {cfg.schedule!r} (known: exponential, cosine)")
 
 
-def pick_device() -> torch.device:
-    """``PIPELINE_DEVICE`` if set, else the GPU when there is one, else the CPU."""
-    name = os.environ.get("PIPELINE_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def normalised_images(data: datasets.Data, images: np.ndarray, device) -> torch.Tensor:
-    """Scale to [0, 1], then standardise per channel with training-set statistics."""
-    train = data.train.images.astype(np.float64) / data.pixel_max
-    mean = train.mean(axis=(0, 2, 3))
-    std = train.std(axis=(0, 2, 3))
-    x = torch.as_tensor(images, device=device).float() / data.pixel_max  # (N, C, H, W)
-    m = torch.as_tensor(mean, dtype=torch.float32, device=device)[None, :, None, None]
-    s = torch.as_tensor(std, dtype=torch.float32, device=device)[None, :, None, None]
-    return (x - m) / s
-
-
 def read_labels(path: Path, expected_rows: int) -> pa.Table:
     table = read_parquet(path, {f.name: f.type for f in schemas.LABELS})
     if table.num_rows != expected_rows:
@@ -128,9 +117,28 @@ def read_labels(path: Path, expected_rows: int) -> pa.Table:
     return table
 
 
+def device_images(data: datasets.Data, device, channels_last: bool = False):
+    """(train, test) images resident on ``device``, normalised with training statistics."""
+    mean, std = channel_statistics(data.train.images, data.pixel_max)
+    return tuple(
+        DeviceImages(split.images, data.pixel_max, mean, std, device, channels_last)
+        for split in (data.train, data.test)
+    )
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA (tensor cores); float32 everywhere else, so CPU runs stay exact."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 @torch.no_grad()
-def represent_all(model: Model, x: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-    return torch.cat([model.represent(x[i : i + chunk]) for i in range(0, x.shape[0], chunk)])
+def represent_all(model: Model, images: DeviceImages, chunk: int = 4096) -> torch.Tensor:
+    device = images.images.device
+    with autocast(device):
+        parts = [model.represent(x).float() for x in images.chunks(chunk)]
+    return torch.cat(parts)  # (N, h) float32
 
 
 def class_means(z: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -148,28 +156,84 @@ def nearest_class_mean(z: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
     return torch.nan_to_num(scores, nan=float("-inf")).argmax(dim=1)
 
 
-@torch.no_grad()
-def evaluate(model: Model, x_train, y_noisy, y_clean, x_test, y_test) -> dict[str, float]:
-    model.eval()
-    k = model.config.num_classes
-    z_train, z_test = represent_all(model, x_train), represent_all(model, x_test)
-    means = class_means(z_train, y_noisy, k)
-    if model.has_head:
-        train_pred = model.logits(z_train).argmax(dim=1)
-        test_head = (model.logits(z_test).argmax(dim=1) == y_test).double().mean().item()
-    else:
-        train_pred = nearest_class_mean(z_train, means)
-        test_head = None
-    model.train()
-    return {
-        "train_accuracy_noisy": (train_pred == y_noisy).double().mean().item(),
-        "train_accuracy_clean": (train_pred == y_clean).double().mean().item(),
-        "test_accuracy_class_mean": (nearest_class_mean(z_test, means) == y_test)
-        .double()
-        .mean()
-        .item(),
-        "test_accuracy_head": test_head,
-    }
+def accuracy(pred: torch.Tensor, target: torch.Tensor) -> float:
+    return (pred == target).double().mean().item()
+
+
+class Trainer:
+    """One run's model, optimiser and data on one device; :meth:`step` is the hot loop.
+
+    The hot loop has no per-sample Python and no host synchronisation: batch indices and
+    augmentation draws come from a CPU generator (cheap, and identical on every device),
+    losses stay on the device until the next evaluation.
+    """
+
+    def __init__(self, cfg: TrainConfig, data: datasets.Data, noisy_labels: np.ndarray,
+                 device: torch.device):
+        self.cfg = cfg
+        self.device = device
+        # channels_last feeds the GPU's tensor cores without transposes; a no-op for MLPs.
+        channels_last = device.type == "cuda" and cfg.model.encoder != "mlp"
+        self.train_images, self.test_images = device_images(data, device, channels_last)
+        self.y_noisy = torch.as_tensor(noisy_labels.copy(), device=device)
+        self.y_clean = torch.as_tensor(data.train.labels, device=device)
+        self.y_test = torch.as_tensor(data.test.labels, device=device)
+        torch.manual_seed(cfg.seed)  # initial weights
+        self.net = Model(cfg.model).to(device)
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.forward = torch.compile(self.net.represent) if cfg.compile else self.net.represent
+        self.sampler = torch.Generator().manual_seed(cfg.seed)  # batches and augmentation
+        self.optimizer = torch.optim.SGD(
+            self.net.parameters(),
+            lr=cfg.learning_rate,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+        )
+
+    def step(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One SGD step (``step`` in [0, T)); returns (loss, supcon loss), still on device."""
+        cfg = self.cfg
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(cfg, step)
+        n = len(self.train_images)
+        idx = torch.randint(n, (cfg.batch_size,), generator=self.sampler)  # with replacement
+        x = self.train_images.batch(idx, cfg.augmentation, self.sampler)
+        y = self.y_noisy[idx.to(self.device)]
+        with autocast(self.device):
+            z = self.forward(x).float()  # (b, h); losses in float32
+        if self.net.has_head:
+            loss = cross_entropy_loss(self.net.logits(z), y)
+            with torch.no_grad():
+                tracked = supcon_loss(torch.nn.functional.normalize(z, dim=1), y, cfg.temperature)
+        else:
+            loss = supcon_loss(z, y, cfg.temperature)
+            tracked = loss.detach()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach(), tracked
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float | None]:
+        net = self.net
+        net.eval()
+        z_train = represent_all(net, self.train_images)
+        z_test = represent_all(net, self.test_images)
+        means = class_means(z_train, self.y_noisy, net.config.num_classes)
+        if net.has_head:
+            train_pred = net.logits(z_train).argmax(dim=1)
+            test_head = accuracy(net.logits(z_test).argmax(dim=1), self.y_test)
+        else:
+            train_pred = nearest_class_mean(z_train, means)
+            test_head = None
+        net.train()
+        return {
+            "train_accuracy_noisy": accuracy(train_pred, self.y_noisy),
+            "train_accuracy_clean": accuracy(train_pred, self.y_clean),
+            "test_accuracy_class_mean": accuracy(nearest_class_mean(z_test, means), self.y_test),
+            "test_accuracy_head": test_head,
+        }
 
 
 def train(
@@ -190,70 +254,45 @@ def train(
     # One thread: results then do not depend on the machine's core count, and Snakemake
     # can run one training job per core.
     torch.set_num_threads(1)
-    device = pick_device()
     data = datasets.load(dataset, params["datasets"][dataset])
     label_table = read_labels(Path(labels), data.train.labels.shape[0])
     if not np.array_equal(label_table["clean_label"].to_numpy(), data.train.labels):
         raise ValueError(f"{labels}: clean labels differ from dataset {dataset!r}'s training split")
-    x_train = normalised_images(data, data.train.images, device)
-    x_test = normalised_images(data, data.test.images, device)
-    y_noisy = torch.as_tensor(label_table["noisy_label"].to_numpy().copy(), device=device)
-    y_clean = torch.as_tensor(data.train.labels, device=device)
-    y_test = torch.as_tensor(data.test.labels, device=device)
+    device = pick_device()
+    trainer = Trainer(cfg, data, label_table["noisy_label"].to_numpy(), device)
 
-    torch.manual_seed(cfg.seed)  # initial weights
-    net = Model(cfg.model).to(device)
-    sampler = torch.Generator().manual_seed(cfg.seed)  # batch indices, drawn on the CPU
-    optimizer = torch.optim.SGD(
-        net.parameters(),
-        lr=cfg.learning_rate,
-        momentum=cfg.momentum,
-        weight_decay=cfg.weight_decay,
-    )
-    n = x_train.shape[0]
     rows: list[dict] = []
-    window_loss = window_supcon = 0.0
+    window_losses = torch.zeros(cfg.eval_every, device=device)
+    window_supcon = torch.zeros(cfg.eval_every, device=device)
     window = 0
     log.info("run %s on %s: %d iterations", cfg.run_name, device, cfg.iterations)
     bar = tqdm(total=cfg.iterations, desc=cfg.run_name, disable=None, mininterval=1.0)
     for step in range(cfg.iterations):
-        lr = learning_rate(cfg, step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        idx = torch.randint(n, (cfg.batch_size,), generator=sampler).to(device)  # with replacement
-        z = net.represent(x_train[idx])  # (b, h)
-        y = y_noisy[idx]
-        if net.has_head:
-            loss = cross_entropy_loss(net.logits(z), y)
-            with torch.no_grad():
-                tracked = supcon_loss(torch.nn.functional.normalize(z, dim=1), y, cfg.temperature)
-        else:
-            loss = supcon_loss(z, y, cfg.temperature)
-            tracked = loss.detach()
-        value = loss.item()
-        if not math.isfinite(value):
-            raise DivergenceError(
-                f"run {cfg.run_name}: loss is {value} at iteration {step + 1}; no outputs written"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        window_loss += value
-        window_supcon += tracked.item()
+        loss, tracked = trainer.step(step)
+        window_losses[window] = loss
+        window_supcon[window] = tracked
         window += 1
         bar.update(1)
         done = step + 1
         if done % cfg.eval_every == 0 or done == cfg.iterations:
+            # The only host synchronisation: once per evaluation, not per step.
+            losses = window_losses[:window].double().cpu()
+            bad = (~torch.isfinite(losses)).nonzero()
+            if len(bad):
+                first = int(bad[0])
+                raise DivergenceError(
+                    f"run {cfg.run_name}: loss is {losses[first].item()} at iteration "
+                    f"{done - window + first + 1}; no outputs written"
+                )
             row = {
                 "iteration": done,
-                "learning_rate": lr,
-                "loss": window_loss / window,
-                "supcon_loss": window_supcon / window,
-                **evaluate(net, x_train, y_noisy, y_clean, x_test, y_test),
+                "learning_rate": learning_rate(cfg, step),
+                "loss": losses.mean().item(),
+                "supcon_loss": window_supcon[:window].double().mean().item(),
+                **trainer.evaluate(),
             }
             rows.append(row)
             bar.set_postfix(loss=f"{row['loss']:.4f}", train=f"{row['train_accuracy_noisy']:.3f}")
-            window_loss = window_supcon = 0.0
             window = 0
     bar.close()
     final = rows[-1]
@@ -263,7 +302,7 @@ def train(
         final["test_accuracy_class_mean"],
     )
     table = pa.Table.from_pylist(rows, schema=LOG_SCHEMA)
-    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    state = {k: v.detach().cpu() for k, v in trainer.net.state_dict().items()}
     save_checkpoint({"config": cfg.to_dict(), "state_dict": state}, Path(checkpoint))
     write_parquet(table, train_log, metadata={"train_config": cfg.to_dict()})
     return table

@@ -1,0 +1,69 @@
+"""CIFAR archives: checksum verification, format, and refusal of anything else."""
+
+import io
+import pickle
+import tarfile
+
+import numpy as np
+import pytest
+from tiny_cifar import write_tiny_cifar
+
+from pipeline import datasets
+from pipeline.datasets import CIFAR, DatasetError
+
+
+@pytest.mark.parametrize("name,k,train_batches", [("cifar10", 10, 5), ("cifar100", 100, 1)])
+def test_tiny_archive_loads_in_the_official_layout(tmp_path, name, k, train_batches):
+    path = tmp_path / CIFAR[name].filename
+    md5 = write_tiny_cifar(path, name, per_batch=20)
+    data = datasets.load(name, {"archive": str(path), "md5": md5})
+    assert data.num_classes == k and data.pixel_max == 255
+    assert data.train.images.shape == (20 * train_batches, 3, 32, 32)
+    assert data.train.images.dtype == np.uint8
+    assert data.test.images.shape == (20, 3, 32, 32)
+    np.testing.assert_array_equal(data.test.labels, np.arange(20) % k)
+
+
+def test_missing_archive_names_path_checksum_and_source(tmp_path):
+    path = tmp_path / "raw" / "cifar-10-python.tar.gz"
+    with pytest.raises(DatasetError) as e:
+        datasets.load("cifar10", {"archive": str(path)})
+    message = str(e.value)
+    assert str(path) in message and "missing" in message
+    assert "c58f30108f718f92721af3b95e74349a" in message  # the published checksum
+    assert "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz" in message
+
+
+def test_wrong_checksum_is_refused(tmp_path):
+    path = tmp_path / "cifar-100-python.tar.gz"
+    md5 = write_tiny_cifar(path, "cifar100")
+    with pytest.raises(DatasetError, match=rf"md5 is {md5}, expected md5 eb9058c3a382ffc7106e"):
+        datasets.load("cifar100", {"archive": str(path)})
+
+
+def test_corrupt_archive_is_named(tmp_path):
+    path = tmp_path / "cifar-10-python.tar.gz"
+    path.write_bytes(b"\x1f\x8b not really gzip")
+    from pipeline.datasets import md5sum
+
+    with pytest.raises(DatasetError, match=r"cifar-10-python.tar.gz: corrupt cifar10 archive"):
+        datasets.load("cifar10", {"archive": str(path), "md5": md5sum(path)})
+
+
+def test_archive_with_code_in_its_pickle_never_runs_it(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (exec, ("open('pwned', 'w').write('x')",))
+
+    path = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        for member in (*CIFAR["cifar10"].train_members, "test_batch"):
+            blob = pickle.dumps({b"data": Evil(), b"labels": [0]})
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{member}")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    from pipeline.datasets import md5sum
+
+    with pytest.raises(DatasetError, match="refusing global builtins.exec"):
+        datasets.load("cifar10", {"archive": str(path), "md5": md5sum(path)})
+    assert not (tmp_path / "pwned").exists()
