@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +16,26 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Stage subprocesses must find `python -m pipeline` of this interpreter.
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+
+
+def sh(*cmd, cwd, check=True, env=None):
+    """Run a command; on failure raise with its whole output."""
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False, env=env)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, cmd))} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def copy_project(dest: Path) -> Path:
+    """The project's files (tracked or not ignored; no tests, no data) in a new git repo."""
+    files = sh("git", "ls-files", "--cached", "--others", "--exclude-standard", cwd=ROOT)
+    for name in files.stdout.splitlines():
+        src = ROOT / name
+        if src.is_file() and not name.startswith("tests/"):
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    sh("git", "init", "-q", cwd=dest)
+    return dest
 
 
 def default_params() -> dict:

@@ -6,32 +6,13 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 import sys
 
 import pytest
 import yaml
-from conftest import ROOT, tiny_params
+from conftest import copy_project, sh, tiny_params
 
 pytestmark = pytest.mark.e2e
-
-
-def sh(*cmd, cwd, check=True):
-    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-def copy_project(dest):
-    files = sh("git", "ls-files", "--cached", "--others", "--exclude-standard", cwd=ROOT)
-    for name in files.stdout.splitlines():
-        src = ROOT / name
-        if src.is_file() and not name.startswith("tests/"):
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / name)
-    sh("git", "init", "-q", cwd=dest)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,49 @@
+"""How long the front-ends take to plan the full `paper` preset grid (2 datasets x 3 models
+x 11 noise fractions x 3 seeds): `snakemake -n` and `dvc status`, on a temporary copy of the
+project whose params.yaml is the preset. Prints a table; target <= 5 s each. Not a test.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def timed(cmd: list[str], cwd: Path) -> tuple[float, str]:
+    start = time.perf_counter()
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=True)
+    return time.perf_counter() - start, result.stdout
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        project = Path(tmp) / "project"
+        files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                               cwd=ROOT, capture_output=True, text=True, check=True)
+        for name in files.stdout.splitlines():
+            if (ROOT / name).is_file() and not name.startswith("tests/"):
+                (project / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(ROOT / name, project / name)
+        shutil.copy2(ROOT / "presets/paper.yaml", project / "params.yaml")
+        subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+        bin_dir = Path(sys.executable).parent
+        smk, out = timed([str(bin_dir / "snakemake"), "-n", "--cores", "4", "--quiet", "rules"],
+                         project)
+        jobs = [line.split()[-1] for line in out.splitlines() if line.startswith("total")]
+        dvc, _ = timed([str(bin_dir / "dvc"), "status"], project)
+        stages, _ = timed([str(bin_dir / "dvc"), "stage", "list"], project)
+    print(f"paper preset grid: {jobs[0] if jobs else '?'} Snakemake jobs")
+    print(f"{'command':<34}{'wall time':>10}")
+    print(f"{'snakemake -n':<34}{smk:>8.2f} s")
+    print(f"{'dvc status':<34}{dvc:>8.2f} s")
+    print(f"{'dvc stage list':<34}{stages:>8.2f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""The `paper` preset encodes PAPER.md's protocol, and runs end to end when cut down."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import yaml
+from conftest import ROOT, copy_project, sh
+from tiny_cifar import write_tiny_cifar
+
+from pipeline.config import load_params
+from pipeline.datasets import CIFAR
+
+PRESET = ROOT / "presets" / "paper.yaml"
+
+# PAPER.md, "Protocol of the paper's experiments", field by field.
+PROTOCOL = {
+    "grid.datasets": ["cifar10", "cifar100"],
+    "grid.models": ["supcon", "ce", "ce_fixed"],
+    "grid.noise_fractions": [round(0.1 * i, 1) for i in range(11)],
+    "noisy_labels.scheme": "flip",
+    "train.common.encoder": "resnet18",
+    "train.common.representation_dim": 512,
+    "train.common.batch_size": 256,
+    "train.common.iterations": 100_000,
+    "train.common.schedule": "exponential",
+    "train.common.momentum": 0.9,
+    "train.common.weight_decay": 1e-4,
+    "train.common.temperature": 0.1,
+    "train.common.eval_every": 500,
+    "train.models.supcon.learning_rate": 0.1,
+    "train.models.ce.learning_rate": 0.1,
+    "train.models.ce_fixed.learning_rate": 0.1,
+    "train.models.ce_fixed.head_norm": 1.0,
+    "geometry.fit_threshold": 1.0,
+}
+
+
+def get(params: dict, dotted: str):
+    for part in dotted.split("."):
+        params = params[part]
+    return params
+
+
+@pytest.mark.parametrize("key,expected", PROTOCOL.items())
+def test_paper_preset_matches_the_protocol(key, expected):
+    assert get(load_params(PRESET), key) == expected
+
+
+def test_paper_preset_reads_the_official_archives():
+    params = load_params(PRESET)
+    for name in ("cifar10", "cifar100"):
+        assert params["datasets"][name] == {"archive": f"data/raw/{CIFAR[name].filename}"}
+    assert len(load_params(PRESET)["grid"]["seeds"]) >= 2  # a spread across seeds
+
+
+@pytest.mark.e2e
+def test_paper_preset_cut_to_a_few_iterations_runs_end_to_end(tmp_path):
+    """The real Snakefile on the preset, with tiny archives of the official format, two SGD
+    steps of a small batch and one noise level: every stage, both datasets, all models."""
+    project = copy_project(tmp_path / "project")
+    preset = yaml.safe_load(PRESET.read_text())
+    for name in ("cifar10", "cifar100"):
+        archive = project / preset["datasets"][name]["archive"]
+        preset["datasets"][name]["md5"] = write_tiny_cifar(archive, name, per_batch=12)
+    preset["grid"].update(noise_fractions=[0.0], seeds=[0])
+    preset["train"]["common"].update(iterations=2, eval_every=1, batch_size=8, compile=False)
+    cut = project / "paper-cut.yaml"
+    cut.write_text(yaml.safe_dump(preset))
+    sh(sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", str(cut), cwd=project)
+    summary = (project / "data/summary/summary.csv").read_text().splitlines()
+    assert len(summary) == 1 + 2 * 3  # both datasets x three models
+    figures = {p.name for p in (project / "data/figures").iterdir()}
+    for dataset in ("cifar10", "cifar100"):
+        assert f"geometry_{dataset}.png" in figures
