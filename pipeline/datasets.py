@@ -104,7 +104,10 @@ class CifarArchive:
 
     @property
     def url(self) -> str:
-        return f"https://www.cs.toronto.edu/~kriz/{self.filename}"
+        return f"{CIFAR_MIRROR}{self.filename}"
+
+
+CIFAR_MIRROR = "https://www.cs.toronto.edu/~kriz/"  # the authors' page; a mirror may replace it
 
 
 CIFAR = {
@@ -156,6 +159,28 @@ def verify_archive(name: str, params: dict) -> Path:
     if found != expected:
         raise DatasetError(f"{path}: md5 is {found}, {where}")
     return path
+
+
+def download_archive(name: str, destination: Path) -> Path:
+    """Fetch dataset ``name``'s official archive to ``destination`` and verify its md5.
+
+    Only for machines with a network (never called by a stage or a test); the file is
+    written atomically, so an interrupted download leaves nothing that passes for it.
+    """
+    import shutil
+    import urllib.request
+
+    from pipeline.io import atomic_path
+
+    spec = CIFAR[name]
+    destination = Path(destination)
+    with atomic_path(destination) as tmp:
+        with urllib.request.urlopen(spec.url) as response, open(tmp, "wb") as out:
+            shutil.copyfileobj(response, out)
+        if md5sum(tmp) != spec.md5:
+            raise DatasetError(f"{spec.url}: downloaded file has md5 {md5sum(tmp)}, "
+                               f"expected {spec.md5}")
+    return destination
 
 
 def _load_cifar(name: str, params: dict) -> Data:

@@ -67,3 +67,20 @@ def test_archive_with_code_in_its_pickle_never_runs_it(tmp_path):
     with pytest.raises(DatasetError, match="refusing global builtins.exec"):
         datasets.load("cifar10", {"archive": str(path), "md5": md5sum(path)})
     assert not (tmp_path / "pwned").exists()
+
+
+def test_download_verifies_the_checksum_and_leaves_nothing_on_mismatch(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    mirror = tmp_path / "mirror"
+    md5 = write_tiny_cifar(mirror / "cifar-10-python.tar.gz", "cifar10")
+    monkeypatch.setattr(datasets, "CIFAR_MIRROR", mirror.as_uri() + "/")
+    good = replace(CIFAR["cifar10"], md5=md5)
+    monkeypatch.setitem(CIFAR, "cifar10", good)
+    out = datasets.download_archive("cifar10", tmp_path / "raw" / "cifar-10-python.tar.gz")
+    assert datasets.md5sum(out) == md5
+    monkeypatch.setitem(CIFAR, "cifar10", replace(good, md5="0" * 32))
+    target = tmp_path / "raw2" / "cifar-10-python.tar.gz"
+    with pytest.raises(DatasetError, match=f"has md5 {md5}, expected 0000"):
+        datasets.download_archive("cifar10", target)
+    assert list(target.parent.iterdir()) == []
