@@ -12,6 +12,8 @@ import contextlib
 import io
 import logging
 import math
+import os
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -191,6 +193,20 @@ class Trainer:
             weight_decay=cfg.weight_decay,
         )
 
+    def state(self) -> dict:
+        """Everything the remaining steps depend on: weights (BatchNorm statistics included),
+        momentum buffers and the position of the random stream."""
+        return {
+            "model": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "sampler": self.sampler.get_state(),
+        }
+
+    def load_state(self, state: dict) -> None:
+        self.net.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.sampler.set_state(state["sampler"])
+
     def step(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One SGD step (``step`` in [0, T)); returns (loss, supcon loss), still on device."""
         cfg = self.cfg
@@ -261,13 +277,20 @@ def train(
     device = pick_device()
     trainer = Trainer(cfg, data, label_table["noisy_label"].to_numpy(), device)
 
-    rows: list[dict] = []
+    resume = resume_path(Path(checkpoint))
+    saved = load_resume(resume, cfg)
+    start, rows = (saved["step"], saved["rows"]) if saved else (0, [])
+    if saved:
+        trainer.load_state(saved["trainer"])
+        log.info("run %s: resuming after iteration %d from %s", cfg.run_name, start, resume)
+    last_save = time.monotonic()
     window_losses = torch.zeros(cfg.eval_every, device=device)
     window_supcon = torch.zeros(cfg.eval_every, device=device)
     window = 0
     log.info("run %s on %s: %d iterations", cfg.run_name, device, cfg.iterations)
-    bar = tqdm(total=cfg.iterations, desc=cfg.run_name, disable=None, mininterval=1.0)
-    for step in range(cfg.iterations):
+    bar = tqdm(total=cfg.iterations, initial=start, desc=cfg.run_name, disable=None,
+               mininterval=1.0)
+    for step in range(start, cfg.iterations):
         loss, tracked = trainer.step(step)
         window_losses[window] = loss
         window_supcon[window] = tracked
@@ -294,6 +317,15 @@ def train(
             rows.append(row)
             bar.set_postfix(loss=f"{row['loss']:.4f}", train=f"{row['train_accuracy_noisy']:.3f}")
             window = 0
+            # Resume points only at evaluation boundaries: the loss window is then empty,
+            # so the saved state is complete without it.
+            if done < cfg.iterations and time.monotonic() - last_save >= resume_interval():
+                save_checkpoint(
+                    {"config": cfg.to_dict(), "step": done, "rows": rows,
+                     "trainer": trainer.state()},
+                    resume,
+                )
+                last_save = time.monotonic()
     bar.close()
     final = rows[-1]
     log.info(
@@ -305,7 +337,35 @@ def train(
     state = {k: v.detach().cpu() for k, v in trainer.net.state_dict().items()}
     save_checkpoint({"config": cfg.to_dict(), "state_dict": state}, Path(checkpoint))
     write_parquet(table, train_log, metadata={"train_config": cfg.to_dict()})
+    resume.unlink(missing_ok=True)
     return table
+
+
+def resume_interval() -> float:
+    """Seconds between resume points (``PIPELINE_CHECKPOINT_SECONDS``, default 300). Not a
+    param: how often a run saves its progress never changes its results."""
+    return float(os.environ.get("PIPELINE_CHECKPOINT_SECONDS", "300"))
+
+
+def resume_path(checkpoint: Path) -> Path:
+    """A hidden sibling of the final checkpoint: nothing takes it for a finished output."""
+    return checkpoint.with_name(f".{checkpoint.name}.resume")
+
+
+def load_resume(path: Path, cfg: TrainConfig) -> dict | None:
+    """The saved progress of this run, or None: absent, unreadable, or of another config
+    (e.g. params changed since the interruption), in which case the run starts afresh."""
+    if not path.exists():
+        return None
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated or foreign file: never trusted, never executed
+        log.warning("%s: ignoring unreadable resume point (%s)", path, e)
+        return None
+    if not isinstance(saved, dict) or saved.get("config") != cfg.to_dict():
+        log.warning("%s: resume point of another config; starting afresh", path)
+        return None
+    return saved
 
 
 def save_checkpoint(obj: dict, path: Path) -> None:
