@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pipeline import stages
 from pipeline.config import ParamsError, load_params, select
+from pipeline.io import output_locks
 
 # stage name -> (module, function)
 ENTRY_POINTS = {
@@ -65,7 +66,8 @@ def run_stage(stage: stages.Stage, args: argparse.Namespace) -> object:
     module, function = ENTRY_POINTS[stage.name]
     fn = getattr(importlib.import_module(module), function)
     files = {name: getattr(args, name) for name in [*stage.deps, *stage.outs]}
-    return fn(select(params, keys, args.params), **wildcards, **files)
+    with output_locks(getattr(args, name) for name in stage.outs):
+        return fn(select(params, keys, args.params), **wildcards, **files)
 
 
 def main(argv: list[str] | None = None) -> int:

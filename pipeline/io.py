@@ -7,6 +7,8 @@ or DVC could take for a finished one.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -20,6 +22,45 @@ import pyarrow.parquet as pq
 
 class InputError(ValueError):
     """An upstream artifact is missing, truncated or has the wrong schema."""
+
+
+class BusyError(OSError):
+    """Another process is producing the same output right now."""
+
+
+LOCK_DIR = Path(".pipeline-locks")  # relative to the working directory (the repo root)
+
+
+@contextmanager
+def output_locks(paths, lock_dir: Path = LOCK_DIR) -> Iterator[None]:
+    """Hold an exclusive lock per output for the life of a stage job.
+
+    Snakemake and DVC each lock against themselves, not against each other: a `dvc repro`
+    started while `snakemake` runs would write the same files. Each job takes these
+    non-blocking flocks first and stops with a clear message if another job holds one;
+    the kernel releases them on any exit, SIGKILL included. The lock files live outside the
+    outputs (a lock inside a DVC-tracked directory would become part of it).
+    """
+    lock_dir = Path(lock_dir)
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    fds = []
+    try:
+        for path in sorted({str(p) for p in paths}):  # one global order: no deadlock
+            name = hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:24]
+            fd = os.open(lock_dir / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise BusyError(
+                    f"{path}: another job is producing this output right now (two pipeline "
+                    "invocations at once?); nothing was written"
+                ) from None
+            fds.append(fd)
+        yield
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:

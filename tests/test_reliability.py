@@ -1,0 +1,181 @@
+"""Bad input and faults: a named error, exit status != 0, and nothing written."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+import time
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from conftest import copy_project, sh, tiny_params
+
+from pipeline import io
+from pipeline.noise import make_noisy_labels
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, check=False)
+
+
+def write_params(tmp_path, params):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def set_key(params, dotted, value):
+    p = copy.deepcopy(params)
+    *parents, leaf = dotted.split(".")
+    node = p
+    for part in parents:
+        node = node[part]
+    node[leaf] = value
+    return p
+
+
+def train_args(params_file, labels, out, dataset="digits"):
+    return ["train", "--params", params_file, "--dataset", dataset, "--model", "supcon",
+            "--noise", "0.0", "--seed", "0", "--labels", labels,
+            "--checkpoint", out / "m.pt", "--train-log", out / "log.parquet"]
+
+
+@pytest.mark.parametrize(
+    "dotted,value,message",
+    [
+        ("train.common.bach_size", 64, "unknown key 'train.common.bach_size'"),
+        ("grid.noise_fractions", [1.5], "grid.noise_fractions.0: 1.5 is greater than the maximum"),
+        ("train.common.batch_size", 1, "train.common.batch_size: 1 is less than the minimum of 2"),
+        ("grid.seeds", [-1], "grid.seeds.0: -1 is less than the minimum of 0"),
+        ("train.common.temperature", 0.0, "train.common.temperature: 0.0 is less than or equal"),
+        ("train.common.temperature", -0.1, "train.common.temperature: -0.1 is less than or equal"),
+        ("train.common.iterations", 0, "train.common.iterations: 0 is less than the minimum of 1"),
+        ("train.common.representation_dim", 5, "representation_dim: 5 is too small for ce_fixed"),
+        ("grid.datasets", ["../../etc"], "grid.datasets.0: '../../etc' does not match"),
+    ],
+)
+def test_bad_params_stop_the_stage_with_a_named_error_and_write_nothing(
+    tmp_path, dotted, value, message
+):
+    params = tiny_params()
+    labels = tmp_path / "labels.parquet"
+    make_noisy_labels(params, dataset="digits", noise=0.0, seed=0, labels=labels)
+    bad = write_params(tmp_path, set_key(params, dotted, value))
+    out = tmp_path / "out"
+    result = cli(*train_args(bad, labels, out))
+    assert result.returncode == 1
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not out.exists()
+
+
+def test_dataset_name_with_path_separators_is_refused(tmp_path):
+    params_file = write_params(tmp_path, tiny_params())
+    out = tmp_path / "labels.parquet"
+    result = cli("noisy_labels", "--params", params_file, "--dataset", "../digits",
+                 "--noise", "0.0", "--seed", "0", "--labels", out)
+    assert result.returncode == 1
+    assert "missing key 'datasets.../digits'" in result.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "schema"])
+def test_truncated_or_mismatched_upstream_parquet_is_named(tmp_path, damage):
+    params = tiny_params()
+    params_file = write_params(tmp_path, params)
+    labels = tmp_path / "labels.parquet"
+    make_noisy_labels(params, dataset="digits", noise=0.0, seed=0, labels=labels)
+    if damage == "truncate":
+        labels.write_bytes(labels.read_bytes()[:-100])
+        expected = "labels.parquet: unreadable or truncated Parquet file"
+    else:
+        table = pq.read_table(labels).drop_columns(["noisy_label"])
+        pq.write_table(table, labels)
+        expected = "labels.parquet: missing column 'noisy_label'"
+    out = tmp_path / "out"
+    result = cli(*train_args(params_file, labels, out))
+    assert result.returncode == 1 and expected in result.stderr
+    assert not out.exists()
+
+
+def test_missing_cifar_archive_stops_the_stage(tmp_path):
+    params = tiny_params()
+    params["grid"]["datasets"] = ["cifar10"]
+    params["datasets"] = {"cifar10": {"archive": str(tmp_path / "nope.tar.gz")}}
+    params_file = write_params(tmp_path, params)
+    out = tmp_path / "labels.parquet"
+    result = cli("noisy_labels", "--params", params_file, "--dataset", "cifar10",
+                 "--noise", "0.0", "--seed", "0", "--labels", out)
+    assert result.returncode == 1
+    assert "nope.tar.gz: missing dataset archive for 'cifar10'" in result.stderr
+    assert not out.exists()
+
+
+def test_interrupted_write_leaves_neither_output_nor_temporary(tmp_path, monkeypatch):
+    target = tmp_path / "out.json"
+
+    def fail(*_):
+        raise KeyboardInterrupt  # e.g. the job is stopped between write and rename
+
+    monkeypatch.setattr(io.os, "replace", fail)
+    with pytest.raises(KeyboardInterrupt):
+        io.write_json({"a": 1}, target)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_job_whose_output_is_being_produced_elsewhere_stops(tmp_path):
+    params = tiny_params()
+    params_file = write_params(tmp_path, params)
+    labels = tmp_path / "labels.parquet"
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from pipeline.io import output_locks;"
+         f"cm = output_locks([{str(labels)!r}]); cm.__enter__(); print('held', flush=True);"
+         "time.sleep(600)"],
+        cwd=tmp_path, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = cli("noisy_labels", "--params", params_file, "--dataset", "digits",
+                     "--noise", "0.0", "--seed", "0", "--labels", labels, cwd=tmp_path)
+        assert result.returncode == 1
+        assert "another job is producing this output right now" in result.stderr
+        assert not labels.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert cli("noisy_labels", "--params", params_file, "--dataset", "digits", "--noise", "0.0",
+               "--seed", "0", "--labels", labels, cwd=tmp_path).returncode == 0
+
+
+@pytest.mark.e2e
+def test_two_snakemake_invocations_at_once_fail_cleanly(tmp_path):
+    project = copy_project(tmp_path / "project")
+    (project / "params.yaml").write_text(yaml.safe_dump(tiny_params()))
+    first = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "1"], cwd=project,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not (project / ".snakemake" / "locks").exists() or not any(
+            (project / ".snakemake" / "locks").iterdir()
+        ):
+            assert time.monotonic() < deadline and first.poll() is None
+            time.sleep(0.05)
+        # Snakemake refuses a second run in the same directory: first because the running
+        # job's outputs are marked incomplete, and, told to ignore that, by its lock.
+        second = sh(sys.executable, "-m", "snakemake", "--cores", "1", cwd=project, check=False)
+        assert second.returncode != 0
+        assert "Incomplete files" in second.stderr or "cannot be locked" in second.stderr
+        forced = sh(sys.executable, "-m", "snakemake", "--cores", "1", "--rerun-incomplete",
+                    cwd=project, check=False)
+        assert forced.returncode != 0
+        assert "Directory cannot be locked" in forced.stdout + forced.stderr
+        assert first.wait(timeout=300) == 0  # the first run was not disturbed
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert "Nothing to be done" in sh(sys.executable, "-m", "snakemake", "-n", "--cores", "1",
+                                      cwd=project).stdout
