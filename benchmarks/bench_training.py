@@ -2,6 +2,7 @@
 forward/backward, same model (ResNet-18, CIFAR variant), batch, loss and device.
 
 - ours: pipeline.train.Trainer.step — uint8 data on the device, whole-batch augmentation;
+  all three loops share the SGD step itself (Trainer.update), so only data handling differs;
 - dataloader: what the authors' code does — a Dataset with per-sample torchvision
   transforms (RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor, Normalize),
   DataLoader with workers, batches copied to the device;
@@ -23,9 +24,8 @@ import torch
 
 from pipeline import datasets
 from pipeline.batches import channel_statistics
-from pipeline.losses import cross_entropy_loss, supcon_loss
 from pipeline.models import ModelConfig
-from pipeline.train import TrainConfig, Trainer, autocast
+from pipeline.train import TrainConfig, Trainer
 
 
 def synthetic_cifar(n_train: int, seed: int = 0) -> datasets.Data:
@@ -70,17 +70,7 @@ def bare(cfg, data, device, steps, warmup) -> float:
     trainer = Trainer(cfg, data, data.train.labels, device)
     x = trainer.train_images.batch(torch.arange(cfg.batch_size))  # fixed, normalised
     y = trainer.y_noisy[: cfg.batch_size]
-    net, opt = trainer.net, trainer.optimizer
-
-    def step(_):
-        with autocast(device):
-            z = trainer.forward(x).float()
-        loss = cross_entropy_loss(net.logits(z), y) if net.has_head else supcon_loss(z, y, 0.1)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    return timed(step, steps, warmup, device)
+    return timed(lambda i: trainer.update(x, y, i), steps, warmup, device)
 
 
 def dataloader(cfg, data, device, steps, warmup, workers) -> float:
@@ -114,21 +104,14 @@ def dataloader(cfg, data, device, steps, warmup, workers) -> float:
                         num_workers=workers, pin_memory=device.type == "cuda",
                         persistent_workers=workers > 0, drop_last=True)
     trainer = Trainer(cfg, data, data.train.labels, device)
-    net, opt = trainer.net, trainer.optimizer
     batches = iter(loader)
 
-    def step(_):
+    def step(i):
         x, y = next(batches)
         x = x.to(device, non_blocking=True)
         if trainer.train_images.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        y = y.to(device, non_blocking=True)
-        with autocast(device):
-            z = trainer.forward(x).float()
-        loss = cross_entropy_loss(net.logits(z), y) if net.has_head else supcon_loss(z, y, 0.1)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        trainer.update(x, y.to(device, non_blocking=True), i)
 
     return timed(step, steps, warmup, device)
 

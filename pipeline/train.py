@@ -208,14 +208,19 @@ class Trainer:
         self.sampler.set_state(state["sampler"])
 
     def step(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """One SGD step (``step`` in [0, T)); returns (loss, supcon loss), still on device."""
+        """One SGD step (``step`` in [0, T)) on a fresh batch; returns (loss, supcon loss),
+        still on the device."""
         cfg = self.cfg
-        for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(cfg, step)
         n = len(self.train_images)
         idx = torch.randint(n, (cfg.batch_size,), generator=self.sampler)  # with replacement
         x = self.train_images.batch(idx, cfg.augmentation, self.sampler)
-        y = self.y_noisy[idx.to(self.device)]
+        return self.update(x, self.y_noisy[idx.to(self.device)], step)
+
+    def update(self, x: torch.Tensor, y: torch.Tensor, step: int):
+        """The SGD step proper on a given batch (normalised images ``x``, labels ``y``)."""
+        cfg = self.cfg
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(cfg, step)
         with autocast(self.device):
             z = self.forward(x).float()  # (b, h); losses in float32
         if self.net.has_head:

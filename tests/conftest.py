@@ -38,6 +38,17 @@ def copy_project(dest: Path) -> Path:
     return dest
 
 
+def with_value(params: dict, dotted: str, value) -> dict:
+    """A deep copy of ``params`` with the dotted key set to ``value``."""
+    p = copy.deepcopy(params)
+    *parents, leaf = dotted.split(".")
+    node = p
+    for part in parents:
+        node = node[part]
+    node[leaf] = value
+    return p
+
+
 def default_params() -> dict:
     return yaml.safe_load((ROOT / "params.yaml").read_text())
 

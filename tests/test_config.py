@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import yaml
+from conftest import with_value
 
 from pipeline.config import ParamsError, load_params, select, validate_params
 
@@ -18,16 +19,6 @@ def write(tmp_path, params):
 
 def test_default_params_are_valid(params):
     assert validate_params(params) is params
-
-
-def mutate(params, dotted, value):
-    p = copy.deepcopy(params)
-    *parents, leaf = dotted.split(".")
-    node = p
-    for part in parents:
-        node = node[part]
-    node[leaf] = value
-    return p
 
 
 @pytest.mark.parametrize(
@@ -50,7 +41,7 @@ def mutate(params, dotted, value):
 )
 def test_bad_value_names_key_and_value(params, dotted, value, expected):
     with pytest.raises(ParamsError, match=expected):
-        validate_params(mutate(params, dotted, value))
+        validate_params(with_value(params, dotted, value))
 
 
 def test_misspelt_key_is_named(params):
@@ -86,7 +77,7 @@ def test_select_returns_exactly_the_declared_keys(params):
 
 
 def test_cli_rejects_bad_params_without_writing(tmp_path, params):
-    path = write(tmp_path, mutate(params, "grid.noise_fractions", [0.0, 1.5]))
+    path = write(tmp_path, with_value(params, "grid.noise_fractions", [0.0, 1.5]))
     out = tmp_path / "labels.parquet"
     result = subprocess.run(
         [sys.executable, "-m", "pipeline", "noisy_labels", "--params", str(path),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import subprocess
 import sys
 import time
@@ -10,7 +9,7 @@ import time
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import copy_project, sh, tiny_params
+from conftest import copy_project, sh, tiny_params, with_value
 
 from pipeline import io
 from pipeline.noise import make_noisy_labels
@@ -25,16 +24,6 @@ def write_params(tmp_path, params):
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     return path
-
-
-def set_key(params, dotted, value):
-    p = copy.deepcopy(params)
-    *parents, leaf = dotted.split(".")
-    node = p
-    for part in parents:
-        node = node[part]
-    node[leaf] = value
-    return p
 
 
 def train_args(params_file, labels, out, dataset="digits"):
@@ -63,7 +52,7 @@ def test_bad_params_stop_the_stage_with_a_named_error_and_write_nothing(
     params = tiny_params()
     labels = tmp_path / "labels.parquet"
     make_noisy_labels(params, dataset="digits", noise=0.0, seed=0, labels=labels)
-    bad = write_params(tmp_path, set_key(params, dotted, value))
+    bad = write_params(tmp_path, with_value(params, dotted, value))
     out = tmp_path / "out"
     result = cli(*train_args(bad, labels, out))
     assert result.returncode == 1
