@@ -7,16 +7,21 @@ successful run the results are recorded into dvc.lock, so `dvc status` is clean.
 """
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/train.smk"
 include: "rules/analysis.smk"
+include: "rules/theory.smk"
 
 
 rule all:
     input:
         S.SUMMARY_CSV,
         S.FIGURES_DIR,
+        S.FREE_FEATURES_TABLE,
     default_target: True
 
 

@@ -25,6 +25,7 @@ ENTRY_POINTS = {
     "geometry": ("pipeline.geometry", "measure_geometry"),
     "aggregate": ("pipeline.aggregate", "aggregate_runs"),
     "figures": ("pipeline.figures", "draw_figures"),
+    "free_features": ("pipeline.free_features", "free_features"),
 }
 
 WILDCARD_TYPES = {"dataset": str, "model": str, "noise": float, "seed": int}
@@ -45,6 +46,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="exit 1 if dvc.yaml is out of date")
     p.add_argument("--output", type=Path, default=Path("dvc.yaml"))
     sub.add_parser("record", help="record finished outputs into dvc.lock (dvc commit)")
+    p = sub.add_parser(
+        "lineage",
+        help="the chain of stages, params and code that made an artifact, back to the raw data",
+        description="Trace an artifact (a file dvc.lock records, a file inside a recorded "
+        "directory, a stage name, or a figure carrying a provenance record) upstream to the "
+        "raw data. Exit status: 0 ok, 1 --verify found a problem, 2 cannot trace.",
+    )
+    p.add_argument("artifact", help="path of the artifact (from the current directory, else "
+                   "from --repo), or a stage name of dvc.lock")
+    p.add_argument("--verify", action="store_true",
+                   help="re-hash every link; name each stale or tampered one (exit 1 if any)")
+    p.add_argument("--json", action="store_true", help="print the lineage as JSON")
+    p.add_argument("--repo", type=Path, default=Path("."), help="project root (default: .)")
     return parser
 
 
@@ -80,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.dvc_yaml import record
 
         return record()
+    if args.command == "lineage":
+        from pipeline.lineage import main as lineage
+
+        return lineage(args.artifact, args.repo, verify=args.verify, as_json=args.json)
     _setup_logging(args.log)
     log = logging.getLogger("pipeline")
     try:

@@ -37,12 +37,30 @@ def stage_entry(stage: stages.Stage) -> dict:
     entry["cmd"] = stage.command(values)
     entry["deps"] = [*stage.code, *(_dvc(stage.dep_path(n)) for n in stage.deps)]
     entry["params"] = [_dvc(key) for key in stage.params]
-    entry["outs"] = [_dvc(p) for p in stage.outs.values()]
+    entry["outs"] = [_dvc(p) for n, p in stage.outs.items() if n not in stage.metrics]
+    if stage.metrics:
+        entry["metrics"] = [{_dvc(stage.outs[n]): {"cache": True}} for n in stage.metrics]
     return entry
 
 
+def plot_entry(plot: stages.Plot) -> dict:
+    """One top-level plot; a ``{wildcard}`` becomes the first value of its grid axis."""
+    name = re.sub(r"{(\w+)}", lambda m: f"${{{stages.GRID_AXES[m.group(1)]}[0]}}", plot.name)
+    if not plot.y:
+        return {name: None}
+    props: dict = {}
+    for key in ("template", "x", "title", "x_label", "y_label"):
+        if getattr(plot, key) is not None:
+            props[key] = getattr(plot, key)
+    props["y"] = {path: column for path, column in plot.y}
+    return {name: props}
+
+
 def render() -> str:
-    doc = {"stages": {s.name: stage_entry(s) for s in stages.STAGES}}
+    doc = {
+        "stages": {s.name: stage_entry(s) for s in stages.STAGES},
+        "plots": [plot_entry(p) for p in stages.PLOTS],
+    }
     return HEADER + yaml.safe_dump(doc, sort_keys=False, width=1000)
 
 

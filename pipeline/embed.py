@@ -17,7 +17,25 @@ from pipeline import datasets, schemas
 from pipeline.devices import pick_device
 from pipeline.io import write_parquet
 from pipeline.models import Model
-from pipeline.train import device_images, load_checkpoint, read_labels, represent_all
+from pipeline.train import (
+    TrainConfig,
+    device_images,
+    load_checkpoint,
+    read_labels,
+    represent_all,
+)
+
+
+def config_differences(stored: dict, current: dict, prefix: str = "") -> list[str]:
+    """``key: checkpoint value vs params value`` for every leaf where the two configs differ."""
+    out = []
+    for key in sorted(set(stored) | set(current)):
+        a, b = stored.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} in the checkpoint vs {b!r} now")
+    return out
 
 
 def _fixed_size_list(values: np.ndarray) -> pa.FixedSizeListArray:
@@ -44,6 +62,13 @@ def extract_embeddings(
     if found != expected:
         raise ValueError(
             f"{checkpoint}: made for (dataset, model, noise, seed) = {found}, expected {expected}"
+        )
+    current = TrainConfig.from_params(params, dataset, model, noise, seed).to_dict()
+    differences = config_differences(cfg.to_dict(), current)
+    if differences:
+        raise ValueError(
+            f"{checkpoint}: made with a different config than the params now say "
+            f"({'; '.join(differences)}): retrain it first"
         )
     torch.set_num_threads(1)  # as in training: results independent of the core count
     device = pick_device()

@@ -10,6 +10,9 @@
 - ``training_curves_{dataset}``: loss, train accuracy on the labels trained on, and test
   accuracy of the class-mean classifier over iterations, mean over seeds.
 
+Each file carries a provenance record in its metadata (pipeline/provenance.py: params,
+code and input md5s), which ``python -m pipeline lineage <figure>`` reads back.
+
 Figures are built with the object-oriented API (``matplotlib.figure.Figure``, rendered by the
 Agg and PDF canvases), never pyplot, so no global figure state or GUI backend is involved,
 and under matplotlib's default rc settings, so a user's matplotlibrc cannot change the bytes.
@@ -18,6 +21,7 @@ and under matplotlib's default rc settings, so a user's matplotlibrc cannot chan
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import matplotlib as mpl
@@ -28,7 +32,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from pipeline import schemas, stages
+from pipeline import provenance, schemas, stages
 from pipeline.io import InputError, atomic_dir, read_parquet
 
 log = logging.getLogger(__name__)
@@ -60,14 +64,14 @@ def model_name(model: str) -> str:
     return MODEL_NAMES.get(model, model)
 
 
-def _new_figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
     """A figure on the Agg canvas (PDF output switches to the PDF canvas when saving)."""
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
 
-def _rc() -> dict:
+def style() -> dict:
     """matplotlib's defaults (not the user's matplotlibrc), less the backend setting."""
     return {k: v for k, v in mpl.rcParamsDefault.items() if k != "backend"}
 
@@ -190,8 +194,8 @@ def plot_geometry(
 ) -> Figure:
     """Section 5.2: one panel per model, a box per cosine kind (whiskers at min and max)."""
     simplex = -1.0 / (num_classes - 1)
-    with mpl.rc_context(_rc()):
-        fig = _new_figure(0.5 + 3.4 * len(models), 4.6)
+    with mpl.rc_context(style()):
+        fig = new_figure(0.5 + 3.4 * len(models), 4.6)
         axes = fig.subplots(1, len(models), sharey=True, squeeze=False)[0]
         for ax, model in zip(axes, models, strict=True):
             of_model = cosines[(cosines["dataset"] == dataset) & (cosines["model"] == model)]
@@ -222,6 +226,43 @@ def plot_geometry(
     return fig
 
 
+def plot_gap_vs_accuracy(
+    runs: pd.DataFrame, *, dataset: str, num_classes: int, models: list[str]
+) -> Figure:
+    """The paper's claim, per run: close to the optimum <-> generalises well. Final gap to
+    the optimum against test accuracy; left the supcon gap (optimised by supcon, tracked on
+    the normalised features of the ce models), right each model's own loss gap."""
+    runs = runs[runs["dataset"] == dataset]
+    panels = (
+        ("final_supcon_gap", "final supcon loss minus its\nsampler-expected optimum (nats)"),
+        ("final_loss_gap", "final loss minus its bound (nats)\n(supcon: as left; ce: at the "
+                           "feature norms)"),
+    )
+    noise_values = sorted(runs["noise_fraction"].unique())
+    sizes = {p: 18 + 60 * i / max(len(noise_values) - 1, 1) for i, p in enumerate(noise_values)}
+    with mpl.rc_context(style()):
+        fig = new_figure(11.0, 4.6)
+        axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+        for ax, (column, label) in zip(axes, panels, strict=True):
+            for i, model in enumerate(models):
+                of_model = runs[runs["model"] == model]
+                ax.scatter(
+                    of_model[column].to_numpy(np.float64),
+                    100 * of_model["test_accuracy_class_mean"].to_numpy(np.float64),
+                    s=[sizes[p] for p in of_model["noise_fraction"]],
+                    color=f"C{i}", alpha=0.75, label=model_name(model),
+                )
+            ax.set_xscale("symlog", linthresh=1e-3)
+            ax.set_xlabel(label)
+        axes[0].set_ylabel("test accuracy, class-mean classifier (%)")
+        axes[0].legend(fontsize="small", title="model (marker size: noise fraction)")
+        fig.suptitle(
+            f"{dataset} (K = {num_classes}): final gap to the optimum vs test accuracy, "
+            f"one point per run (noise {min(noise_values):g} to {max(noise_values):g})"
+        )
+    return fig
+
+
 def plot_iterations_to_fit(
     runs: pd.DataFrame, *, dataset: str, num_classes: int, models: list[str]
 ) -> Figure:
@@ -232,8 +273,8 @@ def plot_iterations_to_fit(
     top = _not_fit_level(runs, iterations)
     noise_values = np.sort(runs["noise_fraction"].unique())
     dodge = 0.006 * (noise_values.max() - noise_values.min() or 1.0)  # keep models apart
-    with mpl.rc_context(_rc()):
-        fig = _new_figure(7.0, 4.8)
+    with mpl.rc_context(style()):
+        fig = new_figure(7.0, 4.8)
         ax = fig.subplots()
         any_not_fit = False
         for i, model in enumerate(models):
@@ -304,6 +345,7 @@ def _not_fit_level(runs: pd.DataFrame, iterations: pd.Series) -> float:
 
 CURVE_ROWS = (
     ("loss", "training loss (nats)", 1.0),
+    ("supcon_gap", "supcon loss minus its\nsampler-expected optimum (nats)", 1.0),
     ("train_accuracy_noisy", "train accuracy,\nnoisy labels (%)", 100.0),
     ("test_accuracy_class_mean", "test accuracy,\nclass-mean classifier (%)", 100.0),
 )
@@ -323,8 +365,8 @@ def plot_training_curves(
     cmap = mpl.colormaps["viridis"]
     noise_fractions = sorted(float(p) for p in noise_fractions)
     colors = {p: cmap(i / max(len(noise_fractions) - 1, 1)) for i, p in enumerate(noise_fractions)}
-    with mpl.rc_context(_rc()):
-        fig = _new_figure(0.8 + 3.6 * len(models), 8.4)
+    with mpl.rc_context(style()):
+        fig = new_figure(0.8 + 3.6 * len(models), 2.1 * len(CURVE_ROWS) + 0.6)
         axes = fig.subplots(len(CURVE_ROWS), len(models), sharex=True, sharey="row", squeeze=False)
         for col, model in enumerate(models):
             of_model = logs[logs["model"] == model]
@@ -341,23 +383,58 @@ def plot_training_curves(
                         label=f"{p:g}",
                     )
             axes[-1, col].set_xlabel("iteration (SGD steps)")
-        for row, (_, label, _) in enumerate(CURVE_ROWS):
+        for row, (column, label, _) in enumerate(CURVE_ROWS):
             axes[row, 0].set_ylabel(label)
+            if column == "supcon_gap":  # spans orders of magnitude; may dip just below 0
+                axes[row, 0].set_yscale("symlog", linthresh=1e-3)
         axes[0, 0].legend(title="noise fraction p", fontsize="small")
         fig.suptitle(f"{dataset} (K = {num_classes}): training curves, mean over seeds")
     return fig
 
 
-def save_figure(fig: Figure, directory: Path, stem: str, dpi: int) -> list[Path]:
-    """Write ``stem``.png and ``stem``.pdf with no version or time stamp in the bytes."""
+def save_figure(
+    fig: Figure, directory: Path, stem: str, dpi: int, record: dict | None = None
+) -> list[Path]:
+    """Write ``stem``.png and ``stem``.pdf with no version or time stamp in the bytes, and
+    the provenance ``record`` (pipeline.provenance) in their metadata."""
     paths = []
-    with mpl.rc_context(_rc()):
+    with mpl.rc_context(style()), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=provenance.PDF_CUSTOM_KEY_WARNING)
         for fmt in FORMATS:
             path = Path(directory) / f"{stem}.{fmt}"
-            fig.savefig(path, format=fmt, dpi=dpi, metadata=SAVE_METADATA[fmt])
+            metadata = SAVE_METADATA[fmt] | provenance.savefig_metadata(record)
+            fig.savefig(path, format=fmt, dpi=dpi, metadata=metadata)
             paths.append(path)
     fig.clear()  # OO figures are not registered with pyplot; clearing frees the artists
     return paths
+
+
+def figure_inputs(
+    grid: dict, dataset: str, noise: float, *, runs: Path, geometry_dir: Path,
+    train_log_dir: Path,
+) -> dict[str, dict[str, Path]]:
+    """Per figure kind, the files it is drawn from: project-layout path -> file read. Every
+    figure reads the runs table (for K); the record names exactly these, never a whole
+    directory, so the figure's lineage follows only the runs it shows."""
+    of_dataset = [job for job in stages.grid_jobs(stages.TRAIN, grid) if job["dataset"] == dataset]
+    table = {stages.RUNS_TABLE: Path(runs)}
+    cosines = {
+        stages.fill(stages.COSINES, **job): stages.run_file(stages.COSINES, geometry_dir, **job)
+        for job in of_dataset
+        if float(job["noise"]) == noise
+    }
+    logs = {
+        stages.fill(stages.TRAIN_LOG, **job): stages.run_file(
+            stages.TRAIN_LOG, train_log_dir, **job
+        )
+        for job in of_dataset
+    }
+    return {
+        "geometry": table | cosines,
+        "iterations_to_fit": dict(table),
+        "gap_vs_accuracy": dict(table),
+        "training_curves": table | logs,
+    }
 
 
 def draw_figures(
@@ -383,6 +460,9 @@ def draw_figures(
                 f"iterations_to_fit_{dataset}": plot_iterations_to_fit(
                     run_table, dataset=dataset, num_classes=k, models=models
                 ),
+                f"gap_vs_accuracy_{dataset}": plot_gap_vs_accuracy(
+                    run_table, dataset=dataset, num_classes=k, models=models
+                ),
                 f"training_curves_{dataset}": plot_training_curves(
                     logs,
                     dataset=dataset,
@@ -391,7 +471,13 @@ def draw_figures(
                     noise_fractions=grid["noise_fractions"],
                 ),
             }
+            read = figure_inputs(
+                grid, dataset, noise, runs=runs, geometry_dir=geometry_dir,
+                train_log_dir=train_log_dir,
+            )  # fmt: skip
             for stem, fig in drawn.items():
-                names += [p.name for p in save_figure(fig, tmp, stem, dpi)]
+                kind = stem.removesuffix(f"_{dataset}")
+                record = provenance.figure_provenance(stages.FIGURES, params, stem, read[kind])
+                names += [p.name for p in save_figure(fig, tmp, stem, dpi, record)]
     log.info("wrote %d figure files to %s", len(names), figures)
     return [Path(figures) / name for name in names]

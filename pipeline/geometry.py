@@ -415,7 +415,8 @@ def _read_train_log(path: Path) -> dict:
     return {
         "iteration": iterations,
         "train_accuracy_noisy": table["train_accuracy_noisy"].to_numpy(zero_copy_only=False),
-        "loss": table["loss"].to_numpy(zero_copy_only=False),
+        **{name: table[name].to_numpy(zero_copy_only=False)
+           for name in ("loss", "supcon_optimum", "supcon_gap", "loss_gap")},
     }
 
 
@@ -514,6 +515,10 @@ def measure_geometry(
         "fit_threshold": fit_threshold,
         **acc.results(),
         "final_loss": train_rows["loss"][-1],
+        # gap to the optimum at the end of training (schemas.TRAIN_LOG explains each)
+        "supcon_optimum": train_rows["supcon_optimum"][-1],
+        "final_supcon_gap": train_rows["supcon_gap"][-1],
+        "final_loss_gap": train_rows["loss_gap"][-1],
         "final_iteration": train_rows["iteration"][-1],
         "iterations_to_fit": iterations_to_fit(
             train_rows["iteration"], train_rows["train_accuracy_noisy"], fit_threshold

@@ -25,6 +25,14 @@ TRAIN_LOG = pa.schema(
         ("learning_rate", pa.float64()),  # of the last step
         ("loss", pa.float64()),  # mean training loss over the steps since the last row
         ("supcon_loss", pa.float64()),  # same window; for ce models tracked, not optimised
+        # supcon's optimum: its exact expectation at the collapsed unit-sphere simplex under
+        # the training sampler (theory.expected_supcon_optimum; noisy label frequencies)
+        ("supcon_optimum", pa.float64()),
+        ("supcon_gap", pa.float64()),  # supcon_loss - supcon_optimum (>= 0 in expectation)
+        # loss minus its bound: for supcon the supcon gap; for ce models the CE bound at the
+        # current feature norms and head (theory.ce_bound_at_norms), since their features
+        # are not norm-constrained and the unconstrained infimum is 0
+        ("loss_gap", pa.float64()),
         ("train_accuracy_noisy", pa.float64()),  # model's own classifier vs labels trained on
         ("train_accuracy_clean", pa.float64()),  # ... vs the clean labels
         ("test_accuracy_class_mean", pa.float64()),  # nearest class mean (all models)

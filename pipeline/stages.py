@@ -50,6 +50,8 @@ RUNS_TABLE = f"{SUMMARY_DIR}/runs.parquet"
 SUMMARY_TABLE = f"{SUMMARY_DIR}/summary.parquet"
 SUMMARY_CSV = f"{SUMMARY_DIR}/summary.csv"
 FIGURES_DIR = "data/figures"
+FREE_FEATURES_TABLE = "data/free_features/records.parquet"
+FREE_FEATURES_FIGURES = "data/free_features/figures"
 LOG = "logs/{stage}/{key}.log"
 
 
@@ -73,6 +75,9 @@ class Stage:
     params: tuple[str, ...]  # dotted params.yaml keys read (may hold {wildcard})
     code: tuple[str, ...]  # source files whose change must rerun the stage
     directory_outs: tuple[str, ...] = field(default=())  # outs that are directories
+    # Outs that DVC lists as metrics (JSON of headline numbers: `dvc metrics show`); they
+    # stay outputs like any other (cached, pushed, recorded in dvc.lock).
+    metrics: tuple[str, ...] = field(default=())
 
     @property
     def log(self) -> str:
@@ -117,6 +122,7 @@ _TRAIN_CODE = (
     "pipeline/models.py",
     "pipeline/losses.py",
     "pipeline/simplex.py",
+    "pipeline/theory.py",
     "pipeline/datasets.py",
     "pipeline/batches.py",
     "pipeline/devices.py",
@@ -149,7 +155,8 @@ EMBED = Stage(
     matrix=("dataset", "model", "noise", "seed"),
     deps={"labels": LABELS, "checkpoint": MODEL},
     outs={"embeddings": EMBEDDINGS, "head": HEAD},
-    params=("datasets.{dataset}", "embed"),
+    # the train keys too: the checkpoint must have been made with the current config
+    params=("datasets.{dataset}", "train.common", "train.models.{model}", "embed"),
     code=("pipeline/embed.py", *_TRAIN_CODE),
 )
 
@@ -161,6 +168,7 @@ GEOMETRY = Stage(
     outs={"metrics": GEOMETRY_METRICS, "cosines": COSINES},
     params=("geometry",),
     code=("pipeline/geometry.py", *_SHARED_CODE),
+    metrics=("metrics",),
 )
 
 AGGREGATE = Stage(
@@ -188,8 +196,69 @@ FIGURES = Stage(
     directory_outs=("figures",),
 )
 
-STAGES: tuple[Stage, ...] = (NOISY_LABELS, TRAIN, EMBED, GEOMETRY, AGGREGATE, FIGURES)
+FREE_FEATURES = Stage(
+    name="free_features",
+    rule="optimise_free_features",
+    matrix=(),
+    deps={},
+    outs={"table": FREE_FEATURES_TABLE, "figures": FREE_FEATURES_FIGURES},
+    params=("free_features",),
+    code=(
+        "pipeline/free_features.py",
+        "pipeline/theory.py",
+        "pipeline/losses.py",
+        "pipeline/simplex.py",
+        "pipeline/figures.py",
+        "pipeline/geometry.py",
+        *_SHARED_CODE,
+    ),
+    directory_outs=("figures",),
+)
+
+STAGES: tuple[Stage, ...] = (
+    NOISY_LABELS, TRAIN, EMBED, GEOMETRY, AGGREGATE, FIGURES, FREE_FEATURES,
+)
 BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}
+
+
+@dataclass(frozen=True)
+class Plot:
+    """A view for `dvc plots show` (a top-level plot of dvc.yaml), drawn from a file that a
+    stage writes. ``path`` may hold one grid wildcard, which DVC fills with the first value
+    of that grid axis: its templating has no loop over a list outside a stage's matrix."""
+
+    name: str  # plot id; for an image plot, its path
+    y: tuple[tuple[str, str], ...] = ()  # (data file, column) pairs; empty: an image
+    x: str | None = None
+    template: str | None = None
+    title: str | None = None
+    x_label: str | None = None
+    y_label: str | None = None
+
+
+# DVC reads plot data from JSON, YAML, CSV or TSV only, so the per-run training logs
+# (Parquet) are shown as the training-curves figure drawn from them.
+PLOTS: tuple[Plot, ...] = (
+    Plot(
+        "iterations_to_fit",
+        y=((SUMMARY_CSV, "iterations_to_fit_mean"),),
+        x="noise_fraction",
+        template="scatter",
+        title="Iterations to fit the noisy labels, mean over seeds (one point per model)",
+        x_label="noise fraction p",
+        y_label="iterations to fit (SGD steps)",
+    ),
+    Plot(
+        "test_accuracy",
+        y=((SUMMARY_CSV, "test_accuracy_class_mean_mean"),),
+        x="noise_fraction",
+        template="scatter",
+        title="Test accuracy of the class-mean classifier, mean over seeds",
+        x_label="noise fraction p",
+        y_label="test accuracy (fraction)",
+    ),
+    Plot(f"{FIGURES_DIR}/training_curves_{{dataset}}.png"),
+)
 
 
 def grid_jobs(stage: Stage, grid: dict) -> list[dict[str, str]]:

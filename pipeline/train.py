@@ -27,6 +27,7 @@ from pipeline.devices import pick_device
 from pipeline.io import atomic_path, read_parquet, write_parquet
 from pipeline.losses import cross_entropy_loss, supcon_loss
 from pipeline.models import Model, ModelConfig
+from pipeline.theory import ce_bound_at_norms, class_frequencies, expected_supcon_optimum
 
 log = logging.getLogger(__name__)
 
@@ -208,8 +209,7 @@ class Trainer:
         self.sampler.set_state(state["sampler"])
 
     def step(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """One SGD step (``step`` in [0, T)) on a fresh batch; returns (loss, supcon loss),
-        still on the device."""
+        """One SGD step (``step`` in [0, T)) on a fresh batch; see :meth:`update`."""
         cfg = self.cfg
         n = len(self.train_images)
         idx = torch.randint(n, (cfg.batch_size,), generator=self.sampler)  # with replacement
@@ -217,7 +217,8 @@ class Trainer:
         return self.update(x, self.y_noisy[idx.to(self.device)], step)
 
     def update(self, x: torch.Tensor, y: torch.Tensor, step: int):
-        """The SGD step proper on a given batch (normalised images ``x``, labels ``y``)."""
+        """The SGD step proper on a given batch (normalised images ``x``, labels ``y``);
+        returns (loss, supcon loss, CE bound at the batch's norms or None), on the device."""
         cfg = self.cfg
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(cfg, step)
@@ -227,13 +228,15 @@ class Trainer:
             loss = cross_entropy_loss(self.net.logits(z), y)
             with torch.no_grad():
                 tracked = supcon_loss(torch.nn.functional.normalize(z, dim=1), y, cfg.temperature)
+                bound = ce_bound_at_norms(z, y, self.net.head)
         else:
             loss = supcon_loss(z, y, cfg.temperature)
             tracked = loss.detach()
+            bound = None
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return loss.detach(), tracked
+        return loss.detach(), tracked, bound
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float | None]:
@@ -289,16 +292,23 @@ def train(
         trainer.load_state(saved["trainer"])
         log.info("run %s: resuming after iteration %d from %s", cfg.run_name, start, resume)
     last_save = time.monotonic()
+    # The gap column's reference: the supcon optimum expected under this run's sampler
+    # (b i.i.d. draws from the noisy label frequencies), on the unit sphere (rho = 1).
+    frequencies = class_frequencies(label_table["noisy_label"].to_numpy(), cfg.model.num_classes)
+    supcon_optimum = expected_supcon_optimum(frequencies, cfg.batch_size, cfg.temperature, 1.0)
     window_losses = torch.zeros(cfg.eval_every, device=device)
     window_supcon = torch.zeros(cfg.eval_every, device=device)
+    window_bound = torch.zeros(cfg.eval_every, device=device)
     window = 0
     log.info("run %s on %s: %d iterations", cfg.run_name, device, cfg.iterations)
     bar = tqdm(total=cfg.iterations, initial=start, desc=cfg.run_name, disable=None,
                mininterval=1.0)
     for step in range(start, cfg.iterations):
-        loss, tracked = trainer.step(step)
+        loss, tracked, bound = trainer.step(step)
         window_losses[window] = loss
         window_supcon[window] = tracked
+        if bound is not None:
+            window_bound[window] = bound
         window += 1
         bar.update(1)
         done = step + 1
@@ -312,11 +322,20 @@ def train(
                     f"run {cfg.run_name}: loss is {losses[first].item()} at iteration "
                     f"{done - window + first + 1}; no outputs written"
                 )
+            mean_loss = losses.mean().item()
+            mean_supcon = window_supcon[:window].double().mean().item()
+            if trainer.net.has_head:
+                loss_gap = mean_loss - window_bound[:window].double().mean().item()
+            else:
+                loss_gap = mean_supcon - supcon_optimum
             row = {
                 "iteration": done,
                 "learning_rate": learning_rate(cfg, step),
-                "loss": losses.mean().item(),
-                "supcon_loss": window_supcon[:window].double().mean().item(),
+                "loss": mean_loss,
+                "supcon_loss": mean_supcon,
+                "supcon_optimum": supcon_optimum,
+                "supcon_gap": mean_supcon - supcon_optimum,
+                "loss_gap": loss_gap,
                 **trainer.evaluate(),
             }
             rows.append(row)

@@ -29,11 +29,29 @@ rule aggregate_runs:
         get_shell(S.AGGREGATE)
 
 
+# Report: every figure PNG is one entry, filed under the section of the paper it reproduces
+# (figure kind, from the stem pipeline/figures.py writes) and its dataset.
+FIGURE_CATEGORIES = {
+    "geometry": "Geometry of the representations (Section 5.2)",
+    "iterations_to_fit": "Iterations to fit noisy labels (Section 5.3)",
+    "gap_vs_accuracy": "Gap to the optimum vs generalisation",
+    "training_curves": "Training curves",
+}
+FIGURE_PATTERN = "{kind,%s}_{dataset}.png" % "|".join(FIGURE_CATEGORIES)
+
+
 rule draw_figures:
     input:
         **get_inputs(S.FIGURES),
     output:
-        **get_outputs(S.FIGURES),
+        figures=report(
+            get_outputs(S.FIGURES)["figures"],
+            patterns=[FIGURE_PATTERN],
+            caption="../report/figure.rst",
+            category=lambda wildcards: FIGURE_CATEGORIES[wildcards.kind],
+            subcategory="{dataset}",
+            labels={"figure": "{kind}", "dataset": "{dataset}"},
+        ),
     log:
         S.FIGURES.log,
     params:

@@ -59,6 +59,15 @@ def tiny_params() -> dict:
     p["grid"]["noise_fractions"] = [0.0, 0.3]
     p["grid"]["seeds"] = [0]
     p["train"]["common"].update(hidden_dims=[64], iterations=60, eval_every=20, batch_size=64)
+    p["free_features"].update(
+        num_classes=[3], dims=["K-1"], samples_per_class=3, batch_sizes=["full", 8],
+        temperatures=[0.5], iterations=40, log_every=20, eval_batches=4, snapshots=[0, 40],
+        dpi=30,
+    )
+    p["free_features"]["multiset"].update(
+        samples_per_class=2, batch_size=4, iterations=4, single_batch_iterations=5,
+        single_batch_starts=1, snapshots=[0, 4],
+    )
     return p
 
 

@@ -74,8 +74,11 @@ def test_param_change_reruns_exactly_its_readers_and_downstream(project):
     params["train"]["models"]["supcon"]["learning_rate"] = 0.05
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
+    # exactly the stages that read train.models.supcon: its training runs, and the embed
+    # stages that check their checkpoint against it
     stale = set(dvc_status(project))
-    assert stale == {"train@digits-supcon-0.0-0", "train@digits-supcon-0.3-0"}
+    assert stale == {f"{stage}@digits-supcon-{p}-0" for stage in ("train", "embed")
+                     for p in ("0.0", "0.3")}
 
     ran = set(re.findall(r"Running stage '([^']+)'", sh("dvc", "repro", cwd=project).stdout))
     runs = {f"digits-supcon-{p}-0" for p in ("0.0", "0.3")}

@@ -31,7 +31,10 @@ DPI = 40  # small: fast, and the PNG size in pixels is checked against it
 GRID = {"datasets": ["digits"], "models": ["supcon", "ce"], "noise_fractions": [0.0, 0.5, 1.0],
         "seeds": [0, 1]}  # fmt: skip
 PARAMS = {"grid": GRID, "figures": {"dpi": DPI, "geometry_noise": 0.5}}
-STEMS = ("geometry_digits", "iterations_to_fit_digits", "training_curves_digits")
+STEMS = (
+    "geometry_digits", "iterations_to_fit_digits", "gap_vs_accuracy_digits",
+    "training_curves_digits",
+)
 EVAL_ITERATIONS = np.array([0, 50, 100], dtype=np.int64)
 
 
@@ -52,6 +55,9 @@ def write_run(dirs, job: dict[str, str]) -> None:
         "num_classes": K,
         "final_iteration": 100,
         "iterations_to_fit": iterations_to_fit(model, noise, seed),
+        "test_accuracy_class_mean": 0.9 - 0.5 * noise,
+        "final_supcon_gap": 0.01 * (1 + noise),
+        "final_loss_gap": 0.02 * (1 + noise),
     }
     path = stages.run_file(stages.GEOMETRY_METRICS, dirs["geometry"], **job)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,6 +75,9 @@ def write_run(dirs, job: dict[str, str]) -> None:
         "learning_rate": np.full(n, 0.1),
         "loss": 2.0 - EVAL_ITERATIONS / 100 + seed,  # mean over seeds 0, 1: 2.5 - i/100
         "supcon_loss": np.full(n, 1.0),
+        "supcon_optimum": np.full(n, 0.9),
+        "supcon_gap": np.full(n, 0.1),
+        "loss_gap": np.full(n, 0.2),
         "train_accuracy_noisy": np.array([0.1, 0.5, 1.0]),
         "train_accuracy_clean": np.array([0.1, 0.5, 1.0 - noise]),
         "test_accuracy_class_mean": np.array([0.1, 0.4, 0.8]) - 0.1 * noise,
@@ -205,13 +214,28 @@ def test_training_curves_are_means_over_seeds(inputs):
         models=["supcon", "ce"],
         noise_fractions=[0.0, 0.5, 1.0],
     )
-    axes = np.array(fig.axes).reshape(3, 2)
+    axes = np.array(fig.axes).reshape(4, 2)  # loss, supcon gap, train acc, test acc
     loss_lines = axes[0, 0].get_lines()
     assert len(loss_lines) == 3  # one per noise fraction
     np.testing.assert_allclose(loss_lines[0].get_ydata(), 2.5 - EVAL_ITERATIONS / 100)
-    np.testing.assert_allclose(axes[2, 1].get_lines()[2].get_ydata(), [0.0, 30.0, 70.0])  # %
-    assert axes[1, 0].get_ylabel().endswith("(%)")
-    assert axes[2, 0].get_xlabel() == "iteration (SGD steps)"
+    np.testing.assert_allclose(axes[1, 0].get_lines()[0].get_ydata(), [0.1, 0.1, 0.1])
+    np.testing.assert_allclose(axes[3, 1].get_lines()[2].get_ydata(), [0.0, 30.0, 70.0])  # %
+    assert axes[2, 0].get_ylabel().endswith("(%)")
+    assert axes[3, 0].get_xlabel() == "iteration (SGD steps)"
+
+
+def test_gap_figure_plots_every_run_against_its_test_accuracy(inputs):
+    from pipeline.figures import plot_gap_vs_accuracy
+
+    runs = load_runs_table(inputs["runs"], GRID)
+    fig = plot_gap_vs_accuracy(runs, dataset="digits", num_classes=K, models=["supcon", "ce"])
+    left, right = fig.axes[:2]
+    supcon = left.collections[0].get_offsets()
+    of_supcon = runs[runs["model"] == "supcon"]
+    np.testing.assert_allclose(supcon[:, 0], of_supcon["final_supcon_gap"])
+    np.testing.assert_allclose(supcon[:, 1], 100 * of_supcon["test_accuracy_class_mean"])
+    np.testing.assert_allclose(right.collections[1].get_offsets()[:, 0],
+                               runs[runs["model"] == "ce"]["final_loss_gap"])
 
 
 def test_runs_outside_the_grid_are_not_drawn(inputs):

@@ -83,6 +83,9 @@ def write_run(
             "learning_rate": 0.1,
             "loss": 2.0 / (i + 1),
             "supcon_loss": 3.0 / (i + 1),
+            "supcon_optimum": 1.0,
+            "supcon_gap": 3.0 / (i + 1) - 1.0,
+            "loss_gap": 0.5 / (i + 1),
             "train_accuracy_noisy": a,
             "train_accuracy_clean": a,
             "test_accuracy_class_mean": a,
@@ -406,7 +409,13 @@ def test_metrics_keys(tmp_path):
         "train_accuracy_noisy", "train_accuracy_clean", "train_accuracy_head_noisy",
         "test_accuracy_class_mean", "test_accuracy_head",
         "final_loss", "final_iteration", "iterations_to_fit",
+        "supcon_optimum", "final_supcon_gap", "final_loss_gap",
     ])
+    n = len(pq.read_table(paths_log := tmp_path / "run" / "train_log.parquet"))
+    assert m["supcon_optimum"] == 1.0
+    assert m["final_supcon_gap"] == pytest.approx(3.0 / n - 1.0)
+    assert m["final_loss_gap"] == pytest.approx(0.5 / n)
+    assert paths_log.exists()
     assert (m["dataset"], m["seed"], m["noise_fraction"], m["fit_threshold"]) == (
         "synthetic", 7, 0.0, 1.0)
 

@@ -183,3 +183,35 @@ def test_embed_refuses_a_checkpoint_of_another_run(tmp_path, small_params, label
             small_params, dataset="digits", model="supcon", noise=0.3, seed=0, labels=labels,
             checkpoint=paths["checkpoint"], embeddings=tmp_path / "e", head=tmp_path / "h",
         )
+
+
+@pytest.mark.parametrize("model", ["supcon", "ce", "ce_fixed"])
+def test_log_carries_the_gap_to_the_sampler_expected_optimum(tmp_path, small_params, labels, model):
+    from pipeline.theory import class_frequencies, expected_supcon_optimum
+
+    table, _ = run(tmp_path, small_params, labels, model)
+    log = table.to_pandas()
+    noisy = pq.read_table(labels)["noisy_label"].to_numpy()
+    common = small_params["train"]["common"]
+    optimum = expected_supcon_optimum(
+        class_frequencies(noisy, 10), common["batch_size"], common["temperature"], 1.0
+    )
+    assert (log["supcon_optimum"] == optimum).all()
+    np.testing.assert_allclose(log["supcon_gap"], log["supcon_loss"] - optimum, rtol=1e-12)
+    if model == "supcon":
+        np.testing.assert_allclose(log["loss_gap"], log["supcon_gap"], rtol=1e-12)
+    else:  # loss minus a valid per-batch lower bound: never negative
+        assert (log["loss_gap"] >= -1e-6).all()
+        assert (log["loss_gap"] <= log["loss"] + 1e-9).all()
+
+
+def test_embed_refuses_a_checkpoint_made_with_another_config(tmp_path, small_params, labels):
+    _, paths = run(tmp_path, small_params, labels, "ce")
+    small_params["train"]["common"]["representation_dim"] = 16
+    with pytest.raises(ValueError, match=r"different config .*model.representation_dim: 32 in "
+                       r"the checkpoint vs 16 now"):
+        extract_embeddings(
+            small_params, dataset="digits", model="ce", noise=0.3, seed=0, labels=labels,
+            checkpoint=paths["checkpoint"], embeddings=tmp_path / "e", head=tmp_path / "h",
+        )
+    assert not (tmp_path / "e").exists()

@@ -1,0 +1,180 @@
+"""Views of a finished run: Snakemake's HTML report, opened in headless Chromium, shows every
+figure with its caption and category; `dvc metrics show`, `dvc plots show` and
+`dvc params diff` work on the project."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from test_e2e import sh
+from tiny_project import built, copy_of
+
+from pipeline import stages
+
+pytestmark = pytest.mark.e2e
+
+CATEGORIES = {
+    "geometry": "Geometry of the representations (Section 5.2)",
+    "iterations_to_fit": "Iterations to fit noisy labels (Section 5.3)",
+    "gap_vs_accuracy": "Gap to the optimum vs generalisation",
+    "training_curves": "Training curves",
+}
+FREE_FEATURES_CATEGORY = "Free features (Section 5.1)"
+
+# Run inside the report after it has loaded: open every result of every category the way a
+# reader does (its view button), wait for the image to decode, and record what was shown.
+PROBE = """
+<script>
+window.addEventListener("load", async () => {
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+  const shown = [];
+  await sleep(200);
+  for (const category of Object.keys(categories)) {
+    for (const subcategory of Object.keys(categories[category])) {
+      app.setView({navbarMode: "menu"});  // back to the menu first, as a reader does
+      await sleep(200);
+      app.setView({navbarMode: "subcategory", category: category, subcategory: subcategory});
+      await sleep(200);
+      for (const row of document.querySelectorAll("nav table tbody tr")) {
+        row.querySelector("a[iconname=eye]").click();  // the view button
+        await sleep(200);
+        let img = null;
+        for (let tries = 0; tries < 50 && !(img && img.complete && img.naturalWidth); tries++) {
+          await sleep(100);  // until the content pane holds the decoded image
+          img = document.querySelector("div.p-3 > img");
+        }
+        shown.push({category, subcategory, row: row.textContent,
+                    path: app.state.resultPath,
+                    width: img ? img.naturalWidth : 0, height: img ? img.naturalHeight : 0});
+      }
+    }
+  }
+  const out = document.createElement("pre");
+  out.id = "probe";
+  out.textContent = JSON.stringify({shown, results});
+  document.body.appendChild(out);
+});
+</script>
+"""
+
+CHROMIUM_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--virtual-time-budget=60000",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    return built(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def report(project, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("report") / "report.html"
+    sh(sys.executable, "-m", "snakemake", "--report", str(path), cwd=project)
+    return path
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    header = path.read_bytes()[16:24]  # IHDR: width, height (big-endian uint32)
+    return int.from_bytes(header[:4], "big"), int.from_bytes(header[4:], "big")
+
+
+def test_report_registers_every_figure_with_caption_and_category(project, report):
+    text = report.read_text()
+    results = json.loads(re.search(r"var results = (\{.*?\});\n", text).group(1))
+    figures = sorted(p.relative_to(project).as_posix()
+                     for p in (project / stages.FIGURES_DIR).glob("*.png"))  # fmt: skip
+    assert len(figures) == len(CATEGORIES) and set(figures) <= set(results)
+    categories = json.loads(re.search(r"var categories = (\{.*?\});\n", text).group(1))
+    for kind, category in CATEGORIES.items():
+        assert categories[category] == {"digits": [f"{stages.FIGURES_DIR}/{kind}_digits.png"]}
+    filed = {path for subcategories in categories.values() for paths in subcategories.values()
+             for path in paths}  # fmt: skip
+    assert filed == set(results)  # every registered result has a category
+    free = sorted(p.relative_to(project).as_posix()
+                  for p in (project / stages.FREE_FEATURES_FIGURES).glob("*.png"))  # fmt: skip
+    assert free and set(free) <= {path for paths in categories[FREE_FEATURES_CATEGORY].values()
+                                  for path in paths}  # fmt: skip
+    for path, result in results.items():
+        assert result["caption"].strip(), f"{path} has no caption"
+    for path in figures:
+        stem = Path(path).stem
+        assert f"<strong>{stem}</strong>" in results[path]["caption"]
+        assert f"python -m pipeline lineage\ndata/figures/{stem}.png" in html.unescape(
+            re.sub("<[^>]+>", "", results[path]["caption"])
+        )
+
+
+def test_report_shows_every_figure_in_headless_chromium(project, report, tmp_path):
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian's `chromium` is not installed (`make test` installs it as root)")
+    probed = tmp_path / "report.html"
+    page, end, rest = report.read_text().rpartition("</body>")  # the last: others are in JS
+    probed.write_text(page + PROBE + end + rest)
+    dom = subprocess.run(
+        [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
+         probed.as_uri()],
+        capture_output=True, text=True, timeout=180, check=True,
+    ).stdout  # fmt: skip
+    probe = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
+    assert probe, "the report's app did not finish loading in Chromium"
+    data = json.loads(html.unescape(probe.group(1)))
+    figures = {f"{stages.FIGURES_DIR}/{p.name}": png_size(p)
+               for p in (project / stages.FIGURES_DIR).glob("*.png")}  # fmt: skip
+    shown = {item["path"]: item for item in data["shown"]}
+    assert set(shown) == set(data["results"]) and set(figures) <= set(shown)
+    for path in figures:
+        item = shown[path]
+        kind = Path(path).stem.removesuffix("_digits")
+        assert (item["category"], item["subcategory"]) == (CATEGORIES[kind], "digits")
+        assert (item["width"], item["height"]) == figures[path]  # the PNG itself, decoded
+        assert Path(path).stem in data["results"][path]["caption"]
+
+
+def test_dvc_metrics_show_lists_every_run_of_the_grid(project):
+    shown = json.loads(sh("dvc", "metrics", "show", "--json", cwd=project).stdout)
+    files = shown[""]["data"]
+    grid = yaml.safe_load((project / "params.yaml").read_text())["grid"]
+    expected = {stages.fill(stages.GEOMETRY_METRICS, **j)
+                for j in stages.grid_jobs(stages.GEOMETRY, grid)}  # fmt: skip
+    assert set(files) == expected
+    for path, entry in files.items():
+        written = json.loads((project / path).read_text())
+        assert entry["data"] == {k: v for k, v in written.items() if v is not None}
+        assert 0.0 <= entry["data"]["test_accuracy_class_mean"] <= 1.0
+
+
+def test_dvc_plots_show_renders_every_declared_plot(project, tmp_path):
+    result = sh("dvc", "plots", "show", "--json", "-o", str(tmp_path / "plots"), cwd=project)
+    shown = json.loads(result.stdout)
+    assert "errors" not in shown, shown.get("errors")
+    assert set(shown["data"]) == {
+        "iterations_to_fit", "test_accuracy", "data/figures/training_curves_digits.png",
+    }  # fmt: skip
+    (iterations,) = shown["data"]["iterations_to_fit"]
+    values = iterations["content"]["data"]["values"]
+    assert len(values) == 3 * 2  # one point per (model, noise fraction) of the summary
+    (image,) = shown["data"]["data/figures/training_curves_digits.png"]
+    assert image["type"] == "image"
+
+
+def test_dvc_params_diff_shows_a_changed_value(tmp_path_factory, tmp_path):
+    root = copy_of(tmp_path_factory, tmp_path / "project")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["train"]["models"]["ce"]["learning_rate"] = 0.05
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    diff = json.loads(sh("dvc", "params", "diff", "--json", cwd=root).stdout)
+    assert diff == {
+        "params.yaml": {"train.models.ce.learning_rate": {"old": 0.1, "new": 0.05, "diff": -0.05}}
+    }

@@ -1,0 +1,482 @@
+"""Closed forms of pipeline.theory against the losses, enumeration and optimisation."""
+
+import itertools
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from scipy.stats import multinomial
+
+from pipeline import theory
+from pipeline.free_features import batch_losses
+from pipeline.losses import cross_entropy_loss, supcon_loss
+from pipeline.simplex import regular_simplex
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small tensors: one thread is faster, and spares the cores other jobs share."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def naive_supcon(z: np.ndarray, y: np.ndarray, tau: float) -> float:
+    """PAPER.md's definition, one anchor and one positive at a time, in float64."""
+    b = len(y)
+    total = 0.0
+    for i in range(b):
+        positives = [p for p in range(b) if p != i and y[p] == y[i]]
+        if not positives:
+            continue
+        denominator = sum(math.exp(z[i] @ z[a] / tau) for a in range(b) if a != i)
+        total -= sum(math.log(math.exp(z[i] @ z[p] / tau) / denominator) for p in positives) / len(
+            positives
+        )
+    return total / b
+
+
+def simplex_batch(counts, k, h, rho, rng):
+    """Labels with the given class counts in random order, features on the simplex."""
+    labels = rng.permutation(np.repeat(np.arange(len(counts)), counts))
+    return regular_simplex(k, h, rho)[labels], labels
+
+
+# ----------------------------------------------------------------------------- supcon
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    k=st.integers(2, 12),
+    extra_dims=st.integers(0, 5),
+    tau=st.floats(0.05, 5.0),
+    rho=st.floats(0.2, 3.0),
+    data=st.data(),
+)
+def test_supcon_at_simplex_equals_the_loss_at_the_simplex(k, extra_dims, tau, rho, data):
+    counts = data.draw(st.lists(st.integers(0, 12), min_size=k, max_size=k))
+    b = sum(counts)
+    assume(b >= 1)
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**31)))
+    z, y = simplex_batch(counts, k, k - 1 + extra_dims, rho, rng)
+    got = supcon_loss(torch.tensor(z), torch.tensor(y), tau).item()
+    closed = theory.supcon_at_simplex(counts, b, k, tau, rho)
+    assert closed == pytest.approx(got, rel=1e-6, abs=1e-12)  # the issue's tolerance
+    assert closed == pytest.approx(got, rel=1e-10, abs=1e-14)  # what float64 gives
+
+
+def test_supcon_at_simplex_small_cases_by_hand():
+    e = math.exp(-3 / 2 / 0.5)  # K = 3, rho = 1, tau = 0.5
+    # counts (2, 1): the pair contributes log(1 + 1 e) twice, the singleton 0
+    assert theory.supcon_at_simplex([2, 1, 0], 3, 3, 0.5, 1.0) == pytest.approx(
+        2 * math.log(1 + e) / 3, rel=1e-14
+    )
+    assert theory.supcon_at_simplex([1, 1, 1], 3, 3, 0.5, 1.0) == 0.0  # only singletons
+    assert theory.supcon_at_simplex([4], 4, 3, 0.5, 1.0) == pytest.approx(math.log(3))
+    batched = theory.supcon_at_simplex([[2, 1, 0], [1, 1, 1]], 3, 3, 0.5, 1.0)
+    np.testing.assert_allclose(batched, [2 * math.log(1 + e) / 3, 0.0], rtol=1e-14)
+
+
+@pytest.mark.parametrize(
+    "counts,b,k,message",
+    [
+        ([2, 2], 5, 3, "sum to b = 5"),
+        ([2, -1, 3], 4, 3, ">= 0"),
+        ([1, 1, 1, 1], 4, 3, "more than K = 3 classes"),
+        ([1.5, 0.5], 2, 3, "integers"),
+        ([2, 2], 4, 1, "K >= 2"),
+    ],
+)
+def test_supcon_at_simplex_rejects_bad_input(counts, b, k, message):
+    with pytest.raises(ValueError, match=message):
+        theory.supcon_at_simplex(counts, b, k, 0.1, 1.0)
+
+
+def multinomial_expectation(p, b, tau, rho):
+    """E over class counts ~ Multinomial(b, p) of the closed form, by enumeration."""
+    k = len(p)
+    total = 0.0
+    for counts in itertools.product(range(b + 1), repeat=k):
+        if sum(counts) == b:
+            weight = multinomial.pmf(counts, b, p)
+            total += weight * theory.supcon_at_simplex(np.array(counts), b, k, tau, rho)
+    return total
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    k=st.integers(2, 4),
+    b=st.integers(1, 9),
+    tau=st.floats(0.05, 3.0),
+    rho=st.floats(0.3, 2.0),
+    raw=st.lists(st.floats(0.0, 1.0), min_size=4, max_size=4),
+)
+def test_expected_optimum_equals_multinomial_enumeration(k, b, tau, rho, raw):
+    p = np.array(raw[:k])
+    assume(p.sum() > 0.05)
+    p = p / p.sum()
+    expected = theory.expected_supcon_optimum(p, b, tau, rho)
+    assert expected == pytest.approx(multinomial_expectation(p, b, tau, rho), rel=1e-10, abs=1e-14)
+
+
+def test_expected_optimum_edge_cases():
+    assert theory.expected_supcon_optimum([0.5, 0.5], 1, 0.1, 1.0) == 0.0  # no other sample
+    # One class only: every anchor has b - 1 positives and no negative.
+    assert theory.expected_supcon_optimum([1.0, 0.0, 0.0], 7, 0.1, 1.0) == pytest.approx(
+        math.log(6), rel=1e-14
+    )
+    # Batch of 2: a positive with probability p_c; then the loss of each anchor is log(1).
+    assert theory.expected_supcon_optimum([0.3, 0.7], 2, 0.1, 1.0) == 0.0
+    with pytest.raises(ValueError, match="sum to 1"):
+        theory.expected_supcon_optimum([0.3, 0.3], 4, 0.1, 1.0)
+    with pytest.raises(ValueError, match="K >= 2"):
+        theory.expected_supcon_optimum([1.0], 4, 0.1, 1.0)
+
+
+def test_expected_optimum_is_fast_and_stable_for_large_batches():
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(100))
+    start = time.perf_counter()
+    value = theory.expected_supcon_optimum(p, 256, 0.1, 1.0)
+    assert time.perf_counter() - start < 0.5  # ~5 ms: a call per training run is free
+    # Against a sampled estimate of the same expectation (law of large numbers, 4 sigma).
+    counts = rng.multinomial(256, p, size=4000)
+    sampled = theory.supcon_at_simplex(counts, 256, 100, 0.1, 1.0)
+    assert abs(value - sampled.mean()) < 4 * sampled.std() / math.sqrt(len(sampled))
+    # Huge b: every class is in every batch many times; the loss tends to
+    # sum_c p_c log((b-1) p_c + (b-1)(1 - p_c) e). No overflow, no NaN, still fast.
+    big = theory.expected_supcon_optimum(p, 10**6, 0.1, 1.0)
+    e = theory.negative_weight(100, 0.1, 1.0)
+    limit = float(p @ np.log((10**6 - 1) * (p + (1 - p) * e)))
+    assert big == pytest.approx(limit, rel=1e-5)
+
+
+def test_class_frequencies_count_noisy_labels():
+    np.testing.assert_allclose(theory.class_frequencies([0, 2, 2, 1], 4), [0.25, 0.25, 0.5, 0])
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+        theory.class_frequencies([0, 3], 3)
+
+
+# ----------------------------------------------------------------------------- the theorem
+
+
+def batched_supcon(z: torch.Tensor, y: torch.Tensor, batches: torch.Tensor, tau: float):
+    # Vectorised over batches; tests/test_free_features.py checks it against supcon_loss.
+    return batch_losses(z, y, batches, tau)
+
+
+def all_multisets(n: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every multiset of b indices from range(n) and its probability under b i.i.d. uniform
+    draws (the multinomial coefficient / n^b)."""
+    rows = list(itertools.combinations_with_replacement(range(n), b))
+    weights = [
+        math.factorial(b) / math.prod(math.factorial(c) for c in np.bincount(r, minlength=n))
+        for r in rows
+    ]
+    return torch.tensor(rows), torch.tensor(weights, dtype=torch.float64) / n**b
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    k=st.integers(2, 4),
+    per_class=st.integers(1, 3),
+    b=st.integers(2, 4),
+    extra_dims=st.integers(0, 2),
+    tau=st.floats(0.1, 2.0),
+    rho=st.floats(0.5, 1.5),
+    scale=st.floats(1e-3, 2.0),
+    seed=st.integers(0, 2**31),
+)
+def test_perturbing_the_collapsed_simplex_never_lowers_the_total_loss(
+    k, per_class, b, extra_dims, tau, rho, scale, seed
+):
+    # Balanced classes: the total over all batches (the sampler's expectation, and the plain
+    # sum over multisets) is minimal at the collapsed simplex, where it is the closed form.
+    h = k - 1 + extra_dims
+    y = torch.arange(k).repeat_interleave(per_class)
+    batches, weights = all_multisets(len(y), b)
+    simplex = torch.tensor(regular_simplex(k, h, rho))[y]
+    at_simplex = batched_supcon(simplex, y, batches, tau)
+    counts = np.stack([np.bincount(y[r].numpy(), minlength=k) for r in batches])
+    closed = theory.supcon_at_simplex(counts, b, k, tau, rho)
+    np.testing.assert_allclose(at_simplex.numpy(), closed, rtol=1e-10, atol=1e-13)
+    assert float(weights @ at_simplex) == pytest.approx(
+        theory.expected_supcon_optimum(np.full(k, 1 / k), b, tau, rho), rel=1e-10, abs=1e-13
+    )
+    rng = torch.Generator().manual_seed(seed)
+    noise = torch.randn(simplex.shape, generator=rng, dtype=torch.float64)
+    perturbed = simplex + scale * rho * noise
+    perturbed = rho * perturbed / perturbed.norm(dim=1, keepdim=True)
+    moved = batched_supcon(perturbed, y, batches, tau)
+    slack = 1e-12 * (1 + float(at_simplex.abs().max()))
+    assert float(weights @ moved) >= float(weights @ at_simplex) - slack  # i.i.d. sampler
+    assert float(moved.mean()) >= float(at_simplex.mean()) - slack  # uniform over multisets
+
+
+def minimise_total(y: torch.Tensor, b: int, tau: float, h: int, seed: int = 0) -> float:
+    """L-BFGS on free features of the expected loss under i.i.d. sampling, all multisets."""
+    batches, weights = all_multisets(len(y), b)
+    v = torch.randn(
+        len(y), h, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+    ).requires_grad_()
+    optimizer = torch.optim.LBFGS(
+        [v],
+        max_iter=500,
+        tolerance_grad=1e-12,
+        tolerance_change=1e-14,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure():
+        optimizer.zero_grad()
+        z = torch.nn.functional.normalize(v, dim=1)
+        loss = weights @ batched_supcon(z, y, batches, tau)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return float(closure().detach())
+
+
+def test_optimised_total_meets_the_expected_optimum_for_balanced_classes():
+    y = torch.tensor([0, 0, 1, 1, 2, 2])
+    best = minimise_total(y, 4, 0.5, 2)
+    assert best == pytest.approx(theory.expected_supcon_optimum([1 / 3] * 3, 4, 0.5, 1.0), rel=1e-8)
+
+
+def test_closed_form_is_not_a_bound_for_imbalanced_classes():
+    # p = (4/6, 1/6, 1/6): moving the two rare classes off the simplex beats it. The expected
+    # value at the simplex is then an upper bound on the optimum, not the optimum.
+    y = torch.tensor([0, 0, 0, 0, 1, 2])
+    best = minimise_total(y, 4, 0.5, 2)
+    at_simplex = theory.expected_supcon_optimum([4 / 6, 1 / 6, 1 / 6], 4, 0.5, 1.0)
+    assert best < at_simplex - 1e-3
+
+
+# ----------------------------------------------------------------------------- ce
+
+
+def test_ce_fixed_optimum_at_aligned_features():
+    k, h, rho, r_w = 10, 12, 1.5, 2.0
+    w = regular_simplex(k, h, r_w)
+    y = np.arange(k).repeat(2)
+    got = cross_entropy_loss(torch.tensor(rho * w[y] / r_w @ w.T), torch.tensor(y)).item()
+    assert got == pytest.approx(theory.ce_fixed_optimum(k, r_w, rho), rel=1e-12)
+    np.testing.assert_allclose(
+        theory.ce_fixed_optimum(k, r_w, np.array([0.0, rho])),
+        [math.log(k), theory.ce_fixed_optimum(k, r_w, rho)],
+    )
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    k=st.integers(2, 10),
+    extra_dims=st.integers(0, 4),
+    rho=st.floats(0.1, 4.0),
+    r_w=st.floats(0.1, 4.0),
+    seed=st.integers(0, 2**31),
+)
+def test_ce_fixed_head_never_below_its_optimum(k, extra_dims, rho, r_w, seed):
+    rng = np.random.default_rng(seed)
+    h = k - 1 + extra_dims
+    w = regular_simplex(k, h, r_w)
+    z = rng.normal(size=(30, h))
+    z *= rho * rng.uniform(0, 1, size=(30, 1)) / np.linalg.norm(z, axis=1, keepdims=True)
+    y = rng.integers(0, k, size=30)
+    per_sample = torch.nn.functional.cross_entropy(
+        torch.tensor(z @ w.T), torch.tensor(y), reduction="none"
+    ).numpy()
+    assert (per_sample >= theory.ce_fixed_optimum(k, r_w, rho) - 1e-12).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    k=st.integers(2, 8),
+    extra_dims=st.integers(0, 4),
+    rho=st.floats(0.1, 3.0),
+    r_w=st.floats(0.1, 3.0),
+    uniform=st.booleans(),
+    seed=st.integers(0, 2**31),
+)
+def test_learned_head_bound_holds_under_its_constraint(k, extra_dims, rho, r_w, uniform, seed):
+    # Any head with ||W||_F <= sqrt(K) r_W, any |z| <= rho, any class probabilities: the
+    # expected CE (weights p_c) is at least the bound. Heads near the optimum are included.
+    rng = np.random.default_rng(seed)
+    h = k - 1 + extra_dims
+    p = np.full(k, 1 / k) if uniform else rng.dirichlet(np.ones(k))
+    near_simplex = regular_simplex(k, h, r_w)
+    w = near_simplex + rng.normal(size=(k, h)) * rng.choice([1e-3, 0.3, 3.0])
+    w *= math.sqrt(k) * r_w / np.linalg.norm(w) * rng.uniform(0.2, 1.0) ** (1 / 4)
+    z = rho * w / np.linalg.norm(w, axis=1, keepdims=True)  # aligned: the hardest case
+    z += rng.normal(size=z.shape) * rng.choice([0.0, 0.1, 1.0])
+    z *= rho / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), rho)  # into the ball
+    per_class = torch.nn.functional.cross_entropy(
+        torch.tensor(z @ w.T), torch.arange(k), reduction="none"
+    ).numpy()
+    assert float(p @ per_class) >= theory.ce_learned_head_bound(p, r_w, rho) - 1e-12
+
+
+def test_learned_head_bound_is_attained_at_the_simplex_and_needs_the_constraint():
+    k, h, rho, r_w = 5, 7, 1.2, 0.8
+    w = regular_simplex(k, h, r_w)
+    z = rho * w / r_w
+    ce = cross_entropy_loss(torch.tensor(z @ w.T), torch.arange(k)).item()
+    bound = theory.ce_learned_head_bound(np.full(k, 1 / k), r_w, rho)
+    assert ce == pytest.approx(bound, rel=1e-12)
+    assert bound == pytest.approx(theory.ce_fixed_optimum(k, r_w, rho), rel=1e-14)
+    # Twice the allowed Frobenius norm: the same geometry goes below the bound.
+    too_big = cross_entropy_loss(torch.tensor(z @ (2 * w).T), torch.arange(k)).item()
+    assert too_big < bound - 1e-3
+    # Imbalanced classes: valid but looser (larger ||p||_2, larger margin allowed).
+    p = np.array([0.6, 0.1, 0.1, 0.1, 0.1])
+    assert theory.ce_learned_head_bound(p, r_w, rho) < bound
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    k=st.integers(2, 8),
+    h=st.integers(1, 10),
+    b=st.integers(1, 20),
+    scale=st.floats(0.01, 10.0),
+    seed=st.integers(0, 2**31),
+)
+def test_ce_bound_at_norms_lies_below_every_batch(k, h, b, scale, seed):
+    rng = np.random.default_rng(seed)
+    head = torch.tensor(rng.normal(size=(k, h)) * scale)
+    z = torch.tensor(rng.normal(size=(b, h)) * rng.uniform(0, 3, size=(b, 1)))
+    y = torch.tensor(rng.integers(0, k, size=b))
+    bound = theory.ce_bound_at_norms(z, y, head).item()
+    assert cross_entropy_loss(z @ head.T, y).item() >= bound - 1e-12
+
+
+def test_ce_bound_at_norms_is_tight_for_the_fixed_head():
+    k, h, r_w = 4, 6, 1.5
+    w = torch.tensor(regular_simplex(k, h, r_w))
+    y = torch.tensor([0, 1, 1, 3, 2])
+    norms = torch.tensor([0.5, 1.0, 2.0, 0.1, 3.0], dtype=torch.float64)
+    z = norms[:, None] * w[y] / r_w  # aligned, unequal norms
+    bound = theory.ce_bound_at_norms(z, y, w).item()
+    assert cross_entropy_loss(z @ w.T, y).item() == pytest.approx(bound, rel=1e-12)
+    expected = theory.ce_fixed_optimum(k, r_w, norms.numpy()).mean()
+    assert bound == pytest.approx(expected, rel=1e-12)
+
+
+# ----------------------------------------------------------------------------- the loss itself
+
+
+def reference_supcon(z: torch.Tensor, y: torch.Tensor, tau: float) -> torch.Tensor:
+    """Plain autograd formulation (log-softmax over a != i, masked mean over positives)."""
+    b = z.shape[0]
+    eye = torch.eye(b, dtype=torch.bool)
+    logits = (z @ z.T / tau).masked_fill(eye, float("-inf"))
+    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    positives = (y[:, None] == y[None, :]) & ~eye
+    per_anchor = -log_prob.masked_fill(~positives, 0.0).sum(1) / positives.sum(1).clamp(min=1)
+    return per_anchor.sum() / b
+
+
+@pytest.mark.parametrize("b", [2, 3, 17, 255, 256, 300, 520])
+def test_supcon_gradient_equals_autograd_of_the_definition(b):
+    # The written-out backward pass against autograd, across the block sizes of the
+    # symmetric Gram product, with singletons, repeated samples and labels not in 0..K-1.
+    rng = np.random.default_rng(b)
+    y = rng.integers(0, max(2, b // 4), size=b) * 7 - 3
+    y[0] = 10**6  # a singleton class
+    z = rng.normal(size=(b, 9))
+    z[-1] = z[0]  # a repeated sample ...
+    y[-1] = y[0]  # ... which is its own positive
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    got_z = torch.tensor(z, requires_grad=True)
+    ref_z = torch.tensor(z, requires_grad=True)
+    got = supcon_loss(got_z, torch.tensor(y), 0.2)
+    ref = reference_supcon(ref_z, torch.tensor(y), 0.2)
+    got.backward()
+    ref.backward()
+    assert got.item() == pytest.approx(ref.item(), rel=1e-12)
+    torch.testing.assert_close(got_z.grad, ref_z.grad, rtol=1e-10, atol=1e-13)
+    if b <= 17:
+        assert got.item() == pytest.approx(naive_supcon(z, y, 0.2), rel=1e-12)
+
+
+def test_supcon_gradcheck_and_tiny_batches():
+    y = torch.tensor([0, 0, 1, 2, 2, 2])
+    z = torch.nn.functional.normalize(torch.randn(6, 3, dtype=torch.float64), dim=1)
+    z.requires_grad_()
+    assert torch.autograd.gradcheck(lambda f: supcon_loss(f, y, 0.3), (z,))
+    one = torch.ones(1, 4, requires_grad=True)
+    loss = supcon_loss(one, torch.tensor([0]), 0.1)  # no other sample: 0, zero gradient
+    loss.backward()
+    assert loss.item() == 0.0 and torch.equal(one.grad, torch.zeros(1, 4))
+
+
+def test_supcon_float32_matches_float64():
+    rng = np.random.default_rng(5)
+    z = rng.normal(size=(1024, 64))
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    y = rng.integers(0, 10, size=1024)
+    single = supcon_loss(torch.tensor(z, dtype=torch.float32), torch.tensor(y), 0.1).item()
+    double = supcon_loss(torch.tensor(z), torch.tensor(y), 0.1).item()
+    assert single == pytest.approx(double, rel=1e-5)
+
+
+@pytest.mark.parametrize("p", [[0.6, 0.2, 0.2], [0.4, 0.3, 0.2, 0.1]])
+def test_learned_head_optimum_for_imbalanced_classes_lies_between_bound_and_simplex(p):
+    # Optimise a Frobenius-constrained head and one unit feature per class for the weighted
+    # CE: it beats the balanced optimum (so the bound must depend on p) but not the bound.
+    k = len(p)
+    weights = torch.tensor(p, dtype=torch.float64)
+    generator = torch.Generator().manual_seed(0)
+    u = torch.randn(k, k, generator=generator, dtype=torch.float64).requires_grad_()
+    v = torch.randn(k, k, generator=generator, dtype=torch.float64).requires_grad_()
+    optimizer = torch.optim.LBFGS(
+        [u, v],
+        max_iter=1000,
+        tolerance_grad=1e-12,
+        tolerance_change=1e-15,
+        line_search_fn="strong_wolfe",
+    )
+
+    def objective():
+        head = math.sqrt(k) * u / u.norm()  # ||W||_F = sqrt(K) r_W with r_W = 1
+        z = torch.nn.functional.normalize(v, dim=1)
+        per_class = torch.nn.functional.cross_entropy(z @ head.T, torch.arange(k), reduction="none")
+        return weights @ per_class
+
+    def closure():
+        optimizer.zero_grad()
+        loss = objective()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    best = float(objective().detach())
+    assert best < theory.ce_fixed_optimum(k, 1.0, 1.0) - 1e-2
+    assert best > theory.ce_learned_head_bound(np.array(p), 1.0, 1.0) + 1e-2
+
+
+def test_benchmark_reference_formulation_equals_supcon_loss():
+    # benchmarks/bench_supcon.py times supcon_loss against this reference; both must agree.
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_supcon.py"
+    spec = importlib.util.spec_from_file_location("bench_supcon", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rng = np.random.default_rng(7)
+    for labels in ([0, 0, 1, 2, 2, 2, 5], [0, 1, 2, 3], [4, 4, 4]):
+        z = rng.normal(size=(len(labels), 5))
+        z[-1] = z[0]  # a repeated sample
+        z /= np.linalg.norm(z, axis=1, keepdims=True)
+        y = torch.tensor(labels)
+        ours, ref = torch.tensor(z, requires_grad=True), torch.tensor(z, requires_grad=True)
+        a, b = supcon_loss(ours, y, 0.1), bench.reference_supcon(ref, y, 0.1)
+        a.backward()
+        b.backward()
+        assert a.item() == pytest.approx(b.item(), rel=1e-12, abs=1e-12)
+        torch.testing.assert_close(ours.grad, ref.grad, rtol=1e-10, atol=1e-12)
