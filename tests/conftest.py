@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import os
 import shutil
 import subprocess
@@ -16,6 +17,33 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Stage subprocesses must find `python -m pipeline` of this interpreter.
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tests use small tensors: one thread is faster, results do not depend on the core
+    count, and the cores stay free for the subprocesses end-to-end tests start."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def naive_supcon(z, y, tau: float) -> float:
+    """PAPER.md's supcon definition, one anchor and one positive at a time, in float64:
+    the reference every vectorised loss is tested against."""
+    b = len(y)
+    total = 0.0
+    for i in range(b):
+        positives = [p for p in range(b) if p != i and y[p] == y[i]]
+        if not positives:
+            continue  # no positive: adds 0, still counts in b
+        denominator = sum(math.exp(z[i] @ z[a] / tau) for a in range(b) if a != i)
+        log_probs = [math.log(math.exp(z[i] @ z[p] / tau) / denominator) for p in positives]
+        total -= sum(log_probs) / len(positives)
+    return total / b
 
 
 def sh(*cmd, cwd, check=True, env=None):

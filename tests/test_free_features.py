@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import default_params
+from conftest import default_params, naive_supcon
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -29,24 +29,6 @@ from pipeline.losses import supcon_loss
 DEFAULTS = default_params()["free_features"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one thread is faster, and spares the cores other jobs share."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def naive_supcon(z: np.ndarray, y: np.ndarray, tau: float) -> float:
-    b = len(y)
-    total = 0.0
-    for i in range(b):
-        positives = [p for p in range(b) if p != i and y[p] == y[i]]
-        if positives:
-            log_denominator = math.log(sum(math.exp(z[i] @ z[a] / tau) for a in range(b) if a != i))
-            total += sum(log_denominator - z[i] @ z[p] / tau for p in positives) / len(positives)
-    return total / b
 
 
 def section(**changes) -> dict:

@@ -5,25 +5,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import naive_supcon
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.losses import cross_entropy_loss, supcon_loss
 from pipeline.simplex import regular_simplex
-
-
-def naive_supcon(z: np.ndarray, y: np.ndarray, tau: float) -> float:
-    """PAPER.md's definition, one anchor and one positive at a time, in float64."""
-    b = len(y)
-    total = 0.0
-    for i in range(b):
-        positives = [p for p in range(b) if p != i and y[p] == y[i]]
-        if not positives:
-            continue  # no positive: adds 0, still counts in b
-        denominator = sum(math.exp(z[i] @ z[a] / tau) for a in range(b) if a != i)
-        log_probs = [math.log(math.exp(z[i] @ z[p] / tau) / denominator) for p in positives]
-        total += -sum(log_probs) / len(positives)
-    return total / b
 
 
 def naive_cross_entropy(logits: np.ndarray, y: np.ndarray) -> float:

@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import naive_supcon
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from scipy.stats import multinomial
@@ -15,30 +16,6 @@ from pipeline import theory
 from pipeline.free_features import batch_losses
 from pipeline.losses import cross_entropy_loss, supcon_loss
 from pipeline.simplex import regular_simplex
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one thread is faster, and spares the cores other jobs share."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def naive_supcon(z: np.ndarray, y: np.ndarray, tau: float) -> float:
-    """PAPER.md's definition, one anchor and one positive at a time, in float64."""
-    b = len(y)
-    total = 0.0
-    for i in range(b):
-        positives = [p for p in range(b) if p != i and y[p] == y[i]]
-        if not positives:
-            continue
-        denominator = sum(math.exp(z[i] @ z[a] / tau) for a in range(b) if a != i)
-        total -= sum(math.log(math.exp(z[i] @ z[p] / tau) / denominator) for p in positives) / len(
-            positives
-        )
-    return total / b
 
 
 def simplex_batch(counts, k, h, rho, rng):
