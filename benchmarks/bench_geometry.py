@@ -28,8 +28,8 @@ from pathlib import Path
 from pipeline.geometry import measure_geometry
 d = Path(sys.argv[1])
 measure_geometry({"geometry": {"fit_threshold": 1.0}}, dataset="synthetic", model="ce",
-                 noise=0.0, seed=0, embeddings=d / "emb.parquet", head=d / "head.parquet",
-                 train_log=d / "log.parquet", metrics=d / "metrics.json",
+                 augmentation="none", noise=0.0, seed=0, embeddings=d / "emb.parquet",
+                 head=d / "head.parquet", train_log=d / "log.parquet", metrics=d / "metrics.json",
                  cosines=d / "cosines.parquet")
 """
 
@@ -50,7 +50,7 @@ def write_inputs(d: Path, n_train: int, n_test: int, dim: int, k: int) -> None:
         },
         schema=schemas.embeddings(dim),
     )
-    cfg = {"dataset": "synthetic", "noise_fraction": 0.0, "seed": 0,
+    cfg = {"dataset": "synthetic", "augmentation": "none", "noise_fraction": 0.0, "seed": 0,
            "model": {"model": "ce", "num_classes": k, "representation_dim": dim}}
     io.write_parquet(table, d / "emb.parquet", metadata={"train_config": cfg})
     head = pa.table({"class": np.arange(k, dtype=np.int64),

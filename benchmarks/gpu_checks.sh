@@ -48,8 +48,9 @@ md5 = write_tiny_cifar(work / "cifar-10-python.tar.gz", "cifar10", per_batch=200
 p = yaml.safe_load(open("params.yaml"))
 p["grid"].update(datasets=["cifar10"], models=["supcon", "ce"], noise_fractions=[0.0], seeds=[0])
 p["datasets"] = {"cifar10": {"archive": str(work / "cifar-10-python.tar.gz"), "md5": md5}}
+p["grid"]["augmentations"] = ["standard"]
 p["train"]["common"].update(encoder="resnet18", representation_dim=512, iterations=300,
-                            eval_every=100, augmentation="standard")
+                            eval_every=100)
 yaml.safe_dump(p, open(work / "params.yaml", "w"))
 PY
 export PIPELINE_DEVICE=cuda PIPELINE_LOCK_DIR=$work/locks
@@ -57,16 +58,16 @@ run() { python3 -m pipeline "$@" --params "$work/params.yaml"; }
 run noisy_labels --dataset cifar10 --noise 0.0 --seed 0 --labels $work/labels.parquet
 start=$(date +%s%N)
 for m in supcon ce; do
-  run train --dataset cifar10 --model $m --noise 0.0 --seed 0 --labels $work/labels.parquet \
+  run train --dataset cifar10 --model $m --augmentation standard --noise 0.0 --seed 0 --labels $work/labels.parquet \
     --checkpoint $work/$m.pt --train-log $work/$m-log.parquet --log $work/$m-train.log &
 done
 wait
 echo "two 300-step runs through one GPU slot: $(( ($(date +%s%N) - start) / 1000000 )) ms"
 grep -h -E "busy|using GPU|done" $work/*-train.log
 for m in supcon ce; do
-  run embed --dataset cifar10 --model $m --noise 0.0 --seed 0 --labels $work/labels.parquet \
+  run embed --dataset cifar10 --model $m --augmentation standard --noise 0.0 --seed 0 --labels $work/labels.parquet \
     --checkpoint $work/$m.pt --embeddings $work/$m-emb.parquet --head $work/$m-head.parquet
-  run geometry --dataset cifar10 --model $m --noise 0.0 --seed 0 --embeddings $work/$m-emb.parquet \
+  run geometry --dataset cifar10 --model $m --augmentation standard --noise 0.0 --seed 0 --embeddings $work/$m-emb.parquet \
     --head $work/$m-head.parquet --train-log $work/$m-log.parquet --metrics $work/$m.json \
     --cosines $work/$m-cos.parquet
   python3 -c "import json; m = json.load(open('$work/$m.json')); print('$m', {k: m[k] for k in ('train_accuracy_noisy', 'class_mean_cosine_mean', 'sample_cosine_mean', 'iterations_to_fit')})"

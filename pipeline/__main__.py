@@ -28,7 +28,7 @@ ENTRY_POINTS = {
     "free_features": ("pipeline.free_features", "free_features"),
 }
 
-WILDCARD_TYPES = {"dataset": str, "model": str, "noise": float, "seed": int}
+WILDCARD_TYPES = {"dataset": str, "model": str, "augmentation": str, "noise": float, "seed": int}
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -1,18 +1,18 @@
 """Stage ``aggregate``: gather every run's geometry metrics into one table, then summarise
-them across seeds per (dataset, model, noise fraction).
+them across seeds per (dataset, model, augmentation, noise fraction).
 
 The runs are exactly those of ``params.yaml: grid`` (never whatever lies on disk), so a stale
 run folder left over from an earlier grid cannot leak into the summary, and a missing one is
 an error naming its path.
 
 Outputs:
-- ``runs``: one row per run, sorted by dataset and model (grid order), noise, seed;
-- ``summary`` (Parquet) and ``summary_csv``: per (dataset, model, noise_fraction), for every
-  numeric metric ``<metric>_mean`` and ``<metric>_std`` (sample std, ddof=1, so NaN with one
-  seed) plus ``n_seeds``. ``iterations_to_fit`` is null for a run that never fit: its mean
-  and std are over the seeds that fit and ``n_fit`` counts them. Every other metric is
-  averaged over all seeds, so a null in any seed gives a null mean (nothing is silently
-  averaged over fewer seeds).
+- ``runs``: one row per run, sorted by dataset, model, augmentation (grid order), noise, seed;
+- ``summary`` (Parquet) and ``summary_csv``: per (dataset, model, augmentation,
+  noise_fraction), every numeric metric's ``<metric>_mean`` and ``<metric>_std`` (sample
+  std, ddof=1, so NaN with one seed) plus ``n_seeds``. ``iterations_to_fit`` is null for a
+  run that never fit: its mean and std are over the seeds that fit and ``n_fit`` counts
+  them. Every other metric is averaged over all seeds, so a null in any seed gives a null
+  mean (nothing is silently averaged over fewer seeds).
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ from pipeline import stages
 from pipeline.io import InputError, atomic_path, write_parquet
 
 # Keys naming the run; the rest of metrics.json is metrics.
-ID_COLUMNS = ("dataset", "model", "noise_fraction", "seed")
-GROUP_COLUMNS = ("dataset", "model", "noise_fraction")
+ID_COLUMNS = ("dataset", "model", "augmentation", "noise_fraction", "seed")
+GROUP_COLUMNS = ("dataset", "model", "augmentation", "noise_fraction")
+STRING_COLUMNS = ("dataset", "model", "augmentation")
 FIT_METRIC = "iterations_to_fit"  # null = never reached the fit threshold
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ def read_run_metrics(path: Path, job: dict[str, str]) -> dict:
     expected = {
         "dataset": job["dataset"],
         "model": job["model"],
+        "augmentation": job["augmentation"],
         "noise_fraction": float(job["noise"]),
         "seed": int(job["seed"]),
     }
@@ -119,6 +121,7 @@ def load_runs(grid: dict, geometry_dir: Path) -> pd.DataFrame:
     columns: dict[str, object] = {
         "dataset": pd.Series([m["dataset"] for m in records], dtype=object),
         "model": pd.Series([m["model"] for m in records], dtype=object),
+        "augmentation": pd.Series([m["augmentation"] for m in records], dtype=object),
         "noise_fraction": np.array([m["noise_fraction"] for m in records], dtype=np.float64),
         "seed": np.array([m["seed"] for m in records], dtype=np.int64),
     }
@@ -131,10 +134,12 @@ def load_runs(grid: dict, geometry_dir: Path) -> pd.DataFrame:
     runs = pd.DataFrame(columns)
     dataset_rank = {name: i for i, name in enumerate(grid["datasets"])}
     model_rank = {name: i for i, name in enumerate(grid["models"])}
+    augmentation_rank = {name: i for i, name in enumerate(grid["augmentations"])}
     order = np.lexsort(
         (
             runs["seed"].to_numpy(),
             runs["noise_fraction"].to_numpy(),
+            runs["augmentation"].map(augmentation_rank).to_numpy(),
             runs["model"].map(model_rank).to_numpy(),
             runs["dataset"].map(dataset_rank).to_numpy(),
         )
@@ -147,7 +152,7 @@ def metric_columns(runs: pd.DataFrame) -> list[str]:
 
 
 def summarize_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean and sample std across seeds per (dataset, model, noise_fraction); see module doc."""
+    """Mean and sample std across seeds per group (GROUP_COLUMNS); see module doc."""
     rows = []
     # sort=False keeps the runs table's (grid) order of the groups.
     for key, group in runs.groupby(list(GROUP_COLUMNS), sort=False):
@@ -173,7 +178,7 @@ def to_arrow(frame: pd.DataFrame) -> pa.Table:
     arrays = {}
     for name in frame.columns:
         column = frame[name]
-        if name in ("dataset", "model"):
+        if name in STRING_COLUMNS:
             arrays[name] = pa.array(column.astype(object).tolist(), type=pa.string())
         elif pd.api.types.is_integer_dtype(column):
             arrays[name] = pa.array(column.to_numpy(np.int64), type=pa.int64())

@@ -49,6 +49,7 @@ def extract_embeddings(
     *,
     dataset: str,
     model: str,
+    augmentation: str,
     noise: float,
     seed: int,
     labels: Path,
@@ -57,13 +58,14 @@ def extract_embeddings(
     head: Path,
 ) -> pa.Table:
     cfg, state = load_checkpoint(Path(checkpoint))
-    expected = (dataset, model, float(noise), int(seed))
-    found = (cfg.dataset, cfg.model.model, cfg.noise_fraction, cfg.seed)
+    expected = (dataset, model, augmentation, float(noise), int(seed))
+    found = (cfg.dataset, cfg.model.model, cfg.augmentation, cfg.noise_fraction, cfg.seed)
     if found != expected:
         raise ValueError(
-            f"{checkpoint}: made for (dataset, model, noise, seed) = {found}, expected {expected}"
+            f"{checkpoint}: made for (dataset, model, augmentation, noise, seed) = {found}, "
+            f"expected {expected}"
         )
-    current = TrainConfig.from_params(params, dataset, model, noise, seed).to_dict()
+    current = TrainConfig.from_params(params, dataset, model, noise, seed, augmentation).to_dict()
     differences = config_differences(cfg.to_dict(), current)
     if differences:
         raise ValueError(

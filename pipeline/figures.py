@@ -20,6 +20,7 @@ and under matplotlib's default rc settings, so a user's matplotlibrc cannot chan
 
 from __future__ import annotations
 
+import itertools
 import logging
 import warnings
 from pathlib import Path
@@ -53,6 +54,7 @@ SAVE_METADATA = {
 RUNS_COLUMNS = {
     "dataset": pa.string(),
     "model": pa.string(),
+    "augmentation": pa.string(),
     "noise_fraction": pa.float64(),
     "seed": pa.int64(),
 }
@@ -88,7 +90,9 @@ def load_runs_table(path: Path, grid: dict) -> pd.DataFrame:
     keys = list(table[list(RUNS_COLUMNS)].itertuples(index=False, name=None))
     wanted = {}
     for job in stages.grid_jobs(stages.GEOMETRY, grid):
-        wanted[(job["dataset"], job["model"], float(job["noise"]), int(job["seed"]))] = job
+        key = (job["dataset"], job["model"], job["augmentation"], float(job["noise"]),
+               int(job["seed"]))
+        wanted[key] = job
     present = set(keys)
     for key, job in wanted.items():
         if key not in present:
@@ -99,7 +103,7 @@ def load_runs_table(path: Path, grid: dict) -> pd.DataFrame:
 
 def load_cosines(geometry_dir: Path, grid: dict, noise_fraction: float) -> pd.DataFrame:
     """The cosine distributions of the grid's runs at ``noise_fraction``, one row per value:
-    dataset, model, seed, kind, value."""
+    dataset, model, augmentation, seed, kind, value."""
     frames = []
     for job in _jobs_at_noise(grid, noise_fraction):
         path = stages.run_file(stages.COSINES, geometry_dir, **job)
@@ -108,7 +112,8 @@ def load_cosines(geometry_dir: Path, grid: dict, noise_fraction: float) -> pd.Da
         if unknown:
             raise InputError(f"{path}: unknown cosine kind(s) {unknown} (known: {COSINE_KINDS})")
         frames.append(
-            frame.assign(dataset=job["dataset"], model=job["model"], seed=int(job["seed"]))
+            frame.assign(dataset=job["dataset"], model=job["model"],
+                         augmentation=job["augmentation"], seed=int(job["seed"]))
         )
     return pd.concat(frames, ignore_index=True)
 
@@ -128,7 +133,7 @@ def _jobs_at_noise(grid: dict, noise_fraction: float) -> list[dict[str, str]]:
 
 
 def load_train_logs(train_log_dir: Path, grid: dict) -> pd.DataFrame:
-    """Every training log of the grid, stacked, with dataset, model, noise_fraction, seed."""
+    """Every training log of the grid, stacked, with its run's identity columns."""
     frames = []
     for job in stages.grid_jobs(stages.TRAIN, grid):
         path = stages.run_file(stages.TRAIN_LOG, train_log_dir, **job)
@@ -137,6 +142,7 @@ def load_train_logs(train_log_dir: Path, grid: dict) -> pd.DataFrame:
             frame.assign(
                 dataset=job["dataset"],
                 model=job["model"],
+                augmentation=job["augmentation"],
                 noise_fraction=float(job["noise"]),
                 seed=int(job["seed"]),
             )
@@ -410,13 +416,14 @@ def save_figure(
 
 
 def figure_inputs(
-    grid: dict, dataset: str, noise: float, *, runs: Path, geometry_dir: Path,
-    train_log_dir: Path,
+    grid: dict, dataset: str, augmentation: str, noise: float, *, runs: Path,
+    geometry_dir: Path, train_log_dir: Path,
 ) -> dict[str, dict[str, Path]]:
     """Per figure kind, the files it is drawn from: project-layout path -> file read. Every
     figure reads the runs table (for K); the record names exactly these, never a whole
     directory, so the figure's lineage follows only the runs it shows."""
-    of_dataset = [job for job in stages.grid_jobs(stages.TRAIN, grid) if job["dataset"] == dataset]
+    of_dataset = [job for job in stages.grid_jobs(stages.TRAIN, grid)
+                  if (job["dataset"], job["augmentation"]) == (dataset, augmentation)]
     table = {stages.RUNS_TABLE: Path(runs)}
     cosines = {
         stages.fill(stages.COSINES, **job): stages.run_file(stages.COSINES, geometry_dir, **job)
@@ -451,20 +458,26 @@ def draw_figures(
     models = list(grid["models"])
     names: list[str] = []
     with atomic_dir(figures) as tmp:
-        for dataset in grid["datasets"]:
+        for dataset, augmentation in itertools.product(grid["datasets"], grid["augmentations"]):
             k = num_classes_of(run_table, dataset)
+            # One set of figures per dataset and augmentation; the unaugmented ones keep the
+            # plain name (geometry_digits), others name it (geometry_cifar10-standard).
+            label = dataset if augmentation == "none" else f"{dataset}-{augmentation}"
+            runs_of = run_table[run_table["augmentation"] == augmentation]
+            cosines_of = cosines[cosines["augmentation"] == augmentation]
+            logs_of = logs[logs["augmentation"] == augmentation]
             drawn = {
-                f"geometry_{dataset}": plot_geometry(
-                    cosines, dataset=dataset, num_classes=k, models=models, noise=noise
+                f"geometry_{label}": plot_geometry(
+                    cosines_of, dataset=dataset, num_classes=k, models=models, noise=noise
                 ),
-                f"iterations_to_fit_{dataset}": plot_iterations_to_fit(
-                    run_table, dataset=dataset, num_classes=k, models=models
+                f"iterations_to_fit_{label}": plot_iterations_to_fit(
+                    runs_of, dataset=dataset, num_classes=k, models=models
                 ),
-                f"gap_vs_accuracy_{dataset}": plot_gap_vs_accuracy(
-                    run_table, dataset=dataset, num_classes=k, models=models
+                f"gap_vs_accuracy_{label}": plot_gap_vs_accuracy(
+                    runs_of, dataset=dataset, num_classes=k, models=models
                 ),
-                f"training_curves_{dataset}": plot_training_curves(
-                    logs,
+                f"training_curves_{label}": plot_training_curves(
+                    logs_of,
                     dataset=dataset,
                     num_classes=k,
                     models=models,
@@ -472,11 +485,11 @@ def draw_figures(
                 ),
             }
             read = figure_inputs(
-                grid, dataset, noise, runs=runs, geometry_dir=geometry_dir,
+                grid, dataset, augmentation, noise, runs=runs, geometry_dir=geometry_dir,
                 train_log_dir=train_log_dir,
             )  # fmt: skip
             for stem, fig in drawn.items():
-                kind = stem.removesuffix(f"_{dataset}")
+                kind = stem.removesuffix(f"_{label}")
                 record = provenance.figure_provenance(stages.FIGURES, params, stem, read[kind])
                 names += [p.name for p in save_figure(fig, tmp, stem, dpi, record)]
     log.info("wrote %d figure files to %s", len(names), figures)

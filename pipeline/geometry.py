@@ -452,6 +452,7 @@ def measure_geometry(
     *,
     dataset: str,
     model: str,
+    augmentation: str,
     noise: float,
     seed: int,
     embeddings: Path,
@@ -478,11 +479,12 @@ def measure_geometry(
     check_columns(schema, {f.name: f.type for f in schemas.embeddings(dim)}, embeddings)
     cfg = _train_config(embeddings)
     k = int(cfg["model"]["num_classes"])
-    expected = (dataset, model, float(noise), int(seed))
-    found = (cfg["dataset"], cfg["model"]["model"], float(cfg["noise_fraction"]), cfg["seed"])
+    expected = (dataset, model, augmentation, float(noise), int(seed))
+    found = (cfg["dataset"], cfg["model"]["model"], cfg.get("augmentation"),
+             float(cfg["noise_fraction"]), cfg["seed"])
     if found != expected:
         raise InputError(
-            f"{embeddings}: made by run (dataset, model, noise, seed) = {found}, "
+            f"{embeddings}: made by run (dataset, model, augmentation, noise, seed) = {found}, "
             f"expected {expected}"
         )
     if cfg["model"]["representation_dim"] != dim:
@@ -508,6 +510,7 @@ def measure_geometry(
     result = {
         "dataset": cfg["dataset"],
         "model": model,
+        "augmentation": augmentation,
         "noise_fraction": float(cfg["noise_fraction"]),
         "seed": int(cfg["seed"]),
         "num_classes": k,

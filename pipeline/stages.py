@@ -19,6 +19,7 @@ from pathlib import Path
 GRID_AXES: dict[str, str] = {
     "dataset": "grid.datasets",
     "model": "grid.models",
+    "augmentation": "grid.augmentations",
     "noise": "grid.noise_fractions",
     "seed": "grid.seeds",
 }
@@ -27,6 +28,7 @@ GRID_AXES: dict[str, str] = {
 WILDCARD_CONSTRAINTS: dict[str, str] = {
     "dataset": r"[a-z][a-z0-9_]*",
     "model": r"[a-z][a-z0-9_]*",
+    "augmentation": r"[a-z]+",
     "noise": r"[0-9]+(\.[0-9]+)?(e-?[0-9]+)?",
     "seed": r"[0-9]+",
 }
@@ -34,7 +36,7 @@ WILDCARD_CONSTRAINTS: dict[str, str] = {
 PARAMS_FILE = "params.yaml"
 
 # One training run's identity inside every per-run folder.
-RUN = "{dataset}/{model}/noise{noise}-seed{seed}"
+RUN = "{dataset}/{model}/{augmentation}/noise{noise}-seed{seed}"
 
 LABELS = "data/labels/{dataset}/noise{noise}-seed{seed}.parquet"
 MODEL = f"data/models/{RUN}.pt"
@@ -142,7 +144,7 @@ NOISY_LABELS = Stage(
 TRAIN = Stage(
     name="train",
     rule="train_model",
-    matrix=("dataset", "model", "noise", "seed"),
+    matrix=("dataset", "model", "augmentation", "noise", "seed"),
     deps={"labels": LABELS},
     outs={"checkpoint": MODEL, "train_log": TRAIN_LOG},
     params=("datasets.{dataset}", "train.common", "train.models.{model}"),
@@ -152,7 +154,7 @@ TRAIN = Stage(
 EMBED = Stage(
     name="embed",
     rule="extract_embeddings",
-    matrix=("dataset", "model", "noise", "seed"),
+    matrix=("dataset", "model", "augmentation", "noise", "seed"),
     deps={"labels": LABELS, "checkpoint": MODEL},
     outs={"embeddings": EMBEDDINGS, "head": HEAD},
     # the train keys too: the checkpoint must have been made with the current config
@@ -163,7 +165,7 @@ EMBED = Stage(
 GEOMETRY = Stage(
     name="geometry",
     rule="measure_geometry",
-    matrix=("dataset", "model", "noise", "seed"),
+    matrix=("dataset", "model", "augmentation", "noise", "seed"),
     deps={"embeddings": EMBEDDINGS, "head": HEAD, "train_log": TRAIN_LOG},
     outs={"metrics": GEOMETRY_METRICS, "cosines": COSINES},
     params=("geometry",),

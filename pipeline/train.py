@@ -53,12 +53,13 @@ class TrainConfig:
     weight_decay: float
     temperature: float
     eval_every: int
-    augmentation: str  # "none" or "standard" (random crop with padding 4 + horizontal flip)
+    augmentation: str  # a grid axis: "none" or "standard" (random crop pad 4 + h. flip)
     compile: bool  # torch.compile the encoder (speed only; the math is unchanged)
     model: ModelConfig
 
     @classmethod
-    def from_params(cls, params: dict, dataset: str, model: str, noise: float, seed: int):
+    def from_params(cls, params: dict, dataset: str, model: str, noise: float, seed: int,
+                    augmentation: str = "none"):
         common = params["train"]["common"]
         specific = params["train"]["models"][model]
         ds = datasets.spec(dataset)
@@ -74,7 +75,7 @@ class TrainConfig:
             weight_decay=float(common["weight_decay"]),
             temperature=float(common["temperature"]),
             eval_every=common["eval_every"],
-            augmentation=common["augmentation"],
+            augmentation=augmentation,
             compile=bool(common["compile"]),
             model=ModelConfig(
                 model=model,
@@ -98,7 +99,8 @@ class TrainConfig:
 
     @property
     def run_name(self) -> str:
-        return f"{self.dataset}/{self.model.model}/noise{self.noise_fraction}-seed{self.seed}"
+        return (f"{self.dataset}/{self.model.model}/{self.augmentation}/"
+                f"noise{self.noise_fraction}-seed{self.seed}")
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
@@ -265,6 +267,7 @@ def train(
     *,
     dataset: str,
     model: str,
+    augmentation: str,
     noise: float,
     seed: int,
     labels: Path,
@@ -274,7 +277,7 @@ def train(
     """Train one run; write its checkpoint to ``checkpoint`` and its log to ``train_log``."""
     from tqdm import tqdm
 
-    cfg = TrainConfig.from_params(params, dataset, model, noise, seed)
+    cfg = TrainConfig.from_params(params, dataset, model, noise, seed, augmentation)
     # One thread: results then do not depend on the machine's core count, and Snakemake
     # can run one training job per core.
     torch.set_num_threads(1)

@@ -16,8 +16,8 @@ from pipeline.aggregate import aggregate_runs
 from pipeline.io import InputError
 
 # Model order deliberately not alphabetical: the outputs must keep the grid's order.
-GRID = {"datasets": ["digits"], "models": ["supcon", "ce"], "noise_fractions": [0.0, 0.5, 1.0],
-        "seeds": [0, 1]}  # fmt: skip
+GRID = {"datasets": ["digits"], "models": ["supcon", "ce"], "augmentations": ["none"],
+        "noise_fractions": [0.0, 0.5, 1.0], "seeds": [0, 1]}  # fmt: skip
 PARAMS = {"grid": GRID}
 # iterations_to_fit per (model, noise) for seeds 0 and 1; None = never fit.
 ITERATIONS = {
@@ -37,6 +37,7 @@ def metrics_for(dataset: str, model: str, noise: float, seed: int) -> dict:
     return {
         "dataset": dataset,
         "model": model,
+        "augmentation": "none",
         "noise_fraction": noise,
         "seed": seed,
         "num_classes": 10,
@@ -53,6 +54,7 @@ def write_run(geometry_dir, metrics: dict, noise_text: str | None = None) -> Non
     job = {
         "dataset": metrics["dataset"],
         "model": metrics["model"],
+        "augmentation": metrics["augmentation"],
         "noise": noise_text or str(metrics["noise_fraction"]),
         "seed": str(metrics["seed"]),
     }
@@ -91,7 +93,8 @@ def test_runs_table_has_one_row_per_grid_run_in_grid_order(tmp_path, geometry_di
     aggregate_runs(PARAMS, geometry_dir=geometry_dir, **paths)
     runs = pq.read_table(paths["runs"]).to_pandas()
     assert len(runs) == 12
-    assert list(runs.columns[:4]) == ["dataset", "model", "noise_fraction", "seed"]
+    assert list(runs.columns[:5]) == ["dataset", "model", "augmentation", "noise_fraction",
+                                      "seed"]
     assert list(runs["model"]) == ["supcon"] * 6 + ["ce"] * 6
     assert list(runs["noise_fraction"][:6]) == [0.0, 0.0, 0.5, 0.5, 1.0, 1.0]
     assert list(runs["seed"][:6]) == [0, 1, 0, 1, 0, 1]
@@ -109,7 +112,8 @@ def test_summary_means_stds_and_fit_counts(tmp_path, geometry_dir):
     returned = aggregate_runs(PARAMS, geometry_dir=geometry_dir, **paths)
     summary = pq.read_table(paths["summary"]).to_pandas()
     assert len(summary) == 6
-    assert list(summary.columns[:5]) == ["dataset", "model", "noise_fraction", "n_seeds", "n_fit"]
+    assert list(summary.columns[:6]) == ["dataset", "model", "augmentation", "noise_fraction",
+                                         "n_seeds", "n_fit"]
     assert list(zip(summary["model"], summary["noise_fraction"], strict=True)) == [
         ("supcon", 0.0), ("supcon", 0.5), ("supcon", 1.0), ("ce", 0.0), ("ce", 0.5), ("ce", 1.0),
     ]  # fmt: skip
@@ -144,7 +148,7 @@ def test_csv_matches_parquet_with_fixed_formatting(tmp_path, geometry_dir):
     header, first = text.splitlines()[:2]
     summary = pq.read_table(paths["summary"]).to_pandas()
     assert header.split(",") == list(summary.columns)
-    assert first.startswith("digits,supcon,0,2,2,")  # %.10g: 0.0 -> "0"
+    assert first.startswith("digits,supcon,none,0,2,2,")  # %.10g: 0.0 -> "0"
     assert "0.1111111111" in first  # -1/9 with 10 significant digits
     csv = pd.read_csv(paths["summary_csv"])
     np.testing.assert_allclose(csv["final_loss_mean"], summary["final_loss_mean"], rtol=1e-9)
@@ -176,7 +180,8 @@ def test_extra_runs_on_disk_are_ignored(tmp_path, geometry_dir):
 
 def test_missing_run_is_an_error_naming_its_path(tmp_path, geometry_dir):
     missing = stages.run_file(
-        stages.GEOMETRY_METRICS, geometry_dir, dataset="digits", model="ce", noise="1.0", seed="0"
+        stages.GEOMETRY_METRICS, geometry_dir, dataset="digits", model="ce", augmentation="none",
+        noise="1.0", seed="0"
     )
     missing.unlink()
     with pytest.raises(InputError, match=re.escape(str(missing))):
@@ -186,7 +191,8 @@ def test_missing_run_is_an_error_naming_its_path(tmp_path, geometry_dir):
 
 def test_run_identity_must_match_its_path(tmp_path, geometry_dir):
     path = stages.run_file(
-        stages.GEOMETRY_METRICS, geometry_dir, dataset="digits", model="ce", noise="0.5", seed="1"
+        stages.GEOMETRY_METRICS, geometry_dir, dataset="digits", model="ce", augmentation="none",
+        noise="0.5", seed="1"
     )
     path.write_text(json.dumps(metrics_for("digits", "ce", 0.5, 0)))  # says seed 0
     with pytest.raises(InputError, match=re.escape(f"{path}: seed is 0 but the path says 1")):
@@ -195,7 +201,8 @@ def test_run_identity_must_match_its_path(tmp_path, geometry_dir):
 
 def test_truncated_json_is_an_error_naming_its_path(tmp_path, geometry_dir):
     path = stages.run_file(
-        stages.GEOMETRY_METRICS, geometry_dir, dataset="digits", model="ce", noise="0.0", seed="0"
+        stages.GEOMETRY_METRICS, geometry_dir, dataset="digits", model="ce", augmentation="none",
+        noise="0.0", seed="0"
     )
     path.write_text(path.read_text()[:20])
     with pytest.raises(InputError, match=re.escape(str(path))):

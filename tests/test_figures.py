@@ -28,8 +28,8 @@ from pipeline.io import InputError, write_parquet
 
 K = 10
 DPI = 40  # small: fast, and the PNG size in pixels is checked against it
-GRID = {"datasets": ["digits"], "models": ["supcon", "ce"], "noise_fractions": [0.0, 0.5, 1.0],
-        "seeds": [0, 1]}  # fmt: skip
+GRID = {"datasets": ["digits"], "models": ["supcon", "ce"], "augmentations": ["none"],
+        "noise_fractions": [0.0, 0.5, 1.0], "seeds": [0, 1]}  # fmt: skip
 PARAMS = {"grid": GRID, "figures": {"dpi": DPI, "geometry_noise": 0.5}}
 STEMS = (
     "geometry_digits", "iterations_to_fit_digits", "gap_vs_accuracy_digits",
@@ -50,6 +50,7 @@ def write_run(dirs, job: dict[str, str]) -> None:
     metrics = {
         "dataset": job["dataset"],
         "model": model,
+        "augmentation": "none",
         "noise_fraction": noise,
         "seed": seed,
         "num_classes": K,
@@ -154,7 +155,8 @@ def test_rerun_gives_byte_identical_files(tmp_path, inputs):
 
 def test_missing_cosines_is_an_error_naming_its_path(tmp_path, inputs):
     path = stages.run_file(
-        stages.COSINES, inputs["geometry_dir"], dataset="digits", model="ce", noise="0.5", seed="1"
+        stages.COSINES, inputs["geometry_dir"], dataset="digits", model="ce", augmentation="none",
+        noise="0.5", seed="1"
     )
     path.unlink()
     with pytest.raises(InputError, match=re.escape(str(path))):

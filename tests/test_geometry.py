@@ -57,6 +57,7 @@ def write_run(
     )
     cfg = {
         "dataset": "synthetic",
+        "augmentation": "none",
         "noise_fraction": 0.0,
         "seed": 7,
         "model": {"model": model, "num_classes": k, "representation_dim": h},
@@ -101,6 +102,7 @@ def identity(paths) -> dict:
     """The run identity (the stage's wildcards) that the embeddings' metadata names."""
     cfg = io.read_metadata(paths["embeddings"])["train_config"]
     return {"dataset": cfg["dataset"], "model": cfg["model"]["model"],
+            "augmentation": cfg["augmentation"],
             "noise": cfg["noise_fraction"], "seed": cfg["seed"]}
 
 
@@ -398,7 +400,8 @@ def test_metrics_keys(tmp_path):
     m, _ = run_stage(tmp_path, write_run(tmp_path, train_z=z, train_noisy=labels,
                                          head=vertices, model="ce"))
     assert sorted(m) == sorted([
-        "dataset", "model", "noise_fraction", "seed", "num_classes", "representation_dim",
+        "dataset", "model", "augmentation", "noise_fraction", "seed", "num_classes",
+        "representation_dim",
         "fit_threshold", "num_train", "num_test", "num_classes_present",
         "class_mean_cosine_mean", "class_mean_cosine_std", "class_mean_cosine_min",
         "class_mean_cosine_max", "simplex_cosine", "class_mean_cosine_deviation",
@@ -437,7 +440,8 @@ def _stage(tmp_path, paths):
     try:
         ident = identity(paths)
     except (KeyError, TypeError, OSError):  # broken or missing file: the stage must name it
-        ident = {"dataset": "synthetic", "model": "ce", "noise": 0.0, "seed": 0}
+        ident = {"dataset": "synthetic", "model": "ce", "augmentation": "none", "noise": 0.0,
+                 "seed": 0}
     return geometry.measure_geometry(
         {"geometry": {"fit_threshold": 1.0}}, **ident, **paths, **out
     )

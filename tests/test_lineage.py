@@ -125,21 +125,21 @@ def test_geometry_figure_follows_only_the_runs_it_shows(project):
     shown = {job["model"] for job in stages.grid_jobs(stages.GEOMETRY, GRID)
              if float(job["noise"]) == 0.0}  # fmt: skip
     assert geometry_dir["read"] == sorted(
-        f"data/geometry/digits/{m}/noise0.0-seed0/cosines.parquet" for m in shown
+        f"data/geometry/digits/{m}/none/noise0.0-seed0/cosines.parquet" for m in shown
     )
-    assert geometry_dir["from"] == sorted(f"geometry@digits-{m}-0.0-0" for m in shown)
+    assert geometry_dir["from"] == sorted(f"geometry@digits-{m}-none-0.0-0" for m in shown)
     assert "data/train_logs" not in {i["path"] for i in figures["inputs"]}  # not drawn from
 
 
 @pytest.mark.parametrize(
     ("artifact", "families"),
     [
-        ("data/models/digits/ce/noise0.3-seed0.pt", {"train", "noisy_labels"}),
-        ("data/embeddings/digits/supcon/noise0.0-seed0.parquet",
+        ("data/models/digits/ce/none/noise0.3-seed0.pt", {"train", "noisy_labels"}),
+        ("data/embeddings/digits/supcon/none/noise0.0-seed0.parquet",
          {"embed", "train", "noisy_labels"}),
-        ("data/geometry/digits/ce_fixed/noise0.3-seed0/metrics.json",
+        ("data/geometry/digits/ce_fixed/none/noise0.3-seed0/metrics.json",
          {"geometry", "embed", "train", "noisy_labels"}),
-        ("train@digits-ce-0.0-0", {"train", "noisy_labels"}),
+        ("train@digits-ce-none-0.0-0", {"train", "noisy_labels"}),
     ],
 )  # fmt: skip
 def test_lineage_of_per_run_artifacts_follows_their_own_run(project, artifact, families):
@@ -157,18 +157,18 @@ def test_unknown_artifact_is_an_error_naming_it(project):
 
 
 def test_verify_names_a_tampered_output_and_every_stale_consumer(private):
-    log = "data/train_logs/digits/ce/noise0.3-seed0.parquet"
+    log = "data/train_logs/digits/ce/none/noise0.3-seed0.parquet"
     with open(private / log, "ab") as f:
         f.write(b"\0")
     doc = lineage_json(private, "data/figures/training_curves_digits.png", "--verify", code=1)
     found = {(p["kind"], p["stage"], p["path"]) for p in doc["problems"]}
     assert found == {
-        ("tampered", "train@digits-ce-0.3-0", log),
-        ("stale", "geometry@digits-ce-0.3-0", log),
+        ("tampered", "train@digits-ce-none-0.3-0", log),
+        ("stale", "geometry@digits-ce-none-0.3-0", log),
         ("stale", "figures", "data/train_logs"),  # the directory holding it
     }
     text = lineage(private, "data/figures/training_curves_digits.png", "--verify", code=1).stdout
-    assert f"TAMPERED   train@digits-ce-0.3-0: {log}: md5 on disk {md5(private / log)}" in text
+    assert f"TAMPERED   train@digits-ce-none-0.3-0: {log}: md5 on disk {md5(private / log)}" in text
 
 
 def test_verify_names_a_tampered_figure(private):

@@ -18,6 +18,7 @@ PRESET = ROOT / "presets" / "paper.yaml"
 PROTOCOL = {
     "grid.datasets": ["cifar10", "cifar100"],
     "grid.models": ["supcon", "ce", "ce_fixed"],
+    "grid.augmentations": ["none", "standard"],  # geometry study: both
     "grid.noise_fractions": [round(0.1 * i, 1) for i in range(11)],
     "noisy_labels.scheme": "flip",
     "train.common.encoder": "resnet18",
@@ -70,7 +71,8 @@ def test_paper_preset_cut_to_a_few_iterations_runs_end_to_end(tmp_path):
     cut.write_text(yaml.safe_dump(preset))
     sh(sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", str(cut), cwd=project)
     summary = (project / "data/summary/summary.csv").read_text().splitlines()
-    assert len(summary) == 1 + 2 * 3  # both datasets x three models
+    assert len(summary) == 1 + 2 * 3 * 2  # datasets x models x augmentations (none, standard)
     figures = {p.name for p in (project / "data/figures").iterdir()}
     for dataset in ("cifar10", "cifar100"):
         assert f"geometry_{dataset}.png" in figures
+        assert f"geometry_{dataset}-standard.png" in figures

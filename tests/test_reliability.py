@@ -28,7 +28,7 @@ def write_params(tmp_path, params):
 
 def train_args(params_file, labels, out, dataset="digits"):
     return ["train", "--params", params_file, "--dataset", dataset, "--model", "supcon",
-            "--noise", "0.0", "--seed", "0", "--labels", labels,
+            "--augmentation", "none", "--noise", "0.0", "--seed", "0", "--labels", labels,
             "--checkpoint", out / "m.pt", "--train-log", out / "log.parquet"]
 
 

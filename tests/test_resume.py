@@ -20,7 +20,8 @@ from pipeline.train import resume_path
 
 def command(params_file, labels, out):
     return [sys.executable, "-m", "pipeline", "train", "--params", str(params_file),
-            "--dataset", "digits", "--model", "supcon", "--noise", "0.3", "--seed", "0",
+            "--dataset", "digits", "--model", "supcon", "--augmentation", "none",
+            "--noise", "0.3", "--seed", "0",
             "--labels", str(labels), "--checkpoint", str(out / "model.pt"),
             "--train-log", str(out / "log.parquet")]
 

@@ -32,7 +32,8 @@ def labels(tmp_path, small_params):
 
 def run(tmp_path, params, labels, model, tag="a"):
     paths = {"checkpoint": tmp_path / f"{tag}.pt", "train_log": tmp_path / f"{tag}.parquet"}
-    table = train(params, dataset="digits", model=model, noise=0.3, seed=0, labels=labels, **paths)
+    table = train(params, dataset="digits", model=model, augmentation="none", noise=0.3, seed=0,
+                  labels=labels, **paths)
     return table, paths
 
 
@@ -104,7 +105,7 @@ def test_divergence_names_run_iteration_and_value_and_writes_nothing(
     tmp_path, small_params, labels
 ):
     small_params["train"]["models"]["ce"]["learning_rate"] = 1e30
-    expected = r"run digits/ce/noise0.3-seed0: loss is (nan|inf) at iteration \d+"
+    expected = r"run digits/ce/none/noise0.3-seed0: loss is (nan|inf) at iteration \d+"
     with pytest.raises(DivergenceError, match=expected):
         run(tmp_path, small_params, labels, "ce")
     assert list(tmp_path.glob("a.*")) == []
@@ -149,7 +150,8 @@ def test_embed_writes_every_sample_and_the_head(tmp_path, small_params, labels, 
     _, paths = run(tmp_path, small_params, labels, model)
     out = {"embeddings": tmp_path / "emb.parquet", "head": tmp_path / "head.parquet"}
     extract_embeddings(
-        small_params, dataset="digits", model=model, noise=0.3, seed=0,
+        small_params, dataset="digits", model=model, augmentation="none", noise=0.3,
+        seed=0,
         labels=labels, checkpoint=paths["checkpoint"], **out,
     )
     h = small_params["train"]["common"]["representation_dim"]
@@ -170,7 +172,8 @@ def test_embed_writes_every_sample_and_the_head(tmp_path, small_params, labels, 
     assert head.num_rows == (0 if model == "supcon" else 10)
     first = out["embeddings"].read_bytes()
     extract_embeddings(
-        small_params, dataset="digits", model=model, noise=0.3, seed=0,
+        small_params, dataset="digits", model=model, augmentation="none", noise=0.3,
+        seed=0,
         labels=labels, checkpoint=paths["checkpoint"], **out,
     )
     assert out["embeddings"].read_bytes() == first
@@ -180,7 +183,8 @@ def test_embed_refuses_a_checkpoint_of_another_run(tmp_path, small_params, label
     _, paths = run(tmp_path, small_params, labels, "ce")
     with pytest.raises(ValueError, match=r"made for .*'ce'.*expected .*'supcon'"):
         extract_embeddings(
-            small_params, dataset="digits", model="supcon", noise=0.3, seed=0, labels=labels,
+            small_params, dataset="digits", model="supcon", augmentation="none", noise=0.3,
+            seed=0, labels=labels,
             checkpoint=paths["checkpoint"], embeddings=tmp_path / "e", head=tmp_path / "h",
         )
 
@@ -211,7 +215,8 @@ def test_embed_refuses_a_checkpoint_made_with_another_config(tmp_path, small_par
     with pytest.raises(ValueError, match=r"different config .*model.representation_dim: 32 in "
                        r"the checkpoint vs 16 now"):
         extract_embeddings(
-            small_params, dataset="digits", model="ce", noise=0.3, seed=0, labels=labels,
+            small_params, dataset="digits", model="ce", augmentation="none", noise=0.3, seed=0,
+            labels=labels,
             checkpoint=paths["checkpoint"], embeddings=tmp_path / "e", head=tmp_path / "h",
         )
     assert not (tmp_path / "e").exists()
