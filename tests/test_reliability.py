@@ -26,6 +26,11 @@ def write_params(tmp_path, params):
     return path
 
 
+def labels_args(params_file, labels, dataset="digits"):
+    return ["noisy_labels", "--params", params_file, "--dataset", dataset,
+            "--noise", "0.0", "--seed", "0", "--labels", labels]
+
+
 def train_args(params_file, labels, out, dataset="digits"):
     return ["train", "--params", params_file, "--dataset", dataset, "--model", "supcon",
             "--augmentation", "none", "--noise", "0.0", "--seed", "0", "--labels", labels,
@@ -63,8 +68,7 @@ def test_bad_params_stop_the_stage_with_a_named_error_and_write_nothing(
 def test_dataset_name_with_path_separators_is_refused(tmp_path):
     params_file = write_params(tmp_path, tiny_params())
     out = tmp_path / "labels.parquet"
-    result = cli("noisy_labels", "--params", params_file, "--dataset", "../digits",
-                 "--noise", "0.0", "--seed", "0", "--labels", out)
+    result = cli(*labels_args(params_file, out, dataset="../digits"))
     assert result.returncode == 1
     assert "missing key 'datasets.../digits'" in result.stderr
     assert not out.exists()
@@ -95,8 +99,7 @@ def test_missing_cifar_archive_stops_the_stage(tmp_path):
     params["datasets"] = {"cifar10": {"archive": str(tmp_path / "nope.tar.gz")}}
     params_file = write_params(tmp_path, params)
     out = tmp_path / "labels.parquet"
-    result = cli("noisy_labels", "--params", params_file, "--dataset", "cifar10",
-                 "--noise", "0.0", "--seed", "0", "--labels", out)
+    result = cli(*labels_args(params_file, out, dataset="cifar10"))
     assert result.returncode == 1
     assert "nope.tar.gz: missing dataset archive for 'cifar10'" in result.stderr
     assert not out.exists()
@@ -127,16 +130,14 @@ def test_a_job_whose_output_is_being_produced_elsewhere_stops(tmp_path):
     )
     try:
         assert holder.stdout.readline().strip() == "held"
-        result = cli("noisy_labels", "--params", params_file, "--dataset", "digits",
-                     "--noise", "0.0", "--seed", "0", "--labels", labels, cwd=tmp_path)
+        result = cli(*labels_args(params_file, labels), cwd=tmp_path)
         assert result.returncode == 1
         assert "another job is producing this output right now" in result.stderr
         assert not labels.exists()
     finally:
         holder.kill()
         holder.wait()
-    assert cli("noisy_labels", "--params", params_file, "--dataset", "digits", "--noise", "0.0",
-               "--seed", "0", "--labels", labels, cwd=tmp_path).returncode == 0
+    assert cli(*labels_args(params_file, labels), cwd=tmp_path).returncode == 0
 
 
 @pytest.mark.e2e
