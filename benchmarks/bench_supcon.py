@@ -10,6 +10,12 @@ variant of the loss (anchors without positives add 0 and count in b).
 Prints a table; it is a measurement, not a test (timings never gate the test suite). Each
 configuration checks that both losses and their gradients agree (|loss difference| <= 1e-5,
 relative); a disagreement exits with status 1.
+
+The "products" column times only the matrix products ours cannot avoid: its Gram matrix (upper
+row blocks only, pipeline.losses._scaled_gram) and the one (b, b) @ (b, d) product of its
+backward pass. "ceiling" is the reference's time over that: the speedup ours would reach if
+everything else it does (softmax, class sums, autograd bookkeeping) cost nothing. The
+reference does three full b^2 d products (one forward, two in autograd's backward).
 Usage: python benchmarks/bench_supcon.py [--repeats 20] [--threads 1] [--classes 10]
 """
 
@@ -22,7 +28,7 @@ import time
 
 import torch
 
-from pipeline.losses import supcon_loss
+from pipeline.losses import _scaled_gram, supcon_loss
 
 CONFIGS = [(256, 128), (256, 512), (1024, 128), (1024, 512)]  # (b, d)
 TEMPERATURE = 0.1  # the paper's
@@ -58,19 +64,29 @@ def time_once(fn, x: torch.Tensor, labels: torch.Tensor) -> tuple[float, float, 
     return time.perf_counter() - start, loss.item(), z.grad
 
 
+def time_products(x: torch.Tensor) -> float:
+    """Seconds for the products ours needs: the blocked Gram matrix and one (b, b) @ (b, d)."""
+    start = time.perf_counter()
+    gram = _scaled_gram(x, 1.0 / TEMPERATURE)
+    gram @ x
+    return time.perf_counter() - start
+
+
 def bench(b: int, d: int, repeats: int, classes: int) -> dict:
     generator = torch.Generator().manual_seed(b * 10_000 + d)
     x = torch.nn.functional.normalize(torch.randn(b, d, generator=generator), dim=1)
     labels = torch.randint(0, classes, (b,), generator=generator)
     fns = {"reference": reference_supcon, "ours": supcon_loss}
-    times = {name: [] for name in fns}
+    times = {name: [] for name in [*fns, "products"]}
     results = {}
     for name, fn in fns.items():  # warm-up, and the values compared
         _, loss, grad = time_once(fn, x, labels)
         results[name] = (loss, grad)
-    for _ in range(repeats):  # interleaved, so a busy moment hits both
+    time_products(x)
+    for _ in range(repeats):  # interleaved, so a busy moment hits all three
         for name, fn in fns.items():
             times[name].append(time_once(fn, x, labels)[0])
+        times["products"].append(time_products(x))
     (ref_loss, ref_grad), (our_loss, our_grad) = results["reference"], results["ours"]
     return {
         "b": b,
@@ -96,7 +112,7 @@ def main() -> int:
     )
     header = (
         f"{'b':>5} {'d':>4} {'reference ms':>17} {'ours ms':>17} {'speedup':>15}"
-        f" {'rel |dloss|':>12} {'rel max|dgrad|':>15}"
+        f" {'products ms':>12} {'ceiling':>8} {'rel |dloss|':>12} {'rel max|dgrad|':>15}"
     )
     print(header)
     ok = True
@@ -108,6 +124,7 @@ def main() -> int:
             f" {r['reference_min']:>7.2f} ({r['reference_median']:>7.2f})"
             f" {r['ours_min']:>7.2f} ({r['ours_median']:>7.2f})"
             f" {speed_min:>5.2f}x ({speed_median:>5.2f}x)"
+            f" {r['products_min']:>12.2f} {r['reference_min'] / r['products_min']:>7.2f}x"
             f" {r['loss_diff']:>12.1e} {r['grad_diff']:>15.1e}"
         )
         ok &= r["loss_diff"] <= 1e-5 and r["grad_diff"] <= 1e-4

@@ -357,14 +357,31 @@ def reference_supcon(z: torch.Tensor, y: torch.Tensor, tau: float) -> torch.Tens
     return per_anchor.sum() / b
 
 
-@pytest.mark.parametrize("b", [2, 3, 17, 255, 256, 300, 520])
-def test_supcon_gradient_equals_autograd_of_the_definition(b):
-    # The written-out backward pass against autograd, across the block sizes of the
-    # symmetric Gram product, with singletons, repeated samples and labels not in 0..K-1.
+@pytest.mark.parametrize(
+    "b, h",
+    [
+        (2, 9),
+        (3, 9),
+        (17, 9),
+        (520, 9),
+        (128, 127),
+        (127, 128),
+        (128, 128),
+        (255, 130),
+        (300, 128),
+        (520, 128),
+        (2100, 128),
+    ],
+)
+def test_supcon_gradient_equals_autograd_of_the_definition(b, h):
+    # The written-out backward pass against autograd, across the block counts of the
+    # symmetric Gram product (whole below h = 128; then 1, 2, 3, 4, 8 and the cap of 32 with
+    # uneven edges), with singletons, repeated samples, labels not in 0..K-1 and an upstream
+    # gradient other than 1.
     rng = np.random.default_rng(b)
     y = rng.integers(0, max(2, b // 4), size=b) * 7 - 3
     y[0] = 10**6  # a singleton class
-    z = rng.normal(size=(b, 9))
+    z = rng.normal(size=(b, h))
     z[-1] = z[0]  # a repeated sample ...
     y[-1] = y[0]  # ... which is its own positive
     z /= np.linalg.norm(z, axis=1, keepdims=True)
@@ -372,8 +389,8 @@ def test_supcon_gradient_equals_autograd_of_the_definition(b):
     ref_z = torch.tensor(z, requires_grad=True)
     got = supcon_loss(got_z, torch.tensor(y), 0.2)
     ref = reference_supcon(ref_z, torch.tensor(y), 0.2)
-    got.backward()
-    ref.backward()
+    (2.5 * got).backward()
+    (2.5 * ref).backward()
     assert got.item() == pytest.approx(ref.item(), rel=1e-12)
     torch.testing.assert_close(got_z.grad, ref_z.grad, rtol=1e-10, atol=1e-13)
     if b <= 17:
