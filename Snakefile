@@ -6,6 +6,8 @@ same command as the matching DVC stage (both come from pipeline/stages.py), and 
 successful run the results are recorded into dvc.lock, so `dvc status` is clean.
 """
 
+import sys
+
 
 report: "report/workflow.rst"
 
@@ -27,6 +29,13 @@ rule all:
 
 onsuccess:
     # Only params.yaml is what dvc.yaml describes; a run of another params file (a preset
-    # via --configfile) is not recorded into dvc.lock.
-    if PARAMS_FILE == S.PARAMS_FILE:
+    # via --configfile) is not recorded into dvc.lock. Nor is a --touch run: it ran no
+    # command, so dvc.lock must not vouch for whatever outputs were there.
+    if workflow.touch:
+        print(
+            "--touch ran no job: dvc.lock is left as it is (after `dvc repro`, "
+            "`python -m pipeline sync-snakemake` brings Snakemake's records up to date)",
+            file=sys.stderr,
+        )
+    elif PARAMS_FILE == S.PARAMS_FILE:
         shell("python -m pipeline record")

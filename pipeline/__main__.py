@@ -46,6 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="exit 1 if dvc.yaml is out of date")
     p.add_argument("--output", type=Path, default=Path("dvc.yaml"))
     sub.add_parser("record", help="record finished outputs into dvc.lock (dvc commit)")
+    sub.add_parser(
+        "sync-snakemake",
+        help="after `dvc repro`: mark Snakemake's jobs done (snakemake --touch), only if "
+        "`dvc status` is clean",
+    )
     p = sub.add_parser(
         "lineage",
         help="the chain of stages, params and code that made an artifact, back to the raw data",
@@ -53,10 +58,16 @@ def _parser() -> argparse.ArgumentParser:
         "directory, a stage name, or a figure carrying a provenance record) upstream to the "
         "raw data. Exit status: 0 ok, 1 --verify found a problem, 2 cannot trace.",
     )
-    p.add_argument("artifact", help="path of the artifact (from the current directory, else "
-                   "from --repo), or a stage name of dvc.lock")
-    p.add_argument("--verify", action="store_true",
-                   help="re-hash every link; name each stale or tampered one (exit 1 if any)")
+    p.add_argument(
+        "artifact",
+        help="path of the artifact (from the current directory, else "
+        "from --repo), or a stage name of dvc.lock",
+    )
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="re-hash every link; name each stale or tampered one (exit 1 if any)",
+    )
     p.add_argument("--json", action="store_true", help="print the lineage as JSON")
     p.add_argument("--repo", type=Path, default=Path("."), help="project root (default: .)")
     return parser
@@ -68,8 +79,10 @@ def _setup_logging(log_file: Path | None) -> None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_file, mode="w"))
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
-        handlers=handlers, force=True,
+        level=logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        handlers=handlers,
+        force=True,
     )
 
 
@@ -94,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.dvc_yaml import record
 
         return record()
+    if args.command == "sync-snakemake":
+        from pipeline.dvc_yaml import sync_snakemake
+
+        return sync_snakemake()
     if args.command == "lineage":
         from pipeline.lineage import main as lineage
 

@@ -1,4 +1,5 @@
-"""The DVC front-end: render dvc.yaml from the stage table, and record Snakemake's results.
+"""The DVC front-end: render dvc.yaml from the stage table, record Snakemake's results into
+dvc.lock, and tell Snakemake about results ``dvc repro`` made.
 
 dvc.yaml keeps DVC's own ``matrix`` templating over params.yaml, so ``dvc repro`` alone
 follows any change of the grid; this module only spells the stage table in DVC's syntax.
@@ -6,6 +7,7 @@ follows any change of the grid; this module only spells the stage table in DVC's
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -87,3 +89,30 @@ def record() -> int:
             file=sys.stderr,
         )
     return result.returncode
+
+
+def sync_snakemake(snakemake_args: list[str] | None = None) -> int:
+    """After ``dvc repro``, bring Snakemake's records up to date without rerunning anything.
+
+    Snakemake keeps its own record of the params, code and inputs each output was made with;
+    outputs DVC made after a params change still carry the old params there, so the next
+    ``snakemake`` would redo every such job (same bytes, hours of GPU at paper scale).
+    ``snakemake --touch`` replaces those records, but vouches for whatever is on disk, so it
+    runs only when ``dvc status`` has just checked that every stage's outputs match the
+    current params, code and inputs; otherwise nothing is touched and the exit status is 1.
+    """
+    status = subprocess.run(["dvc", "status", "--json"], capture_output=True, text=True)
+    if status.returncode != 0:
+        print(f"error: `dvc status` failed: {status.stderr.strip()}", file=sys.stderr)
+        return 2
+    stale = sorted(json.loads(status.stdout or "{}"))
+    if stale:
+        shown = ", ".join(stale[:5]) + (f" and {len(stale) - 5} more" if len(stale) > 5 else "")
+        print(
+            f"error: DVC reports {len(stale)} stage(s) not up to date ({shown}): run "
+            "`dvc repro` first. Snakemake's records are left as they are.",
+            file=sys.stderr,
+        )
+        return 1
+    command = [sys.executable, "-m", "snakemake", "--touch", "--cores", "1"]
+    return subprocess.run([*command, *(snakemake_args or [])], check=False).returncode
