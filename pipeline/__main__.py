@@ -58,16 +58,10 @@ def _parser() -> argparse.ArgumentParser:
         "directory, a stage name, or a figure carrying a provenance record) upstream to the "
         "raw data. Exit status: 0 ok, 1 --verify found a problem, 2 cannot trace.",
     )
-    p.add_argument(
-        "artifact",
-        help="path of the artifact (from the current directory, else "
-        "from --repo), or a stage name of dvc.lock",
-    )
-    p.add_argument(
-        "--verify",
-        action="store_true",
-        help="re-hash every link; name each stale or tampered one (exit 1 if any)",
-    )
+    p.add_argument("artifact", help="path of the artifact (from the current directory, else "
+                   "from --repo), or a stage name of dvc.lock")
+    p.add_argument("--verify", action="store_true",
+                   help="re-hash every link; name each stale or tampered one (exit 1 if any)")
     p.add_argument("--json", action="store_true", help="print the lineage as JSON")
     p.add_argument("--repo", type=Path, default=Path("."), help="project root (default: .)")
     return parser
@@ -79,10 +73,8 @@ def _setup_logging(log_file: Path | None) -> None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_file, mode="w"))
     logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-        handlers=handlers,
-        force=True,
+        level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        handlers=handlers, force=True,
     )
 
 

@@ -13,6 +13,9 @@ Outputs:
   run that never fit: its mean and std are over the seeds that fit and ``n_fit`` counts
   them. Every other metric is averaged over all seeds, so a null in any seed gives a null
   mean (nothing is silently averaged over fewer seeds).
+- ``growth`` (JSON, DVC metrics): per dataset, augmentation and model, the fitted exponent a
+  of iterations-to-fit ~ c p^a across the noise fractions p > 0 (PAPER.md: "a fitted exponent
+  per loss"), the same fit the iterations-to-fit figure draws; see :func:`growth_exponents`.
 """
 
 from __future__ import annotations
@@ -147,6 +150,52 @@ def load_runs(grid: dict, geometry_dir: Path) -> pd.DataFrame:
     return runs.iloc[order].reset_index(drop=True)
 
 
+def fit_power_law(
+    noise_fractions: np.ndarray, iterations: np.ndarray
+) -> tuple[float, float] | None:
+    """Least-squares fit of log(iterations) = log(c) + a log(p); returns (c, a).
+
+    Uses the points with p > 0 and a finite, positive iteration count (a run that never fit
+    is NaN and drops out); None when fewer than two distinct such p remain.
+    """
+    p = np.asarray(noise_fractions, dtype=np.float64)
+    y = np.asarray(iterations, dtype=np.float64)
+    keep = (p > 0) & np.isfinite(p) & np.isfinite(y) & (y > 0)
+    if np.unique(p[keep]).size < 2:
+        return None
+    a, log_c = np.polyfit(np.log(p[keep]), np.log(y[keep]), deg=1)
+    return float(np.exp(log_c)), float(a)
+
+
+def growth_exponents(summary: pd.DataFrame) -> dict:
+    """``{dataset: {augmentation: {model: fit}}}`` of iterations-to-fit against noise.
+
+    Each fit is over the per-p means across the seeds that fit (``iterations_to_fit_mean``),
+    for p > 0: ``exponent`` a and ``coefficient`` c of c p^a (null when fewer than two noise
+    fractions have a mean), ``noise_fractions_used``, and ``runs_not_fit``: runs at p > 0 that
+    never fit. Those are left out of their p's mean, which makes the mean, and so the
+    exponent, an underestimate wherever the count is not 0.
+    """
+    mean_column = f"{FIT_METRIC}_mean"
+    if mean_column not in summary:
+        raise InputError(f"the runs carry no {FIT_METRIC!r} metric: no growth to fit")
+    growth: dict = {}
+    for (dataset, augmentation, model), group in summary.groupby(
+        ["dataset", "augmentation", "model"], sort=False
+    ):
+        p = group["noise_fraction"].to_numpy(np.float64)
+        mean = group[mean_column].to_numpy(np.float64)
+        fit = fit_power_law(p, mean)
+        noisy = p > 0
+        growth.setdefault(dataset, {}).setdefault(augmentation, {})[model] = {
+            "exponent": None if fit is None else fit[1],
+            "coefficient": None if fit is None else fit[0],
+            "noise_fractions_used": int((noisy & np.isfinite(mean) & (mean > 0)).sum()),
+            "runs_not_fit": int((group["n_seeds"] - group["n_fit"]).to_numpy()[noisy].sum()),
+        }
+    return growth
+
+
 def metric_columns(runs: pd.DataFrame) -> list[str]:
     return [c for c in runs.columns if c not in ID_COLUMNS]
 
@@ -196,15 +245,29 @@ def write_csv(frame: pd.DataFrame, path: Path) -> None:
         )
 
 
+def write_json(data: dict, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
+
+
 def aggregate_runs(
-    params: dict, *, geometry_dir: Path, runs: Path, summary: Path, summary_csv: Path
+    params: dict,
+    *,
+    geometry_dir: Path,
+    runs: Path,
+    summary: Path,
+    summary_csv: Path,
+    growth: Path,
 ) -> pd.DataFrame:
-    """Write the per-run table and the across-seed summary of the grid; return the summary."""
+    """Write the per-run table, the across-seed summary of the grid and the growth exponents;
+    return the summary."""
     grid = params["grid"]
     run_table = load_runs(grid, Path(geometry_dir))
     summary_table = summarize_runs(run_table)
+    exponents = growth_exponents(summary_table)
     write_parquet(to_arrow(run_table), runs, metadata={"grid": grid})
     write_parquet(to_arrow(summary_table), summary, metadata={"grid": grid})
     write_csv(summary_table, Path(summary_csv))
+    write_json(exponents, Path(growth))
     log.info("%d runs -> %d summary rows: %s", len(run_table), len(summary_table), summary)
     return summary_table

@@ -34,6 +34,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from pipeline import provenance, schemas, stages
+from pipeline.aggregate import fit_power_law
 from pipeline.io import InputError, atomic_dir, read_parquet
 
 log = logging.getLogger(__name__)
@@ -158,23 +159,6 @@ def num_classes_of(runs: pd.DataFrame, dataset: str) -> int:
 
 
 # ----------------------------------------------------------------------------- analysis
-
-
-def fit_power_law(
-    noise_fractions: np.ndarray, iterations: np.ndarray
-) -> tuple[float, float] | None:
-    """Least-squares fit of log(iterations) = log(c) + a log(p); returns (c, a).
-
-    Uses the points with p > 0 and a finite, positive iteration count (a run that never fit
-    is NaN and drops out); None when fewer than two distinct such p remain.
-    """
-    p = np.asarray(noise_fractions, dtype=np.float64)
-    y = np.asarray(iterations, dtype=np.float64)
-    keep = (p > 0) & np.isfinite(p) & np.isfinite(y) & (y > 0)
-    if np.unique(p[keep]).size < 2:
-        return None
-    a, log_c = np.polyfit(np.log(p[keep]), np.log(y[keep]), deg=1)
-    return float(np.exp(log_c)), float(a)
 
 
 def iterations_by_noise(runs: pd.DataFrame) -> pd.DataFrame:

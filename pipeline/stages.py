@@ -51,6 +51,7 @@ SUMMARY_DIR = "data/summary"
 RUNS_TABLE = f"{SUMMARY_DIR}/runs.parquet"
 SUMMARY_TABLE = f"{SUMMARY_DIR}/summary.parquet"
 SUMMARY_CSV = f"{SUMMARY_DIR}/summary.csv"
+GROWTH_METRICS = f"{SUMMARY_DIR}/growth.json"
 FIGURES_DIR = "data/figures"
 FREE_FEATURES_TABLE = "data/free_features/records.parquet"
 FREE_FEATURES_FIGURES = "data/free_features/figures"
@@ -119,6 +120,18 @@ def fill(pattern: str, **wildcards: object) -> str:
 # Every stage writes through these: a change to them may change any artifact's bytes.
 _SHARED_CODE = ("pipeline/io.py", "pipeline/schemas.py")
 
+# What pipeline/figures.py runs: the growth fit and each figure's embedded provenance record
+# (params digest, stage table, raw-data digest). tests/test_frontends.py checks every stage's
+# code list against the imports of its module.
+_FIGURE_CODE = (
+    "pipeline/aggregate.py",
+    "pipeline/provenance.py",
+    "pipeline/config.py",
+    "pipeline/datasets.py",
+    "pipeline/stages.py",
+    *_SHARED_CODE,
+)
+
 _TRAIN_CODE = (
     "pipeline/train.py",
     "pipeline/models.py",
@@ -169,7 +182,7 @@ GEOMETRY = Stage(
     deps={"embeddings": EMBEDDINGS, "head": HEAD, "train_log": TRAIN_LOG},
     outs={"metrics": GEOMETRY_METRICS, "cosines": COSINES},
     params=("geometry",),
-    code=("pipeline/geometry.py", *_SHARED_CODE),
+    code=("pipeline/geometry.py", "pipeline/simplex.py", *_SHARED_CODE),
     metrics=("metrics",),
 )
 
@@ -178,9 +191,15 @@ AGGREGATE = Stage(
     rule="aggregate_runs",
     matrix=(),
     deps={"geometry_dir": GridDir(GEOMETRY_DIR, (GEOMETRY_METRICS,))},
-    outs={"runs": RUNS_TABLE, "summary": SUMMARY_TABLE, "summary_csv": SUMMARY_CSV},
+    outs={
+        "runs": RUNS_TABLE,
+        "summary": SUMMARY_TABLE,
+        "summary_csv": SUMMARY_CSV,
+        "growth": GROWTH_METRICS,
+    },
     params=("grid",),
-    code=("pipeline/aggregate.py", *_SHARED_CODE),
+    code=("pipeline/aggregate.py", "pipeline/stages.py", *_SHARED_CODE),
+    metrics=("growth",),
 )
 
 FIGURES = Stage(
@@ -194,7 +213,7 @@ FIGURES = Stage(
     },
     outs={"figures": FIGURES_DIR},
     params=("grid", "figures"),
-    code=("pipeline/figures.py", *_SHARED_CODE),
+    code=("pipeline/figures.py", *_FIGURE_CODE),
     directory_outs=("figures",),
 )
 
@@ -212,7 +231,7 @@ FREE_FEATURES = Stage(
         "pipeline/simplex.py",
         "pipeline/figures.py",
         "pipeline/geometry.py",
-        *_SHARED_CODE,
+        *_FIGURE_CODE,
     ),
     directory_outs=("figures",),
 )

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import stages
-from pipeline.aggregate import aggregate_runs
+from pipeline.aggregate import aggregate_runs, fit_power_law
 from pipeline.io import InputError
 
 # Model order deliberately not alphabetical: the outputs must keep the grid's order.
@@ -78,6 +78,7 @@ def outputs(tmp_path):
         "runs": out / "runs.parquet",
         "summary": out / "summary.parquet",
         "summary_csv": out / "summary.csv",
+        "growth": out / "growth.json",
     }
 
 
@@ -217,3 +218,36 @@ def test_rerun_gives_byte_identical_files(tmp_path, geometry_dir):
         path.unlink()
     aggregate_runs(PARAMS, geometry_dir=geometry_dir, **paths)
     assert {name: path.read_bytes() for name, path in paths.items()} == first
+
+
+def test_power_law_fit_recovers_exact_exponent():
+    p = np.array([0.0, 0.1, 0.2, 0.5, 1.0])
+    c, a = fit_power_law(p, 100 * p**2)  # p = 0 is left out, not log(0)
+    assert a == pytest.approx(2.0)
+    assert c == pytest.approx(100.0)
+    c, a = fit_power_law(p, 3000 * p**1.5 + np.array([0, np.nan, 0, 0, 0]))  # NaN = never fit
+    assert (c, a) == (pytest.approx(3000.0), pytest.approx(1.5))
+
+
+def test_power_law_fit_needs_two_points():
+    assert fit_power_law(np.array([0.0, 0.5]), np.array([10.0, 20.0])) is None
+    assert fit_power_law(np.array([0.5, 1.0]), np.array([20.0, np.nan])) is None
+    assert fit_power_law(np.array([0.5, 0.5]), np.array([20.0, 30.0])) is None
+
+
+def test_growth_exponents_fit_the_means_over_seeds_that_fit(tmp_path):
+    geometry_dir = tmp_path / "geometry"
+    write_grid(geometry_dir)
+    paths = outputs(tmp_path)
+    aggregate_runs(PARAMS, geometry_dir=geometry_dir, **paths)
+    growth = json.loads(paths["growth"].read_text())
+    # ce: means 600 at p = 0.5 and 900 at p = 1 (seed 1 never fit there): 900 p^a with
+    # 0.5^a = 600/900. supcon: only p = 0.5 has a mean, so no exponent.
+    ce = growth["digits"]["none"]["ce"]
+    assert ce["exponent"] == pytest.approx(math.log(900 / 600) / math.log(2), rel=1e-12)
+    assert ce["coefficient"] == pytest.approx(900.0, rel=1e-12)
+    assert (ce["noise_fractions_used"], ce["runs_not_fit"]) == (2, 1)
+    assert growth["digits"]["none"]["supcon"] == {
+        "exponent": None, "coefficient": None, "noise_fractions_used": 1, "runs_not_fit": 3
+    }  # fmt: skip
+    assert list(growth["digits"]["none"]) == ["supcon", "ce"]  # the grid's order

@@ -15,7 +15,6 @@ from pipeline import schemas, stages
 from pipeline.aggregate import aggregate_runs
 from pipeline.figures import (
     draw_figures,
-    fit_power_law,
     iterations_by_noise,
     load_cosines,
     load_runs_table,
@@ -102,27 +101,13 @@ def inputs(tmp_path):
         runs=runs,
         summary=tmp_path / "summary" / "summary.parquet",
         summary_csv=tmp_path / "summary" / "summary.csv",
+        growth=tmp_path / "summary" / "growth.json",
     )
     return {"runs": runs, "geometry_dir": dirs["geometry"], "train_log_dir": dirs["logs"]}
 
 
 def draw(inputs, figures, params=PARAMS):
     return draw_figures(params, figures=figures, **inputs)
-
-
-def test_power_law_fit_recovers_exact_exponent():
-    p = np.array([0.0, 0.1, 0.2, 0.5, 1.0])
-    c, a = fit_power_law(p, 100 * p**2)  # p = 0 is left out, not log(0)
-    assert a == pytest.approx(2.0)
-    assert c == pytest.approx(100.0)
-    c, a = fit_power_law(p, 3000 * p**1.5 + np.array([0, np.nan, 0, 0, 0]))  # NaN = never fit
-    assert (c, a) == (pytest.approx(3000.0), pytest.approx(1.5))
-
-
-def test_power_law_fit_needs_two_points():
-    assert fit_power_law(np.array([0.0, 0.5]), np.array([10.0, 20.0])) is None
-    assert fit_power_law(np.array([0.5, 1.0]), np.array([20.0, np.nan])) is None
-    assert fit_power_law(np.array([0.5, 0.5]), np.array([20.0, 30.0])) is None
 
 
 def test_draw_figures_writes_png_and_pdf_of_each_figure(tmp_path, inputs):

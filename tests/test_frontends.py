@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import ast
 import re
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT
 
 from pipeline import stages
+from pipeline.__main__ import ENTRY_POINTS
 from pipeline.dvc_yaml import render
 
 
@@ -69,3 +72,33 @@ def test_training_jobs_claim_one_gpu_each():
     for block in re.split(r"\n(?=rule \w+:)", out):
         if block.startswith(("rule train_model:", "rule extract_embeddings:")):
             assert re.search(r"resources: .*gpu=1", block), block
+
+
+def pipeline_imports(module: str) -> set[str]:
+    """Files of every pipeline module ``module`` imports, transitively, read from the source
+    (function-level imports included, so a lazy import is not missed)."""
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        path = f"{name.replace('.', '/')}.py"
+        if path in seen or not (ROOT / path).is_file():
+            continue
+        seen.add(path)
+        for node in ast.walk(ast.parse((ROOT / path).read_text())):
+            if isinstance(node, ast.Import):
+                todo += [a.name for a in node.names if a.name.startswith("pipeline.")]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pipeline"):
+                todo.append(node.module)
+                todo += [f"{node.module}.{a.name}" for a in node.names]  # submodules
+    return seen
+
+
+@pytest.mark.parametrize("stage", stages.STAGES, ids=lambda s: s.name)
+def test_each_stage_depends_on_all_the_code_it_runs(stage):
+    # A code file a stage runs but does not declare would change its outputs without either
+    # front-end rerunning it, and the lineage would name code that did not make them.
+    module, _ = ENTRY_POINTS[stage.name]
+    runs = pipeline_imports(module)
+    assert sorted(runs - set(stage.code)) == []
+    assert set(stage.code) - runs <= set(stages._SHARED_CODE)  # no stale entries
