@@ -142,13 +142,19 @@ def test_report_shows_every_figure_in_headless_chromium(project, report, tmp_pat
         assert Path(path).stem in data["results"][path]["caption"]
 
 
-def test_dvc_metrics_show_lists_every_run_of_the_grid(project):
+def test_dvc_metrics_show_lists_every_run_of_the_grid_and_the_growth_fits(project):
     shown = json.loads(sh("dvc", "metrics", "show", "--json", cwd=project).stdout)
     files = shown[""]["data"]
     grid = yaml.safe_load((project / "params.yaml").read_text())["grid"]
     expected = {stages.fill(stages.GEOMETRY_METRICS, **j)
                 for j in stages.grid_jobs(stages.GEOMETRY, grid)}  # fmt: skip
-    assert set(files) == expected
+    assert set(files) == expected | {stages.GROWTH_METRICS}
+    growth = files.pop(stages.GROWTH_METRICS)["data"]
+    assert set(growth["digits"]["none"]) == set(grid["models"])
+    for fit in growth["digits"]["none"].values():
+        # The tiny grid has one run at p > 0: it fit (a point) or it did not (no point).
+        assert fit["noise_fractions_used"] + fit["runs_not_fit"] == 1
+        assert "exponent" not in fit  # null (no line through < 2 points): DVC drops it
     for path, entry in files.items():
         written = json.loads((project / path).read_text())
         assert entry["data"] == {k: v for k, v in written.items() if v is not None}
