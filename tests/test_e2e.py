@@ -10,18 +10,17 @@ import sys
 
 import pytest
 import yaml
-from conftest import copy_project, sh, tiny_params
+from conftest import sh, tiny_params
+from tiny_project import copy_of
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    root = tmp_path_factory.mktemp("project")
-    copy_project(root)
-    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
-    sh(sys.executable, "-m", "snakemake", "--cores", "2", cwd=root)
-    return root
+    # A private copy of the session's tiny project (tests/tiny_project.py), built by one
+    # plain `snakemake` run; these tests change it.
+    return copy_of(tmp_path_factory, tmp_path_factory.mktemp("e2e") / "project")
 
 
 def dvc_status(root) -> dict:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from test_e2e import sh
+from conftest import sh
 from tiny_project import copy_of, git_commit, head
 
 from pipeline import stages

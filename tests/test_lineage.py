@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, tiny_params
+from conftest import ROOT, sh, tiny_params
 from matplotlib.figure import Figure
-from test_e2e import sh
 from tiny_project import built, copy_of, git_commit, head
 
 from pipeline import stages

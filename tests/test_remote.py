@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
-from test_e2e import sh
+from conftest import sh
 from tiny_project import copy_of, git_commit
 
 pytestmark = pytest.mark.e2e

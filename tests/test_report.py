@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_e2e import sh
+from conftest import sh
 from tiny_project import built, copy_of
 
 from pipeline import stages
