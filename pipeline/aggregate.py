@@ -13,6 +13,9 @@ Outputs:
   run that never fit: its mean and std are over the seeds that fit and ``n_fit`` counts
   them. Every other metric is averaged over all seeds, so a null in any seed gives a null
   mean (nothing is silently averaged over fewer seeds).
+- ``curves`` (CSV): every training log of the grid stacked, one row per evaluation, the run's
+  identity columns first: the data of `dvc plots show`'s training curves (DVC cannot read
+  Parquet) and of the training-curves figures.
 - ``growth`` (JSON, DVC metrics): per dataset, augmentation and model, the fitted exponent a
   of iterations-to-fit ~ c p^a across the noise fractions p > 0 (PAPER.md: "a fitted exponent
   per loss"), the same fit the iterations-to-fit figure draws; see :func:`growth_exponents`.
@@ -28,8 +31,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from pipeline import stages
-from pipeline.io import InputError, atomic_path, write_parquet
+from pipeline import schemas, stages
+from pipeline.io import InputError, atomic_path, read_parquet, write_parquet
 
 # Keys naming the run; the rest of metrics.json is metrics.
 ID_COLUMNS = ("dataset", "model", "augmentation", "noise_fraction", "seed")
@@ -39,6 +42,7 @@ FIT_METRIC = "iterations_to_fit"  # null = never reached the fit threshold
 log = logging.getLogger(__name__)
 
 CSV_FLOAT_FORMAT = "%.10g"  # fixed formatting: equal numbers -> equal CSV bytes
+TRAIN_LOG_COLUMNS = {f.name: f.type for f in schemas.TRAIN_LOG}
 
 
 def _is_number(value: object) -> bool:
@@ -196,6 +200,25 @@ def growth_exponents(summary: pd.DataFrame) -> dict:
     return growth
 
 
+def load_train_logs(train_log_dir: Path, grid: dict) -> pd.DataFrame:
+    """Every training log of the grid, stacked in grid order, the run's identity first."""
+    frames = []
+    for job in stages.grid_jobs(stages.TRAIN, grid):
+        path = stages.run_file(stages.TRAIN_LOG, train_log_dir, **job)
+        frame = read_parquet(path, TRAIN_LOG_COLUMNS).to_pandas()
+        identity = {
+            "dataset": job["dataset"],
+            "model": job["model"],
+            "augmentation": job["augmentation"],
+            "noise_fraction": float(job["noise"]),
+            "seed": int(job["seed"]),
+        }
+        for position, (name, value) in enumerate(identity.items()):
+            frame.insert(position, name, value)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
 def metric_columns(runs: pd.DataFrame) -> list[str]:
     return [c for c in runs.columns if c not in ID_COLUMNS]
 
@@ -254,20 +277,24 @@ def aggregate_runs(
     params: dict,
     *,
     geometry_dir: Path,
+    train_log_dir: Path,
     runs: Path,
     summary: Path,
     summary_csv: Path,
+    curves: Path,
     growth: Path,
 ) -> pd.DataFrame:
-    """Write the per-run table, the across-seed summary of the grid and the growth exponents;
-    return the summary."""
+    """Write the per-run table, the across-seed summary of the grid, the stacked training
+    logs and the growth exponents; return the summary."""
     grid = params["grid"]
     run_table = load_runs(grid, Path(geometry_dir))
     summary_table = summarize_runs(run_table)
     exponents = growth_exponents(summary_table)
+    logs = load_train_logs(Path(train_log_dir), grid)
     write_parquet(to_arrow(run_table), runs, metadata={"grid": grid})
     write_parquet(to_arrow(summary_table), summary, metadata={"grid": grid})
     write_csv(summary_table, Path(summary_csv))
+    write_csv(logs, Path(curves))
     write_json(exponents, Path(growth))
     log.info("%d runs -> %d summary rows: %s", len(run_table), len(summary_table), summary)
     return summary_table

@@ -46,16 +46,10 @@ def stage_entry(stage: stages.Stage) -> dict:
 
 
 def plot_entry(plot: stages.Plot) -> dict:
-    """One top-level plot; a ``{wildcard}`` becomes the first value of its grid axis."""
-    name = re.sub(r"{(\w+)}", lambda m: f"${{{stages.GRID_AXES[m.group(1)]}[0]}}", plot.name)
-    if not plot.y:
-        return {name: None}
-    props: dict = {}
-    for key in ("template", "x", "title", "x_label", "y_label"):
-        if getattr(plot, key) is not None:
-            props[key] = getattr(plot, key)
+    """One top-level plot of dvc.yaml."""
+    props = {key: getattr(plot, key) for key in ("template", "x", "title", "x_label", "y_label")}
     props["y"] = {path: column for path, column in plot.y}
-    return {name: props}
+    return {plot.name: props}
 
 
 def render() -> str:

@@ -34,7 +34,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from pipeline import provenance, schemas, stages
-from pipeline.aggregate import fit_power_law
+from pipeline.aggregate import fit_power_law, load_train_logs
 from pipeline.io import InputError, atomic_dir, read_parquet
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,6 @@ RUNS_COLUMNS = {
     "noise_fraction": pa.float64(),
     "seed": pa.int64(),
 }
-TRAIN_LOG_COLUMNS = {f.name: f.type for f in schemas.TRAIN_LOG}
 COSINES_COLUMNS = {f.name: f.type for f in schemas.COSINES}
 
 
@@ -131,24 +130,6 @@ def _jobs_at_noise(grid: dict, noise_fraction: float) -> list[dict[str, str]]:
             f"{grid['noise_fractions']}"
         )
     return jobs
-
-
-def load_train_logs(train_log_dir: Path, grid: dict) -> pd.DataFrame:
-    """Every training log of the grid, stacked, with its run's identity columns."""
-    frames = []
-    for job in stages.grid_jobs(stages.TRAIN, grid):
-        path = stages.run_file(stages.TRAIN_LOG, train_log_dir, **job)
-        frame = read_parquet(path, TRAIN_LOG_COLUMNS).to_pandas()
-        frames.append(
-            frame.assign(
-                dataset=job["dataset"],
-                model=job["model"],
-                augmentation=job["augmentation"],
-                noise_fraction=float(job["noise"]),
-                seed=int(job["seed"]),
-            )
-        )
-    return pd.concat(frames, ignore_index=True)
 
 
 def num_classes_of(runs: pd.DataFrame, dataset: str) -> int:

@@ -52,6 +52,7 @@ RUNS_TABLE = f"{SUMMARY_DIR}/runs.parquet"
 SUMMARY_TABLE = f"{SUMMARY_DIR}/summary.parquet"
 SUMMARY_CSV = f"{SUMMARY_DIR}/summary.csv"
 GROWTH_METRICS = f"{SUMMARY_DIR}/growth.json"
+CURVES_CSV = f"{SUMMARY_DIR}/training_curves.csv"
 FIGURES_DIR = "data/figures"
 FREE_FEATURES_TABLE = "data/free_features/records.parquet"
 FREE_FEATURES_FIGURES = "data/free_features/figures"
@@ -190,11 +191,15 @@ AGGREGATE = Stage(
     name="aggregate",
     rule="aggregate_runs",
     matrix=(),
-    deps={"geometry_dir": GridDir(GEOMETRY_DIR, (GEOMETRY_METRICS,))},
+    deps={
+        "geometry_dir": GridDir(GEOMETRY_DIR, (GEOMETRY_METRICS,)),
+        "train_log_dir": GridDir(TRAIN_LOG_DIR, (TRAIN_LOG,)),
+    },
     outs={
         "runs": RUNS_TABLE,
         "summary": SUMMARY_TABLE,
         "summary_csv": SUMMARY_CSV,
+        "curves": CURVES_CSV,
         "growth": GROWTH_METRICS,
     },
     params=("grid",),
@@ -244,28 +249,29 @@ BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}
 
 @dataclass(frozen=True)
 class Plot:
-    """A view for `dvc plots show` (a top-level plot of dvc.yaml), drawn from a file that a
-    stage writes. ``path`` may hold one grid wildcard, which DVC fills with the first value
-    of that grid axis: its templating has no loop over a list outside a stage's matrix."""
+    """A view for `dvc plots show` (a top-level plot of dvc.yaml): one column of a data file
+    a stage writes, drawn by a template (DVC's own, or a custom one in .dvc/plots/)."""
 
-    name: str  # plot id; for an image plot, its path
-    y: tuple[tuple[str, str], ...] = ()  # (data file, column) pairs; empty: an image
-    x: str | None = None
-    template: str | None = None
-    title: str | None = None
-    x_label: str | None = None
-    y_label: str | None = None
+    name: str  # plot id
+    y: tuple[tuple[str, str], ...]  # (data file, column) pairs
+    x: str
+    template: str
+    title: str
+    x_label: str
+    y_label: str
 
 
-# DVC reads plot data from JSON, YAML, CSV or TSV only, so the per-run training logs
-# (Parquet) are shown as the training-curves figure drawn from them.
+# Custom Vega-Lite templates in .dvc/plots/: "by_model" draws a line per model, "curves" a line
+# per run (colour: noise fraction); both facet by dataset and augmentation and dash by
+# revision, so `dvc plots diff` overlays commits. DVC reads plot data from CSV, not Parquet:
+# hence aggregate's training_curves.csv.
 PLOTS: tuple[Plot, ...] = (
     Plot(
         "iterations_to_fit",
         y=((SUMMARY_CSV, "iterations_to_fit_mean"),),
         x="noise_fraction",
-        template="scatter",
-        title="Iterations to fit the noisy labels, mean over seeds (one point per model)",
+        template="by_model",
+        title="Iterations to fit the noisy labels, mean over the seeds that fit",
         x_label="noise fraction p",
         y_label="iterations to fit (SGD steps)",
     ),
@@ -273,12 +279,47 @@ PLOTS: tuple[Plot, ...] = (
         "test_accuracy",
         y=((SUMMARY_CSV, "test_accuracy_class_mean_mean"),),
         x="noise_fraction",
-        template="scatter",
+        template="by_model",
         title="Test accuracy of the class-mean classifier, mean over seeds",
         x_label="noise fraction p",
         y_label="test accuracy (fraction)",
     ),
-    Plot(f"{FIGURES_DIR}/training_curves_{{dataset}}.png"),
+    Plot(
+        "training_loss",
+        y=((CURVES_CSV, "loss"),),
+        x="iteration",
+        template="curves",
+        title="Training loss (mean over the steps since the previous evaluation)",
+        x_label="iteration (SGD steps)",
+        y_label="loss (nats)",
+    ),
+    Plot(
+        "training_gap",
+        y=((CURVES_CSV, "loss_gap"),),
+        x="iteration",
+        template="curves",
+        title="Loss minus its optimum (supcon) or bound (ce models)",
+        x_label="iteration (SGD steps)",
+        y_label="gap (nats)",
+    ),
+    Plot(
+        "train_accuracy",
+        y=((CURVES_CSV, "train_accuracy_noisy"),),
+        x="iteration",
+        template="curves",
+        title="Train accuracy on the labels trained on (noisy)",
+        x_label="iteration (SGD steps)",
+        y_label="accuracy (fraction)",
+    ),
+    Plot(
+        "test_accuracy_curve",
+        y=((CURVES_CSV, "test_accuracy_class_mean"),),
+        x="iteration",
+        template="curves",
+        title="Test accuracy of the class-mean classifier during training",
+        x_label="iteration (SGD steps)",
+        y_label="accuracy (fraction)",
+    ),
 )
 
 

@@ -8,12 +8,13 @@ import re
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import stages
+from pipeline import schemas, stages
 from pipeline.aggregate import aggregate_runs, fit_power_law
-from pipeline.io import InputError
+from pipeline.io import InputError, write_parquet
 
 # Model order deliberately not alphabetical: the outputs must keep the grid's order.
 GRID = {"datasets": ["digits"], "models": ["supcon", "ce"], "augmentations": ["none"],
@@ -63,13 +64,25 @@ def write_run(geometry_dir, metrics: dict, noise_text: str | None = None) -> Non
     path.write_text(json.dumps(metrics, indent=2, sort_keys=True))
 
 
+def log_for(noise: float, seed: int) -> pa.Table:
+    """A two-row training log with known values: loss = 1 + noise + seed/10 + iteration/1000;
+    test_accuracy_head null in the second row."""
+    iterations = [50, 100]
+    columns = {f.name: [0.5 + i / 1000 for i in iterations] for f in schemas.TRAIN_LOG}
+    columns["iteration"] = iterations
+    columns["loss"] = [1 + noise + seed / 10 + i / 1000 for i in iterations]
+    columns["test_accuracy_head"] = [0.25, None]
+    return pa.table(columns, schema=schemas.TRAIN_LOG)
+
+
 def write_grid(geometry_dir, grid=GRID) -> None:
+    """Every run's geometry metrics, and its training log in the sibling train_logs/."""
     for job in stages.grid_jobs(stages.GEOMETRY, grid):
-        write_run(
-            geometry_dir,
-            metrics_for(job["dataset"], job["model"], float(job["noise"]), int(job["seed"])),
-            job["noise"],
-        )
+        noise, seed = float(job["noise"]), int(job["seed"])
+        metrics = metrics_for(job["dataset"], job["model"], noise, seed)
+        write_run(geometry_dir, metrics, job["noise"])
+        log = stages.run_file(stages.TRAIN_LOG, geometry_dir.parent / "train_logs", **job)
+        write_parquet(log_for(noise, seed), log)
 
 
 def outputs(tmp_path):
@@ -78,8 +91,17 @@ def outputs(tmp_path):
         "runs": out / "runs.parquet",
         "summary": out / "summary.parquet",
         "summary_csv": out / "summary.csv",
+        "curves": out / "training_curves.csv",
         "growth": out / "growth.json",
     }
+
+
+def aggregate(tmp_path, params=PARAMS):
+    """aggregate_runs on write_grid's folders under ``tmp_path``, into outputs(tmp_path)."""
+    return aggregate_runs(
+        params, geometry_dir=tmp_path / "geometry", train_log_dir=tmp_path / "train_logs",
+        **outputs(tmp_path),
+    )  # fmt: skip
 
 
 @pytest.fixture
@@ -91,7 +113,7 @@ def geometry_dir(tmp_path):
 
 def test_runs_table_has_one_row_per_grid_run_in_grid_order(tmp_path, geometry_dir):
     paths = outputs(tmp_path)
-    aggregate_runs(PARAMS, geometry_dir=geometry_dir, **paths)
+    aggregate(tmp_path)
     runs = pq.read_table(paths["runs"]).to_pandas()
     assert len(runs) == 12
     assert list(runs.columns[:5]) == ["dataset", "model", "augmentation", "noise_fraction",
@@ -110,7 +132,7 @@ def test_runs_table_has_one_row_per_grid_run_in_grid_order(tmp_path, geometry_di
 
 def test_summary_means_stds_and_fit_counts(tmp_path, geometry_dir):
     paths = outputs(tmp_path)
-    returned = aggregate_runs(PARAMS, geometry_dir=geometry_dir, **paths)
+    returned = aggregate(tmp_path)
     summary = pq.read_table(paths["summary"]).to_pandas()
     assert len(summary) == 6
     assert list(summary.columns[:6]) == ["dataset", "model", "augmentation", "noise_fraction",
@@ -144,7 +166,7 @@ def test_summary_means_stds_and_fit_counts(tmp_path, geometry_dir):
 
 def test_csv_matches_parquet_with_fixed_formatting(tmp_path, geometry_dir):
     paths = outputs(tmp_path)
-    aggregate_runs(PARAMS, geometry_dir=geometry_dir, **paths)
+    aggregate(tmp_path)
     text = paths["summary_csv"].read_text()
     header, first = text.splitlines()[:2]
     summary = pq.read_table(paths["summary"]).to_pandas()
@@ -158,8 +180,7 @@ def test_csv_matches_parquet_with_fixed_formatting(tmp_path, geometry_dir):
 def test_single_seed_gives_nan_std(tmp_path):
     grid = {**GRID, "seeds": [1]}
     write_grid(tmp_path / "geometry", grid)
-    paths = outputs(tmp_path)
-    summary = aggregate_runs({"grid": grid}, geometry_dir=tmp_path / "geometry", **paths)
+    summary = aggregate(tmp_path, {"grid": grid})
     assert (summary["n_seeds"] == 1).all()
     assert summary["final_loss_std"].isna().all()
     assert summary["final_loss_mean"].notna().all()
@@ -170,7 +191,7 @@ def test_extra_runs_on_disk_are_ignored(tmp_path, geometry_dir):
     write_run(geometry_dir, metrics_for("digits", "ce", 0.25, 0))  # noise not in the grid
     write_run(geometry_dir, metrics_for("digits", "ce_fixed", 0.5, 0))  # model not in the grid
     paths = outputs(tmp_path)
-    summary = aggregate_runs(PARAMS, geometry_dir=geometry_dir, **paths)
+    summary = aggregate(tmp_path)
     runs = pq.read_table(paths["runs"]).to_pandas()
     assert len(runs) == 12
     assert set(runs["seed"]) == {0, 1}
@@ -186,7 +207,7 @@ def test_missing_run_is_an_error_naming_its_path(tmp_path, geometry_dir):
     )
     missing.unlink()
     with pytest.raises(InputError, match=re.escape(str(missing))):
-        aggregate_runs(PARAMS, geometry_dir=geometry_dir, **outputs(tmp_path))
+        aggregate(tmp_path)
     assert not outputs(tmp_path)["summary"].exists()
 
 
@@ -197,7 +218,7 @@ def test_run_identity_must_match_its_path(tmp_path, geometry_dir):
     )
     path.write_text(json.dumps(metrics_for("digits", "ce", 0.5, 0)))  # says seed 0
     with pytest.raises(InputError, match=re.escape(f"{path}: seed is 0 but the path says 1")):
-        aggregate_runs(PARAMS, geometry_dir=geometry_dir, **outputs(tmp_path))
+        aggregate(tmp_path)
 
 
 def test_truncated_json_is_an_error_naming_its_path(tmp_path, geometry_dir):
@@ -207,16 +228,16 @@ def test_truncated_json_is_an_error_naming_its_path(tmp_path, geometry_dir):
     )
     path.write_text(path.read_text()[:20])
     with pytest.raises(InputError, match=re.escape(str(path))):
-        aggregate_runs(PARAMS, geometry_dir=geometry_dir, **outputs(tmp_path))
+        aggregate(tmp_path)
 
 
 def test_rerun_gives_byte_identical_files(tmp_path, geometry_dir):
     paths = outputs(tmp_path)
-    aggregate_runs(PARAMS, geometry_dir=geometry_dir, **paths)
+    aggregate(tmp_path)
     first = {name: path.read_bytes() for name, path in paths.items()}
     for path in paths.values():
         path.unlink()
-    aggregate_runs(PARAMS, geometry_dir=geometry_dir, **paths)
+    aggregate(tmp_path)
     assert {name: path.read_bytes() for name, path in paths.items()} == first
 
 
@@ -239,7 +260,7 @@ def test_growth_exponents_fit_the_means_over_seeds_that_fit(tmp_path):
     geometry_dir = tmp_path / "geometry"
     write_grid(geometry_dir)
     paths = outputs(tmp_path)
-    aggregate_runs(PARAMS, geometry_dir=geometry_dir, **paths)
+    aggregate(tmp_path)
     growth = json.loads(paths["growth"].read_text())
     # ce: means 600 at p = 0.5 and 900 at p = 1 (seed 1 never fit there): 900 p^a with
     # 0.5^a = 600/900. supcon: only p = 0.5 has a mean, so no exponent.
@@ -251,3 +272,28 @@ def test_growth_exponents_fit_the_means_over_seeds_that_fit(tmp_path):
         "exponent": None, "coefficient": None, "noise_fractions_used": 1, "runs_not_fit": 3
     }  # fmt: skip
     assert list(growth["digits"]["none"]) == ["supcon", "ce"]  # the grid's order
+
+
+def test_training_curves_stack_every_log_of_the_grid_in_grid_order(tmp_path, geometry_dir):
+    paths = outputs(tmp_path)
+    aggregate(tmp_path)
+    curves = pd.read_csv(paths["curves"])
+    identity = ["dataset", "model", "augmentation", "noise_fraction", "seed"]
+    assert list(curves.columns) == identity + [f.name for f in schemas.TRAIN_LOG]
+    runs = [(j["model"], float(j["noise"]), int(j["seed"]))
+            for j in stages.grid_jobs(stages.TRAIN, GRID)]  # fmt: skip
+    assert list(zip(curves["model"], curves["noise_fraction"], curves["seed"], strict=True)) == [
+        run for run in runs for _ in range(2)
+    ]
+    expected = [1 + p + s / 10 + i / 1000 for _, p, s in runs for i in (50, 100)]
+    np.testing.assert_allclose(curves["loss"], expected, rtol=1e-9)
+    assert curves["test_accuracy_head"].isna().tolist() == [False, True] * len(runs)
+
+
+def test_a_missing_training_log_is_an_error_naming_its_path(tmp_path, geometry_dir):
+    job = {"dataset": "digits", "model": "ce", "augmentation": "none", "noise": "0.5", "seed": "1"}
+    missing = stages.run_file(stages.TRAIN_LOG, tmp_path / "train_logs", **job)
+    missing.unlink()
+    with pytest.raises(InputError, match=re.escape(str(missing))):
+        aggregate(tmp_path)
+    assert not outputs(tmp_path)["curves"].exists()

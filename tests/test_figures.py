@@ -12,13 +12,12 @@ import pyarrow as pa
 import pytest
 
 from pipeline import schemas, stages
-from pipeline.aggregate import aggregate_runs
+from pipeline.aggregate import aggregate_runs, load_train_logs
 from pipeline.figures import (
     draw_figures,
     iterations_by_noise,
     load_cosines,
     load_runs_table,
-    load_train_logs,
     plot_geometry,
     plot_iterations_to_fit,
     plot_training_curves,
@@ -98,9 +97,11 @@ def inputs(tmp_path):
     aggregate_runs(
         {"grid": GRID},
         geometry_dir=dirs["geometry"],
+        train_log_dir=dirs["logs"],
         runs=runs,
         summary=tmp_path / "summary" / "summary.parquet",
         summary_csv=tmp_path / "summary" / "summary.csv",
+        curves=tmp_path / "summary" / "training_curves.csv",
         growth=tmp_path / "summary" / "growth.json",
     )
     return {"runs": runs, "geometry_dir": dirs["geometry"], "train_log_dir": dirs["logs"]}

@@ -12,7 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
+import vl_convert
 import yaml
 from conftest import sh
 from tiny_project import built, copy_of
@@ -165,14 +167,28 @@ def test_dvc_plots_show_renders_every_declared_plot(project, tmp_path):
     result = sh("dvc", "plots", "show", "--json", "-o", str(tmp_path / "plots"), cwd=project)
     shown = json.loads(result.stdout)
     assert "errors" not in shown, shown.get("errors")
-    assert set(shown["data"]) == {
-        "iterations_to_fit", "test_accuracy", "data/figures/training_curves_digits.png",
-    }  # fmt: skip
-    (iterations,) = shown["data"]["iterations_to_fit"]
-    values = iterations["content"]["data"]["values"]
-    assert len(values) == 3 * 2  # one point per (model, noise fraction) of the summary
-    (image,) = shown["data"]["data/figures/training_curves_digits.png"]
-    assert image["type"] == "image"
+    assert set(shown["data"]) == {plot.name for plot in stages.PLOTS}
+    curves = pd.read_csv(project / stages.CURVES_CSV)
+    for plot in stages.PLOTS:
+        (entry,) = shown["data"][plot.name]
+        spec = entry["content"]
+        values = spec["data"]["values"]
+        encoding = spec["encoding"]
+        if plot.template == "by_model":  # one point per (model, noise fraction), by model
+            assert len(values) == 3 * 2
+            assert encoding["color"]["field"] == "model"
+        else:  # one line per run: every row of every training log
+            assert len(values) == len(curves) and plot.y[0][0] == stages.CURVES_CSV
+            assert encoding["color"]["field"] == "noise_fraction"
+            assert encoding["column"]["field"] == "model"
+        (_, column), = plot.y
+        assert encoding["y"]["field"] == column and encoding["x"]["field"] == plot.x
+        # The custom template is valid Vega-Lite: it renders (offline), one panel per model
+        # for the training curves.
+        svg = vl_convert.vegalite_to_svg(spec)
+        assert svg.startswith("<svg") and plot.title in svg
+        if plot.template == "curves":
+            assert all(f">{model}<" in svg for model in ("supcon", "ce", "ce_fixed"))
 
 
 def test_dvc_params_diff_shows_a_changed_value(tmp_path_factory, tmp_path):
