@@ -105,7 +105,8 @@ def test_figure_lineage_reaches_the_raw_data_with_lock_md5s_params_and_commit(pr
 def test_text_lineage_names_every_stage_family_and_the_raw_file(project):
     text = lineage(project, FIGURE).stdout
     assert f"HEAD {head(project)}, working tree clean" in text
-    assert "chain      22 stages: figures, aggregate, geometry x6, embed x6, train x6, " \
+    # Breadth first: aggregate reads the training logs as well as the geometry.
+    assert "chain      22 stages: figures, aggregate, geometry x6, train x6, embed x6, " \
         "noisy_labels x2; raw data: digits" in text  # fmt: skip
     assert f"digits  sklearn/datasets/data/digits.csv.gz  {md5(_digits_csv())}" in text
     for line in ("in       data/summary/runs.parquet", "code     commit " + head(project)[:12]):
@@ -165,6 +166,7 @@ def test_verify_names_a_tampered_output_and_every_stale_consumer(private):
         ("tampered", "train@digits-ce-none-0.3-0", log),
         ("stale", "geometry@digits-ce-none-0.3-0", log),
         ("stale", "figures", "data/train_logs"),  # the directory holding it
+        ("stale", "aggregate", "data/train_logs"),  # it stacks the logs into curves
     }
     text = lineage(private, "data/figures/training_curves_digits.png", "--verify", code=1).stdout
     assert f"TAMPERED   train@digits-ce-none-0.3-0: {log}: md5 on disk {md5(private / log)}" in text
