@@ -85,7 +85,7 @@ def record() -> int:
     return result.returncode
 
 
-def sync_snakemake(snakemake_args: list[str] | None = None) -> int:
+def sync_snakemake() -> int:
     """After ``dvc repro``, bring Snakemake's records up to date without rerunning anything.
 
     Snakemake keeps its own record of the params, code and inputs each output was made with;
@@ -109,4 +109,4 @@ def sync_snakemake(snakemake_args: list[str] | None = None) -> int:
         )
         return 1
     command = [sys.executable, "-m", "snakemake", "--touch", "--cores", "1"]
-    return subprocess.run([*command, *(snakemake_args or [])], check=False).returncode
+    return subprocess.run(command, check=False).returncode
