@@ -32,7 +32,7 @@ import pandas as pd
 import pyarrow as pa
 
 from pipeline import schemas, stages
-from pipeline.io import InputError, atomic_path, read_parquet, write_parquet
+from pipeline.io import InputError, atomic_path, read_parquet, write_json, write_parquet
 
 # Keys naming the run; the rest of metrics.json is metrics.
 ID_COLUMNS = ("dataset", "model", "augmentation", "noise_fraction", "seed")
@@ -58,6 +58,17 @@ def _kind(value: object) -> str:
     return "int" if isinstance(value, int) else "float"
 
 
+def run_identity(job: dict[str, str]) -> dict[str, object]:
+    """A grid job's wildcards (text) as the typed values of ID_COLUMNS."""
+    return {
+        "dataset": job["dataset"],
+        "model": job["model"],
+        "augmentation": job["augmentation"],
+        "noise_fraction": float(job["noise"]),
+        "seed": int(job["seed"]),
+    }
+
+
 def read_run_metrics(path: Path, job: dict[str, str]) -> dict:
     """One run's metrics.json, checked to be a JSON object naming the run ``job`` is."""
     if not path.exists():
@@ -71,14 +82,7 @@ def read_run_metrics(path: Path, job: dict[str, str]) -> dict:
     missing = [key for key in ID_COLUMNS if metrics.get(key) is None]
     if missing:
         raise InputError(f"{path}: missing key(s) {missing}")
-    expected = {
-        "dataset": job["dataset"],
-        "model": job["model"],
-        "augmentation": job["augmentation"],
-        "noise_fraction": float(job["noise"]),
-        "seed": int(job["seed"]),
-    }
-    for key, want in expected.items():
+    for key, want in run_identity(job).items():
         got = metrics[key]
         same = got == want if isinstance(want, str) else _is_number(got) and got == want
         if not same:
@@ -154,6 +158,11 @@ def load_runs(grid: dict, geometry_dir: Path) -> pd.DataFrame:
     return runs.iloc[order].reset_index(drop=True)
 
 
+def fit_points(p: np.ndarray, iterations: np.ndarray) -> np.ndarray:
+    """Which (p, iterations) points a power-law fit can use: p > 0, finite, iterations > 0."""
+    return (p > 0) & np.isfinite(p) & np.isfinite(iterations) & (iterations > 0)
+
+
 def fit_power_law(
     noise_fractions: np.ndarray, iterations: np.ndarray
 ) -> tuple[float, float] | None:
@@ -164,7 +173,7 @@ def fit_power_law(
     """
     p = np.asarray(noise_fractions, dtype=np.float64)
     y = np.asarray(iterations, dtype=np.float64)
-    keep = (p > 0) & np.isfinite(p) & np.isfinite(y) & (y > 0)
+    keep = fit_points(p, y)
     if np.unique(p[keep]).size < 2:
         return None
     a, log_c = np.polyfit(np.log(p[keep]), np.log(y[keep]), deg=1)
@@ -194,7 +203,7 @@ def growth_exponents(summary: pd.DataFrame) -> dict:
         growth.setdefault(dataset, {}).setdefault(augmentation, {})[model] = {
             "exponent": None if fit is None else fit[1],
             "coefficient": None if fit is None else fit[0],
-            "noise_fractions_used": int((noisy & np.isfinite(mean) & (mean > 0)).sum()),
+            "noise_fractions_used": int(fit_points(p, mean).sum()),
             "runs_not_fit": int((group["n_seeds"] - group["n_fit"]).to_numpy()[noisy].sum()),
         }
     return growth
@@ -206,14 +215,7 @@ def load_train_logs(train_log_dir: Path, grid: dict) -> pd.DataFrame:
     for job in stages.grid_jobs(stages.TRAIN, grid):
         path = stages.run_file(stages.TRAIN_LOG, train_log_dir, **job)
         frame = read_parquet(path, TRAIN_LOG_COLUMNS).to_pandas()
-        identity = {
-            "dataset": job["dataset"],
-            "model": job["model"],
-            "augmentation": job["augmentation"],
-            "noise_fraction": float(job["noise"]),
-            "seed": int(job["seed"]),
-        }
-        for position, (name, value) in enumerate(identity.items()):
+        for position, (name, value) in enumerate(run_identity(job).items()):
             frame.insert(position, name, value)
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
@@ -268,11 +270,6 @@ def write_csv(frame: pd.DataFrame, path: Path) -> None:
         )
 
 
-def write_json(data: dict, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
-
-
 def aggregate_runs(
     params: dict,
     *,
@@ -295,6 +292,6 @@ def aggregate_runs(
     write_parquet(to_arrow(summary_table), summary, metadata={"grid": grid})
     write_csv(summary_table, Path(summary_csv))
     write_csv(logs, Path(curves))
-    write_json(exponents, Path(growth))
+    write_json(exponents, Path(growth), sort_keys=False)  # the grid's order
     log.info("%d runs -> %d summary rows: %s", len(run_table), len(summary_table), summary)
     return summary_table

@@ -34,7 +34,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from pipeline import provenance, schemas, stages
-from pipeline.aggregate import fit_power_law, load_train_logs
+from pipeline.aggregate import fit_power_law, load_train_logs, run_identity
 from pipeline.io import InputError, atomic_dir, read_parquet
 
 log = logging.getLogger(__name__)
@@ -90,9 +90,7 @@ def load_runs_table(path: Path, grid: dict) -> pd.DataFrame:
     keys = list(table[list(RUNS_COLUMNS)].itertuples(index=False, name=None))
     wanted = {}
     for job in stages.grid_jobs(stages.GEOMETRY, grid):
-        key = (job["dataset"], job["model"], job["augmentation"], float(job["noise"]),
-               int(job["seed"]))
-        wanted[key] = job
+        wanted[tuple(run_identity(job).values())] = job
     present = set(keys)
     for key, job in wanted.items():
         if key not in present:

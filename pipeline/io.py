@@ -151,6 +151,7 @@ def read_metadata(path: str | Path) -> dict:
     return {k.decode(): json.loads(v) for k, v in kv.items() if k != b"pandas"}
 
 
-def write_json(obj, path: str | Path) -> None:
+def write_json(obj, path: str | Path, sort_keys: bool = True) -> None:
+    """Atomic, NaN-free JSON; ``sort_keys=False`` keeps a deliberate order (e.g. the grid's)."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=sort_keys, allow_nan=False) + "\n")

@@ -261,6 +261,19 @@ class Plot:
     y_label: str
 
 
+def _curve_plot(name: str, column: str, title: str, y_label: str) -> Plot:
+    """One training-log column of every run against the iteration (template "curves")."""
+    return Plot(
+        name,
+        y=((CURVES_CSV, column),),
+        x="iteration",
+        template="curves",
+        title=title,
+        x_label="iteration (SGD steps)",
+        y_label=y_label,
+    )
+
+
 # Custom Vega-Lite templates in .dvc/plots/: "by_model" draws a line per model, "curves" a line
 # per run (colour: noise fraction); both facet by dataset and augmentation and dash by
 # revision, so `dvc plots diff` overlays commits. DVC reads plot data from CSV, not Parquet:
@@ -284,41 +297,29 @@ PLOTS: tuple[Plot, ...] = (
         x_label="noise fraction p",
         y_label="test accuracy (fraction)",
     ),
-    Plot(
+    _curve_plot(
         "training_loss",
-        y=((CURVES_CSV, "loss"),),
-        x="iteration",
-        template="curves",
-        title="Training loss (mean over the steps since the previous evaluation)",
-        x_label="iteration (SGD steps)",
-        y_label="loss (nats)",
+        "loss",
+        "Training loss (mean over the steps since the previous evaluation)",
+        "loss (nats)",
     ),
-    Plot(
+    _curve_plot(
         "training_gap",
-        y=((CURVES_CSV, "loss_gap"),),
-        x="iteration",
-        template="curves",
-        title="Loss minus its optimum (supcon) or bound (ce models)",
-        x_label="iteration (SGD steps)",
-        y_label="gap (nats)",
+        "loss_gap",
+        "Loss minus its optimum (supcon) or bound (ce models)",
+        "gap (nats)",
     ),
-    Plot(
+    _curve_plot(
         "train_accuracy",
-        y=((CURVES_CSV, "train_accuracy_noisy"),),
-        x="iteration",
-        template="curves",
-        title="Train accuracy on the labels trained on (noisy)",
-        x_label="iteration (SGD steps)",
-        y_label="accuracy (fraction)",
+        "train_accuracy_noisy",
+        "Train accuracy on the labels trained on (noisy)",
+        "accuracy (fraction)",
     ),
-    Plot(
+    _curve_plot(
         "test_accuracy_curve",
-        y=((CURVES_CSV, "test_accuracy_class_mean"),),
-        x="iteration",
-        template="curves",
-        title="Test accuracy of the class-mean classifier during training",
-        x_label="iteration (SGD steps)",
-        y_label="accuracy (fraction)",
+        "test_accuracy_class_mean",
+        "Test accuracy of the class-mean classifier during training",
+        "accuracy (fraction)",
     ),
 )
 
