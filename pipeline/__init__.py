@@ -5,3 +5,9 @@ Each stage is a plain function in its own module (noise, train, embed, geometry,
 figures) with a thin CLI (``python -m pipeline <stage>``); pipeline.stages defines, once,
 the files, params keys and command of every stage for both Snakemake and DVC.
 """
+
+# Before anything imports numpy or torch: fix the kernels they choose, so every stage gives
+# the same bytes on any x86-64 CPU (pipeline/numerics.py; PIPELINE_NUMERICS=native opts out).
+from pipeline import numerics as _numerics
+
+_numerics.configure()

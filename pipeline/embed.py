@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from pipeline import datasets, schemas
+from pipeline import datasets, numerics, schemas
 from pipeline.devices import pick_device
 from pipeline.io import write_parquet
 from pipeline.models import Model
@@ -72,8 +72,9 @@ def extract_embeddings(
             f"{checkpoint}: made with a different config than the params now say "
             f"({'; '.join(differences)}): retrain it first"
         )
-    torch.set_num_threads(1)  # as in training: results independent of the core count
+    numerics.configure_torch(torch)  # as in training: one thread, the portable kernels
     device = pick_device()
+    numerics.configure_device(torch, device, cfg.deterministic)
     data = datasets.load(dataset, params["datasets"][dataset])
     label_table = read_labels(Path(labels), data.train.labels.shape[0])
     net = Model(cfg.model)

@@ -46,7 +46,7 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
-from pipeline import theory
+from pipeline import numerics, theory
 from pipeline.figures import new_figure, save_figure, style
 from pipeline.geometry import pairwise_cosines, row_cosines
 from pipeline.io import atomic_dir, write_parquet
@@ -713,7 +713,7 @@ def free_features(params: dict, *, table: Path, figures: Path) -> pa.Table:
     and the figures into directory ``figures`` (replaced as a whole)."""
     section = params["free_features"]
     check_section(section)
-    torch.set_num_threads(1)  # results independent of the machine's core count
+    numerics.configure_torch(torch)  # one thread, the portable kernels
     seed, dpi = int(section["seed"]), int(section["dpi"])
     start = time.process_time()
     rows: list[dict] = []

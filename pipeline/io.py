@@ -19,6 +19,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline import numerics
+
 
 class InputError(ValueError):
     """An upstream artifact is missing, truncated or has the wrong schema."""
@@ -113,11 +115,12 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 
 def write_parquet(table: pa.Table, path: str | Path, metadata: dict | None = None) -> None:
     """Write ``table`` atomically; ``metadata`` (JSON-able values) goes to the file's
-    key-value metadata. No timestamps are written, so equal tables give equal bytes."""
-    if metadata:
-        kv = dict(table.schema.metadata or {})
-        kv.update({k.encode(): json.dumps(v, sort_keys=True).encode() for k, v in metadata.items()})
-        table = table.replace_schema_metadata(kv)
+    key-value metadata, with how the process computed (:func:`numerics.record`: portable
+    bytes or bound to a machine). No timestamps are written: equal tables, equal bytes."""
+    metadata = {**(metadata or {}), numerics.METADATA_KEY: numerics.record()}
+    kv = dict(table.schema.metadata or {})
+    kv.update({k.encode(): json.dumps(v, sort_keys=True).encode() for k, v in metadata.items()})
+    table = table.replace_schema_metadata(kv)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
 
@@ -152,6 +155,9 @@ def read_metadata(path: str | Path) -> dict:
 
 
 def write_json(obj, path: str | Path, sort_keys: bool = True) -> None:
-    """Atomic, NaN-free JSON; ``sort_keys=False`` keeps a deliberate order (e.g. the grid's)."""
+    """Atomic, NaN-free JSON; ``sort_keys=False`` keeps a deliberate order (e.g. the grid's).
+    A dict gets the numerics record (:func:`numerics.record`) under its own key."""
+    if isinstance(obj, dict):
+        obj = {**obj, numerics.METADATA_KEY: numerics.record()}
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=sort_keys, allow_nan=False) + "\n")

@@ -6,7 +6,6 @@ Shapes: b = batch size, h = representation dim, K = number of classes.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 # The (b, b) Gram matrix is symmetric. On the CPU it is built from row blocks of this many rows,
@@ -99,5 +98,11 @@ def _scaled_gram(z: torch.Tensor, scale: float) -> torch.Tensor:
 
 
 def cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Softmax cross-entropy of the bias-free head's logits (b, K), mean over the batch."""
-    return F.cross_entropy(logits, labels)
+    """Softmax cross-entropy of the bias-free head's logits (b, K), mean over the batch.
+
+    Written as logsumexp minus the true class's logit rather than ``F.cross_entropy``: its
+    NLL kernel has no deterministic CUDA implementation (``use_deterministic_algorithms``
+    raises on it), while ``gather``'s backward has one. Same value to float32 rounding.
+    """
+    true_logit = logits.gather(1, labels[:, None]).squeeze(1)  # (b, K) -> (b,)
+    return (torch.logsumexp(logits, dim=1) - true_logit).mean()

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline import stages
+from pipeline import numerics, stages
 from pipeline.config import digest, lookup
 
 KEY = "Provenance"  # PNG text-chunk keyword and PDF info-dictionary key
@@ -136,6 +136,7 @@ def figure_provenance(
         "code": {path: file_md5(PACKAGE_ROOT / path) for path in stage.code},
         "inputs": {name: file_md5(path) for name, path in sorted(inputs.items())},
         "raw": raw,
+        numerics.METADATA_KEY: numerics.record(),
     }
 
 
@@ -229,4 +230,34 @@ def _pdf_info_string(data: bytes, key: str) -> str | None:
         depth += {ord("("): 1, ord(")"): -1}.get(c, 0)
         out.append(c)
         i += 1
+    return None
+
+
+def numerics_record(path: str | Path) -> dict | None:
+    """The numerics record an output carries, or None (a CSV, or made before records)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            value = (pq.read_schema(path).metadata or {}).get(numerics.METADATA_KEY.encode())
+            return json.loads(value) if value else None
+        if suffix == ".json":
+            value = json.loads(path.read_text()).get(numerics.METADATA_KEY)
+            return value if isinstance(value, dict) else None
+        if suffix == ".pt":
+            import torch
+
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            value = checkpoint.get(numerics.METADATA_KEY)
+            return value if isinstance(value, dict) else None
+        if suffix in (".png", ".pdf"):
+            try:
+                value = read_provenance(path).get(numerics.METADATA_KEY)
+            except NoProvenance:
+                return None
+            return value if isinstance(value, dict) else None
+    except (OSError, ValueError, AttributeError):
+        return None
     return None

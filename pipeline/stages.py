@@ -118,8 +118,9 @@ def fill(pattern: str, **wildcards: object) -> str:
     return pattern.format(**wildcards)
 
 
-# Every stage writes through these: a change to them may change any artifact's bytes.
-_SHARED_CODE = ("pipeline/io.py", "pipeline/schemas.py")
+# Every stage writes through these: a change to them may change any artifact's bytes
+# (numerics.py fixes the kernels every stage computes with, and io.py records its mode).
+_SHARED_CODE = ("pipeline/io.py", "pipeline/schemas.py", "pipeline/numerics.py")
 
 # What pipeline/figures.py runs: the growth fit and each figure's embedded provenance record
 # (params digest, stage table, raw-data digest). tests/test_frontends.py checks every stage's
@@ -142,6 +143,7 @@ _TRAIN_CODE = (
     "pipeline/datasets.py",
     "pipeline/batches.py",
     "pipeline/devices.py",
+    "pipeline/sgd.py",
     *_SHARED_CODE,
 )
 

@@ -21,12 +21,13 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from pipeline import datasets, schemas
+from pipeline import datasets, numerics, schemas
 from pipeline.batches import DeviceImages, channel_statistics
 from pipeline.devices import pick_device
 from pipeline.io import atomic_path, read_parquet, write_parquet
 from pipeline.losses import cross_entropy_loss, supcon_loss
 from pipeline.models import Model, ModelConfig
+from pipeline.sgd import SGD
 from pipeline.theory import ce_bound_at_norms, class_frequencies, expected_supcon_optimum
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class TrainConfig:
     eval_every: int
     augmentation: str  # a grid axis: "none" or "standard" (random crop pad 4 + h. flip)
     compile: bool  # torch.compile the encoder (speed only; the math is unchanged)
+    deterministic: bool  # CUDA: deterministic kernels only (CPU runs always are)
     model: ModelConfig
 
     @classmethod
@@ -77,6 +79,7 @@ class TrainConfig:
             eval_every=common["eval_every"],
             augmentation=augmentation,
             compile=bool(common["compile"]),
+            deterministic=bool(common["deterministic"]),
             model=ModelConfig(
                 model=model,
                 encoder=common["encoder"],
@@ -189,7 +192,7 @@ class Trainer:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.forward = torch.compile(self.net.represent) if cfg.compile else self.net.represent
         self.sampler = torch.Generator().manual_seed(cfg.seed)  # batches and augmentation
-        self.optimizer = torch.optim.SGD(
+        self.optimizer = SGD(
             self.net.parameters(),
             lr=cfg.learning_rate,
             momentum=cfg.momentum,
@@ -222,8 +225,7 @@ class Trainer:
         """The SGD step proper on a given batch (normalised images ``x``, labels ``y``);
         returns (loss, supcon loss, CE bound at the batch's norms or None), on the device."""
         cfg = self.cfg
-        for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(cfg, step)
+        self.optimizer.lr = learning_rate(cfg, step)
         with autocast(self.device):
             z = self.forward(x).float()  # (b, h); losses in float32
         if self.net.has_head:
@@ -235,7 +237,7 @@ class Trainer:
             loss = supcon_loss(z, y, cfg.temperature)
             tracked = loss.detach()
             bound = None
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
         return loss.detach(), tracked, bound
@@ -278,14 +280,15 @@ def train(
     from tqdm import tqdm
 
     cfg = TrainConfig.from_params(params, dataset, model, noise, seed, augmentation)
-    # One thread: results then do not depend on the machine's core count, and Snakemake
-    # can run one training job per core.
-    torch.set_num_threads(1)
+    # One thread (results then do not depend on the core count, and Snakemake can run one
+    # training job per core) and the portable kernels' torch-side settings.
+    numerics.configure_torch(torch)
     data = datasets.load(dataset, params["datasets"][dataset])
     label_table = read_labels(Path(labels), data.train.labels.shape[0])
     if not np.array_equal(label_table["clean_label"].to_numpy(), data.train.labels):
         raise ValueError(f"{labels}: clean labels differ from dataset {dataset!r}'s training split")
     device = pick_device()
+    numerics.configure_device(torch, device, cfg.deterministic)
     trainer = Trainer(cfg, data, label_table["noisy_label"].to_numpy(), device)
 
     resume = resume_path(Path(checkpoint))
@@ -362,7 +365,10 @@ def train(
     )
     table = pa.Table.from_pylist(rows, schema=LOG_SCHEMA)
     state = {k: v.detach().cpu() for k, v in trainer.net.state_dict().items()}
-    save_checkpoint({"config": cfg.to_dict(), "state_dict": state}, Path(checkpoint))
+    save_checkpoint(
+        {"config": cfg.to_dict(), "state_dict": state, numerics.METADATA_KEY: numerics.record()},
+        Path(checkpoint),
+    )
     write_parquet(table, train_log, metadata={"train_config": cfg.to_dict()})
     resume.unlink(missing_ok=True)
     return table
@@ -413,6 +419,6 @@ def load_checkpoint(path: Path) -> tuple[TrainConfig, dict]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle errors, truncated zip, disallowed globals
         raise ValueError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {e})") from e
-    if not isinstance(obj, dict) or set(obj) != {"config", "state_dict"}:
+    if not isinstance(obj, dict) or set(obj) - {numerics.METADATA_KEY} != {"config", "state_dict"}:
         raise ValueError(f"{path}: not a checkpoint of this pipeline")
     return TrainConfig.from_dict(obj["config"]), obj["state_dict"]

@@ -13,10 +13,18 @@ from pathlib import Path
 import pytest
 import yaml
 
+import pipeline  # noqa: F401  first of the project: portable numerics before numpy/torch load
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Stage subprocesses must find `python -m pipeline` of this interpreter.
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slurm: runs jobs on a real one-node Slurm cluster (tests/slurm_cluster.py)"
+    )
 
 
 @pytest.fixture(autouse=True)

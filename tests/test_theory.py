@@ -474,3 +474,14 @@ def test_benchmark_reference_formulation_equals_supcon_loss():
         b.backward()
         assert a.item() == pytest.approx(b.item(), rel=1e-12, abs=1e-12)
         torch.testing.assert_close(ours.grad, ref.grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(("n", "p"), [(255, 0.1), (255, 0.0123), (1023, 0.5), (9, 1.0), (40, 0.97)])
+def test_binomial_pmf_matches_scipy(n, p):
+    from scipy.stats import binom
+
+    from pipeline.theory import binomial_pmf
+
+    m = np.arange(0, n + 1)
+    expected = binom.pmf(m, n, p)
+    np.testing.assert_allclose(binomial_pmf(m, n, p), expected, rtol=1e-10, atol=1e-300)
