@@ -8,6 +8,8 @@ rule measure_geometry:
         **get_outputs(S.GEOMETRY),
     log:
         S.GEOMETRY.log,
+    resources:
+        **get_resources(S.GEOMETRY),
     params:
         values=get_params(S.GEOMETRY),
         code=get_code_digest(S.GEOMETRY),
@@ -22,6 +24,8 @@ rule aggregate_runs:
         **get_outputs(S.AGGREGATE),
     log:
         S.AGGREGATE.log,
+    resources:
+        **get_resources(S.AGGREGATE),
     params:
         values=get_params(S.AGGREGATE),
         code=get_code_digest(S.AGGREGATE),
@@ -54,6 +58,8 @@ rule draw_figures:
         ),
     log:
         S.FIGURES.log,
+    resources:
+        **get_resources(S.FIGURES),
     params:
         values=get_params(S.FIGURES),
         code=get_code_digest(S.FIGURES),

@@ -8,6 +8,7 @@ from snakemake.exceptions import WorkflowError
 
 from pipeline import stages as S
 from pipeline.config import ParamsError, load_params, select
+from pipeline.job_resources import job_resources
 
 if len(workflow.overwrite_configfiles or []) > 1:
     raise WorkflowError("give at most one --configfile (a complete params file)")
@@ -71,6 +72,12 @@ def get_code_digest(stage):
     for path in stage.code:
         h.update(path.encode() + b"\0" + open(path, "rb").read())
     return h.hexdigest()[:16]
+
+
+def get_resources(stage):
+    """What one job asks a cluster for (GPUs, CPUs, mem_mb, runtime), sized from the params
+    (pipeline/job_resources.py). A local run ignores them unless --resources caps one."""
+    return job_resources(stage.name, PARAMS)
 
 
 def get_shell(stage):

@@ -8,6 +8,8 @@ rule make_noisy_labels:
         **get_outputs(S.NOISY_LABELS),
     log:
         S.NOISY_LABELS.log,
+    resources:
+        **get_resources(S.NOISY_LABELS),
     params:
         values=get_params(S.NOISY_LABELS),
         code=get_code_digest(S.NOISY_LABELS),

@@ -15,6 +15,8 @@ rule optimise_free_features:
         ),
     log:
         S.FREE_FEATURES.log,
+    resources:
+        **get_resources(S.FREE_FEATURES),
     params:
         values=get_params(S.FREE_FEATURES),
         code=get_code_digest(S.FREE_FEATURES),

@@ -1,5 +1,6 @@
 # Training and embedding extraction: one job per (dataset, model, noise fraction, seed).
-# Both declare gpu=1 so `--resources gpu=N` bounds the jobs sharing N GPUs.
+# Both declare gpu=1 (pipeline/job_resources.py), so `--resources gpu=N` bounds the jobs
+# running at once: N counts device slots (GPUs x PIPELINE_SLOTS_PER_DEVICE, pipeline/devices.py).
 
 
 rule train_model:
@@ -9,11 +10,11 @@ rule train_model:
         **get_outputs(S.TRAIN),
     log:
         S.TRAIN.log,
+    resources:
+        **get_resources(S.TRAIN),
     params:
         values=get_params(S.TRAIN),
         code=get_code_digest(S.TRAIN),
-    resources:
-        gpu=1,
     shell:
         get_shell(S.TRAIN)
 
@@ -25,10 +26,10 @@ rule extract_embeddings:
         **get_outputs(S.EMBED),
     log:
         S.EMBED.log,
+    resources:
+        **get_resources(S.EMBED),
     params:
         values=get_params(S.EMBED),
         code=get_code_digest(S.EMBED),
-    resources:
-        gpu=1,
     shell:
         get_shell(S.EMBED)
