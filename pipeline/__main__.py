@@ -13,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from pipeline import stages
+from pipeline import numerics, stages
 from pipeline.config import ParamsError, load_params, select
 from pipeline.io import output_locks
 
@@ -42,6 +42,13 @@ def _parser() -> argparse.ArgumentParser:
         for name in [*stage.deps, *stage.outs]:
             p.add_argument(f"--{name.replace('_', '-')}", dest=name, required=True, type=Path)
         p.add_argument("--log", type=Path, help="also write the log to this file")
+    p = sub.add_parser(
+        "results",
+        help="render docs/results.md and README's results block from the run's outputs",
+    )
+    p.add_argument("--check", action="store_true",
+                   help="write nothing; exit 1 naming any drift from the committed text or "
+                   "dvc.lock")  # fmt: skip
     p = sub.add_parser("dvc-yaml", help="render dvc.yaml from pipeline/stages.py")
     p.add_argument("--check", action="store_true", help="exit 1 if dvc.yaml is out of date")
     p.add_argument("--output", type=Path, default=Path("dvc.yaml"))
@@ -63,6 +70,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true",
                    help="re-hash every link; name each stale or tampered one (exit 1 if any)")
     p.add_argument("--json", action="store_true", help="print the lineage as JSON")
+    p.add_argument("--repo", type=Path, default=Path("."), help="project root (default: .)")
+    p = sub.add_parser(
+        "audit",
+        help="rerun everything upstream of an artifact in a clean clone; compare with dvc.lock",
+        description="Rerun, in a temporary clone of HEAD, every stage upstream of an artifact "
+        "(resolved as `lineage` does) and compare each output with dvc.lock. Exit status: 0 "
+        "all reproduced, 1 a difference, 2 cannot trace, 3 refused: dirty git tree, 4 refused: "
+        "stale dvc.lock, 5 the rerun failed.",
+    )
+    p.add_argument("artifact", help="path of the artifact, or a stage name of dvc.lock")
+    p.add_argument("--jobs", type=int, default=1, help="cores for the rerun (snakemake --cores)")
+    p.add_argument("--keep", action="store_true", help="keep the temporary clone afterwards")
     p.add_argument("--repo", type=Path, default=Path("."), help="project root (default: .)")
     return parser
 
@@ -95,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.dvc_yaml import write_dvc_yaml
 
         return write_dvc_yaml(args.output, check=args.check)
+    if args.command == "results":
+        from pipeline.results import main as results
+
+        return results(Path("."), check=args.check)
     if args.command == "record":
         from pipeline.dvc_yaml import record
 
@@ -107,9 +130,14 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.lineage import main as lineage
 
         return lineage(args.artifact, args.repo, verify=args.verify, as_json=args.json)
+    if args.command == "audit":
+        from pipeline.audit import audit
+
+        return audit(args.artifact, args.repo, jobs=args.jobs, keep=args.keep)
     _setup_logging(args.log)
     log = logging.getLogger("pipeline")
     try:
+        numerics.mode()  # an unknown PIPELINE_NUMERICS stops the job before it computes
         run_stage(stages.BY_NAME[args.command], args)
     except (ParamsError, ValueError, ArithmeticError, OSError) as e:
         # Expected failures (bad params, bad or missing input, divergence): one clear line
