@@ -28,7 +28,10 @@ run: install
 	snakemake --cores $(CORES)
 	dvc status
 	dvc push --quiet
-	@echo "figures: data/figures/  summary: data/summary/summary.csv"
+	# The run must reproduce the committed dvc.lock and the generated results text byte for
+	# byte (portable numerics): any drift is named and fails the run.
+	python -m pipeline results --check
+	@echo "figures: data/figures/  summary: data/summary/summary.csv  results: docs/results.md"
 
 test: install
 	# The report test opens report.html in headless Chromium (Debian's `chromium`); CI runs

@@ -48,7 +48,7 @@ import yaml
 from pipeline import provenance, stages
 from pipeline.config import digest
 
-LOCK_FILE = "dvc.lock"
+LOCK_FILE = stages.LOCK_FILE
 DATASET_PARAM = "datasets."  # a stage reading `datasets.<name>` reads that raw dataset
 PROVENANCE_STAGE = " (from the embedded provenance)"  # suffix of a link read from a figure
 

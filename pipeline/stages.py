@@ -34,6 +34,7 @@ WILDCARD_CONSTRAINTS: dict[str, str] = {
 }
 
 PARAMS_FILE = "params.yaml"
+LOCK_FILE = "dvc.lock"  # DVC's record of every stage run: committed, the lineage of results
 
 # One training run's identity inside every per-run folder.
 RUN = "{dataset}/{model}/{augmentation}/noise{noise}-seed{seed}"
