@@ -74,3 +74,23 @@ for m in supcon ce; do
 done
 echo "== 4. geometry stage at paper scale"
 python3 benchmarks/bench_geometry.py --repeats 2
+
+echo "== 5. CUDA determinism: the same 300-step run twice, with and without train.common.deterministic"
+for det in true false; do
+  python3 - "$work" "$det" <<'PY'
+import sys, yaml
+work, det = sys.argv[1], sys.argv[2] == "true"
+p = yaml.safe_load(open(f"{work}/params.yaml"))
+p["train"]["common"]["deterministic"] = det
+yaml.safe_dump(p, open(f"{work}/params-det-{sys.argv[2]}.yaml", "w"))
+PY
+  for rep in 1 2; do
+    for m in supcon ce; do
+      start=$(date +%s%N)
+      python3 -m pipeline train --params "$work/params-det-$det.yaml" --dataset cifar10 --model $m \
+        --augmentation standard --noise 0.0 --seed 0 --labels $work/labels.parquet \
+        --checkpoint $work/det-$det-$rep-$m.pt --train-log $work/det-$det-$rep-$m-log.parquet 2>/dev/null
+      echo "deterministic=$det run $rep $m: $(( ($(date +%s%N) - start) / 1000000 )) ms, checkpoint md5 $(md5sum < $work/det-$det-$rep-$m.pt | cut -c1-12), log md5 $(md5sum < $work/det-$det-$rep-$m-log.parquet | cut -c1-12)"
+    done
+  done
+done
