@@ -24,6 +24,7 @@ rule all:
         S.SUMMARY_CSV,
         S.FIGURES_DIR,
         S.FREE_FEATURES_TABLE,
+        S.CLAIMS_CSV,
     default_target: True
 
 

@@ -11,8 +11,20 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 else
   export PYTHONPATH=$PWD
 fi
+echo "== versions this ran with"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+python3 - <<'PY'
+import platform, subprocess
+import numpy, torch, torchvision
+commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True)
+print("commit", commit.stdout.strip() or "unknown", "(uncommitted changes)" if dirty.stdout else "")
+print("python", platform.python_version(), "numpy", numpy.__version__, "torch", torch.__version__,
+      "torchvision", torchvision.__version__)
+print("CUDA (torch built with)", torch.version.cuda, "cuDNN", torch.backends.cudnn.version(),
+      "GPUs visible", torch.cuda.device_count(),
+      "device", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none")
+PY
 
 echo "== 1. CUDA agrees with the CPU"
 python3 - <<'PY'
@@ -94,3 +106,50 @@ PY
     done
   done
 done
+
+echo "== 6. k concurrent training jobs on one device (PIPELINE_SLOTS_PER_DEVICE=k): images/s, peak memory"
+# supcon, ResNet-18, batch 256, standard augmentation, no torch.compile (compile's minutes of
+# start-up per job would swamp 400 steps); 100 vs 400 steps per job, so start-up cancels
+python3 benchmarks/gpu_throughput.py concurrency --params "$work/params.yaml" \
+  --labels "$work/labels.parquet" --work "$work/concurrency" --out "$work/concurrency.json" \
+  --model supcon --jobs 1 2 4 --short 100 --long 400
+
+echo "== 7. a real 2,000-step training run through the CLI (bf16 autocast on CUDA), then embed and geometry"
+python3 - "$work" <<'PY'
+import sys, yaml
+work = sys.argv[1]
+p = yaml.safe_load(open(f"{work}/params.yaml"))
+p["train"]["common"].update(iterations=2000, eval_every=500)
+yaml.safe_dump(p, open(f"{work}/params-2000.yaml", "w"))
+PY
+long=(--params "$work/params-2000.yaml" --dataset cifar10 --model supcon --augmentation standard
+      --noise 0.0 --seed 0 --labels "$work/labels.parquet")
+python3 benchmarks/gpu_job.py train "${long[@]}" --checkpoint "$work/long.pt" \
+  --train-log "$work/long-log.parquet" --log "$work/long-train.log" | tee "$work/long.json"
+python3 -m pipeline embed "${long[@]}" --checkpoint "$work/long.pt" \
+  --embeddings "$work/long-emb.parquet" --head "$work/long-head.parquet"
+python3 -m pipeline geometry --params "$work/params-2000.yaml" --dataset cifar10 --model supcon \
+  --augmentation standard --noise 0.0 --seed 0 --embeddings "$work/long-emb.parquet" \
+  --head "$work/long-head.parquet" --train-log "$work/long-log.parquet" \
+  --metrics "$work/long-metrics.json" --cosines "$work/long-cos.parquet"
+python3 - "$work" <<'PY'
+import json, math, sys
+import pyarrow.parquet as pq
+work = sys.argv[1]
+log = pq.read_table(f"{work}/long-log.parquet").to_pandas()
+metrics = json.load(open(f"{work}/long-metrics.json"))
+print(f"train log: {len(log)} rows, iterations {int(log['iteration'].min())}-{int(log['iteration'].max())}")
+print(log[["iteration", "loss", "train_accuracy_noisy", "test_accuracy_class_mean"]].to_string(index=False))
+finite = all(math.isfinite(v) for v in log["loss"])
+print("loss finite at every evaluation:", finite, "| numerics:", metrics.get("numerics"))
+print("metrics.json:", len(metrics), "keys;", {k: metrics[k] for k in
+      ("train_accuracy_noisy", "class_mean_cosine_mean", "sample_cosine_mean") if k in metrics})
+if not finite:
+    sys.exit("FAILED: a non-finite training loss on the bf16 path")
+PY
+grep -h -E "using GPU|iterations|done" "$work/long-train.log" | head -5
+
+echo "== 8. estimated wall time: one paper run (100,000 steps, 200 evaluations) and the 216 runs"
+# tiny_cifar with per_batch=2000: 10,000 training + 2,000 test images were evaluated
+python3 benchmarks/gpu_throughput.py estimate --measurements "$work/concurrency.json" \
+  --run "$work/long.json" --run-steps 2000 --run-eval-every 500 --run-images 12000

@@ -26,6 +26,7 @@ ENTRY_POINTS = {
     "aggregate": ("pipeline.aggregate", "aggregate_runs"),
     "figures": ("pipeline.figures", "draw_figures"),
     "free_features": ("pipeline.free_features", "free_features"),
+    "claims": ("pipeline.claims", "tabulate_claims"),
 }
 
 WILDCARD_TYPES = {"dataset": str, "model": str, "augmentation": str, "noise": float, "seed": int}

@@ -17,8 +17,10 @@ Outputs:
   identity columns first: the data of `dvc plots show`'s training curves (DVC cannot read
   Parquet) and of the training-curves figures.
 - ``growth`` (JSON, DVC metrics): per dataset, augmentation and model, the fitted exponent a
-  of iterations-to-fit ~ c p^a across the noise fractions p > 0 (PAPER.md: "a fitted exponent
-  per loss"), the same fit the iterations-to-fit figure draws; see :func:`growth_exponents`.
+  of iterations-to-fit ~ c p^a across the noise fractions p > 0 (docs/paper.md: "a fitted exponent
+  per loss"), fitted over the runs with those that never fit right-censored at their last
+  evaluation, its 95% bootstrap interval and the "superlinear" verdict that follows from it;
+  the same fit the iterations-to-fit figure draws; see :func:`growth_exponents`.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from pipeline import schemas, stages
+from pipeline import schemas, stages, statistics
 from pipeline.io import InputError, atomic_path, read_parquet, write_json, write_parquet
 
 # Keys naming the run; the rest of metrics.json is metrics.
@@ -158,53 +160,40 @@ def load_runs(grid: dict, geometry_dir: Path) -> pd.DataFrame:
     return runs.iloc[order].reset_index(drop=True)
 
 
-def fit_points(p: np.ndarray, iterations: np.ndarray) -> np.ndarray:
-    """Which (p, iterations) points a power-law fit can use: p > 0, finite, iterations > 0."""
-    return (p > 0) & np.isfinite(p) & np.isfinite(iterations) & (iterations > 0)
+def growth_of(runs: pd.DataFrame) -> statistics.GrowthFit:
+    """The censored growth fit (pipeline.statistics) of one model's runs: a run that never
+    fit is censored at its last evaluation (it needs more steps than it was given)."""
+    iterations = runs[FIT_METRIC].astype(np.float64).to_numpy()
+    censored = np.isnan(iterations)
+    at = np.where(censored, runs["final_iteration"].astype(np.float64).to_numpy(), iterations)
+    return statistics.growth_fit(runs["noise_fraction"].to_numpy(np.float64), at, censored)
 
 
-def fit_power_law(
-    noise_fractions: np.ndarray, iterations: np.ndarray
-) -> tuple[float, float] | None:
-    """Least-squares fit of log(iterations) = log(c) + a log(p); returns (c, a).
-
-    Uses the points with p > 0 and a finite, positive iteration count (a run that never fit
-    is NaN and drops out); None when fewer than two distinct such p remain.
-    """
-    p = np.asarray(noise_fractions, dtype=np.float64)
-    y = np.asarray(iterations, dtype=np.float64)
-    keep = fit_points(p, y)
-    if np.unique(p[keep]).size < 2:
-        return None
-    a, log_c = np.polyfit(np.log(p[keep]), np.log(y[keep]), deg=1)
-    return float(np.exp(log_c)), float(a)
-
-
-def growth_exponents(summary: pd.DataFrame) -> dict:
+def growth_exponents(runs: pd.DataFrame) -> dict:
     """``{dataset: {augmentation: {model: fit}}}`` of iterations-to-fit against noise.
 
-    Each fit is over the per-p means across the seeds that fit (``iterations_to_fit_mean``),
-    for p > 0: ``exponent`` a and ``coefficient`` c of c p^a (null when fewer than two noise
-    fractions have a mean), ``noise_fractions_used``, and ``runs_not_fit``: runs at p > 0 that
-    never fit. Those are left out of their p's mean, which makes the mean, and so the
-    exponent, an underestimate wherever the count is not 0.
+    Each fit (:func:`growth_of`): ``exponent`` a and ``coefficient`` c of c p^a (null when
+    fewer than two noise fractions p > 0 have a run, or all their runs are censored),
+    ``sigma`` (spread of log iterations about the fit), ``exponent_ci95``, ``superlinear``
+    ("yes" when the whole interval lies above 1, "no" when below, else "inconclusive"),
+    ``runs_used`` (p > 0) and ``runs_not_fit`` of those, counted in the fit, not dropped.
     """
-    mean_column = f"{FIT_METRIC}_mean"
-    if mean_column not in summary:
+    if FIT_METRIC not in runs or "final_iteration" not in runs:
         raise InputError(f"the runs carry no {FIT_METRIC!r} metric: no growth to fit")
     growth: dict = {}
-    for (dataset, augmentation, model), group in summary.groupby(
+    for (dataset, augmentation, model), group in runs.groupby(
         ["dataset", "augmentation", "model"], sort=False
     ):
-        p = group["noise_fraction"].to_numpy(np.float64)
-        mean = group[mean_column].to_numpy(np.float64)
-        fit = fit_power_law(p, mean)
-        noisy = p > 0
+        fit = growth_of(group)
         growth.setdefault(dataset, {}).setdefault(augmentation, {})[model] = {
-            "exponent": None if fit is None else fit[1],
-            "coefficient": None if fit is None else fit[0],
-            "noise_fractions_used": int(fit_points(p, mean).sum()),
-            "runs_not_fit": int((group["n_seeds"] - group["n_fit"]).to_numpy()[noisy].sum()),
+            "exponent": fit.exponent,
+            "coefficient": fit.coefficient,
+            "sigma": fit.sigma,
+            "exponent_ci95": None if fit.ci95 is None else list(fit.ci95),
+            "superlinear": statistics.verdict_above(fit.ci95, 1.0),
+            "runs_used": fit.runs,
+            "runs_not_fit": fit.censored,
+            "bootstrap_resamples": statistics.RESAMPLES,
         }
     return growth
 
@@ -286,7 +275,7 @@ def aggregate_runs(
     grid = params["grid"]
     run_table = load_runs(grid, Path(geometry_dir))
     summary_table = summarize_runs(run_table)
-    exponents = growth_exponents(summary_table)
+    exponents = growth_exponents(run_table)
     logs = load_train_logs(Path(train_log_dir), grid)
     write_parquet(to_arrow(run_table), runs, metadata={"grid": grid})
     write_parquet(to_arrow(summary_table), summary, metadata={"grid": grid})

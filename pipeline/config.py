@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ import jsonschema
 import yaml
 
 SCHEMA_PATH = Path(__file__).with_name("params.schema.yaml")
+# dvc.yaml's line naming the grid it enumerates (pipeline/dvc_yaml.py writes it)
+GRID_DIGEST_LINE = "# Jobs of the grid with digest "
 
 
 class ParamsError(ValueError):
@@ -54,9 +57,59 @@ def validate_params(params: Any, source: str = "params.yaml") -> dict:
     return params
 
 
+def _check_run_sets(grid: dict, source: str) -> None:
+    """Each run set: not empty, and within the grid's axes; each axis value used by a run.
+
+    The axes stay the grid's vocabulary and order (aggregate sorts by them, figures draw one
+    set per dataset and augmentation of them), so a set may only choose among their values.
+    """
+    from pipeline.grid import GRID_AXES, RUN_SETS, grid_axis, jobs
+
+    for name, sub in (grid.get(RUN_SETS) or {}).items():
+        where = f"grid.{RUN_SETS}.{name}"
+        if not sub:
+            raise ParamsError(
+                f"{source}: {where} is an empty sub-grid ({sub!r}): list the axes it narrows "
+                "(an axis left out takes all of the grid's values), or remove it"
+            )
+        for axis, values in sub.items():
+            if not values:
+                raise ParamsError(
+                    f"{source}: {where} is an empty sub-grid ({axis}: []): it adds no runs; "
+                    "list values or remove the set"
+                )
+            outside = [v for v in values if v not in grid[axis]]
+            if outside:
+                raise ParamsError(
+                    f"{source}: {where}.{axis} lists {outside}, not in grid.{axis} "
+                    f"{grid[axis]} (the axes list every value a run set may use)"
+                )
+    if not grid.get(RUN_SETS):
+        return
+    runs = jobs(tuple(GRID_AXES), grid)  # every run: one job per training run
+    for wildcard in GRID_AXES:
+        axis = grid_axis(wildcard)
+        used = {job[wildcard] for job in runs}
+        unused = [v for v in grid[axis] if str(v) not in used]
+        if unused:
+            raise ParamsError(
+                f"{source}: grid.{axis} lists {unused}, which no run set uses: remove them"
+            )
+    pairs = {(job["dataset"], job["augmentation"]) for job in runs}
+    for dataset in grid["datasets"]:
+        for augmentation in grid["augmentations"]:
+            if (dataset, augmentation) not in pairs:
+                raise ParamsError(
+                    f"{source}: grid.{RUN_SETS}: no run of dataset {dataset!r} with "
+                    f"augmentation {augmentation!r}, though both are on the grid's axes "
+                    "(figures are drawn per dataset and augmentation of the axes)"
+                )
+
+
 def _check_cross_fields(params: dict, source: str) -> None:
     from pipeline.datasets import REGISTRY
 
+    _check_run_sets(params["grid"], source)
     for name in params["grid"]["datasets"]:
         if name not in REGISTRY:
             raise ParamsError(
@@ -103,7 +156,37 @@ def load_params(path: str | Path = "params.yaml") -> dict:
         params = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ParamsError(f"{path}: not valid YAML: {e}") from e
-    return validate_params(params, str(path))
+    params = validate_params(params, str(path))
+    check_dvc_yaml_grid(path, params["grid"])
+    return params
+
+
+def check_dvc_yaml_grid(path: Path, grid: dict) -> None:
+    """Under `dvc repro`, stop when dvc.yaml lists the jobs of another grid than params.yaml's.
+
+    dvc.yaml enumerates the grid's jobs (pipeline/dvc_yaml.py); after an edit of the grid
+    without `python -m pipeline dvc-yaml`, DVC would build the old runs and aggregate the new
+    ones. DVC sets DVC_STAGE and DVC_ROOT for each stage command; elsewhere (Snakemake, a CLI
+    by hand, another params file) there is nothing to check.
+    """
+    root = os.environ.get("DVC_ROOT")
+    if not os.environ.get("DVC_STAGE") or not root:
+        return
+    if path.resolve() != (Path(root) / "params.yaml").resolve():
+        return
+    try:
+        with open(Path(root) / "dvc.yaml") as f:
+            head = [next(f, "") for _ in range(5)]
+    except OSError:
+        return
+    recorded = [line[len(GRID_DIGEST_LINE):].strip() for line in head
+                if line.startswith(GRID_DIGEST_LINE)]
+    # no such line: a dvc.yaml of DVC matrices (before run sets), which follows params itself
+    if recorded and recorded[0] != digest(grid):
+        raise ParamsError(
+            f"{path}: grid has digest {digest(grid)}, but dvc.yaml lists the jobs of grid "
+            f"{recorded[0]}: run `python -m pipeline dvc-yaml`, then `dvc repro` again"
+        )
 
 
 def lookup(params: dict, dotted: str, source: str = "params.yaml") -> Any:

@@ -8,7 +8,6 @@ them on the device compactly and normalise whole batches there.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import io
 import pickle
@@ -18,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from pipeline.io import file_md5
 
 
 @dataclass(frozen=True)
@@ -122,14 +123,6 @@ CIFAR = {
 }
 
 
-def md5sum(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 class _ArrayUnpickler(pickle.Unpickler):
     """Unpickles the CIFAR batches (dicts of bytes, lists and numpy arrays) and refuses
     every other global, so even an archive that slipped past the checksum runs no code."""
@@ -155,7 +148,7 @@ def verify_archive(name: str, params: dict) -> Path:
              f"`dvc add {path}` to track it)")
     if not path.is_file():
         raise DatasetError(f"{path}: missing dataset archive for {name!r}; {where}")
-    found = md5sum(path)
+    found = file_md5(path)
     if found != expected:
         raise DatasetError(f"{path}: md5 is {found}, {where}")
     return path
@@ -177,8 +170,8 @@ def download_archive(name: str, destination: Path) -> Path:
     with atomic_path(destination) as tmp:
         with urllib.request.urlopen(spec.url) as response, open(tmp, "wb") as out:
             shutil.copyfileobj(response, out)
-        if md5sum(tmp) != spec.md5:
-            raise DatasetError(f"{spec.url}: downloaded file has md5 {md5sum(tmp)}, "
+        if file_md5(tmp) != spec.md5:
+            raise DatasetError(f"{spec.url}: downloaded file has md5 {file_md5(tmp)}, "
                                f"expected {spec.md5}")
     return destination
 

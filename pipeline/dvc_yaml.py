@@ -1,8 +1,18 @@
 """The DVC front-end: render dvc.yaml from the stage table, record Snakemake's results into
 dvc.lock, and tell Snakemake about results ``dvc repro`` made.
 
-dvc.yaml keeps DVC's own ``matrix`` templating over params.yaml, so ``dvc repro`` alone
-follows any change of the grid; this module only spells the stage table in DVC's syntax.
+The runs are a union of products (``grid.run_sets``), which DVC's ``matrix`` (one product)
+cannot spell, and a matrix per sub-grid would define a job twice where sub-grids overlap
+(the noisy labels of noise 0 serve both of the paper's studies). So dvc.yaml lists each job
+once, as ``stages.grid_jobs`` enumerates them, in a top-level ``vars`` dict per matrix that
+each per-run stage iterates with DVC's ``foreach``. A dict's keys name the stages, and the
+key is what the matrix used to make of the same job (``train@digits-supcon-none-0.0-0``):
+the names in dvc.lock, and lineage through them, do not change.
+
+The price: dvc.yaml follows params.yaml's grid, so after editing the grid run
+``python -m pipeline dvc-yaml`` before ``dvc repro`` (a Snakemake run of params.yaml does it
+in ``record``). The header holds the grid's digest; a stage run by DVC against a grid of
+another digest stops, saying so (``pipeline.config.check_dvc_yaml_grid``).
 """
 
 from __future__ import annotations
@@ -16,10 +26,11 @@ from pathlib import Path
 import yaml
 
 from pipeline import stages
+from pipeline.config import GRID_DIGEST_LINE, digest, load_params
 
 HEADER = (
-    "# Generated from pipeline/stages.py by `python -m pipeline dvc-yaml`: edit that file,\n"
-    "# then rerun the command (a test fails while this file is out of date).\n"
+    "# Generated from pipeline/stages.py and the grid of params.yaml by `python -m pipeline\n"
+    "# dvc-yaml`: edit those, then rerun the command (a test fails while this is out of date).\n"
 )
 
 
@@ -28,21 +39,38 @@ def _dvc(pattern: str) -> str:
     return re.sub(r"{(\w+)}", r"${item.\1}", pattern)
 
 
+def jobs_var(stage: stages.Stage) -> str:
+    """The ``vars`` key of a matrix's jobs: named after the first stage with that matrix
+    (embed and geometry iterate ``train_jobs``: one job per training run)."""
+    first = next(s for s in stages.STAGES if s.matrix == stage.matrix)
+    return f"{first.name}_jobs"
+
+
+def job_lists(grid: dict) -> dict[str, dict[str, dict[str, str]]]:
+    """Per matrix, DVC's name of each job (its values joined by "-", as DVC's matrix named
+    them) -> its wildcard values."""
+    lists: dict[str, dict[str, dict[str, str]]] = {}
+    for stage in stages.STAGES:
+        if stage.matrix and jobs_var(stage) not in lists:
+            lists[jobs_var(stage)] = {
+                "-".join(job.values()): job for job in stages.grid_jobs(stage, grid)
+            }
+    return lists
+
+
 def stage_entry(stage: stages.Stage) -> dict:
     values = {w: f"${{item.{w}}}" for w in stage.matrix}
     values |= {f"in.{n}": _dvc(stage.dep_path(n)) for n in stage.deps}
     values |= {f"out.{n}": _dvc(p) for n, p in stage.outs.items()}
     values["log"] = _dvc(stage.log)
     entry: dict = {}
-    if stage.matrix:
-        entry["matrix"] = {w: f"${{{stages.GRID_AXES[w]}}}" for w in stage.matrix}
     entry["cmd"] = stage.command(values)
     entry["deps"] = [*stage.code, *(_dvc(stage.dep_path(n)) for n in stage.deps)]
     entry["params"] = [_dvc(key) for key in stage.params]
     entry["outs"] = [_dvc(p) for n, p in stage.outs.items() if n not in stage.metrics]
     if stage.metrics:
         entry["metrics"] = [{_dvc(stage.outs[n]): {"cache": True}} for n in stage.metrics]
-    return entry
+    return {"foreach": f"${{{jobs_var(stage)}}}", "do": entry} if stage.matrix else entry
 
 
 def plot_entry(plot: stages.Plot) -> dict:
@@ -52,15 +80,21 @@ def plot_entry(plot: stages.Plot) -> dict:
     return {plot.name: props}
 
 
-def render() -> str:
+def render(params_file: str | Path = stages.PARAMS_FILE) -> str:
+    grid = load_params(params_file)["grid"]
     doc = {
         "stages": {s.name: stage_entry(s) for s in stages.STAGES},
         "plots": [plot_entry(p) for p in stages.PLOTS],
     }
-    return HEADER + yaml.safe_dump(doc, sort_keys=False, width=1000)
+    # one line per job ({dataset: digits, noise: '0.0', seed: '0'}): 216 runs stay readable
+    jobs = yaml.safe_dump({"vars": [job_lists(grid)]}, sort_keys=False, width=1000,
+                          default_flow_style=None)
+    stamp = f"{GRID_DIGEST_LINE}{digest(grid)}\n"
+    return HEADER + stamp + jobs + yaml.safe_dump(doc, sort_keys=False, width=1000)
 
 
 def write_dvc_yaml(path: Path, check: bool = False) -> int:
+    """Render dvc.yaml for ./params.yaml, the file DVC reads (or check it is current)."""
     text = render()
     if check:
         if not path.exists() or path.read_text() != text:
@@ -74,7 +108,13 @@ def write_dvc_yaml(path: Path, check: bool = False) -> int:
 def record() -> int:
     """Record every stage's current deps and outs into dvc.lock after a Snakemake run, so
     `dvc status` is clean and `dvc repro` a no-op. `--force`: Snakemake already ran the
-    commands; DVC only hashes what they produced."""
+    commands; DVC only hashes what they produced. dvc.yaml is first re-rendered for
+    params.yaml's grid, which the run just built (`dvc commit` hashes the jobs it lists)."""
+    path = Path("dvc.yaml")
+    before = path.read_text() if path.exists() else ""
+    write_dvc_yaml(path)
+    if path.read_text() != before:
+        print(f"{path}: re-rendered for the grid of {stages.PARAMS_FILE}", file=sys.stderr)
     result = subprocess.run(["dvc", "commit", "--force", "--quiet"], check=False)
     if result.returncode != 0:
         print(

@@ -17,6 +17,7 @@ from pipeline import datasets, numerics, schemas
 from pipeline.devices import pick_device
 from pipeline.io import write_parquet
 from pipeline.models import Model
+from pipeline.nested import MISSING, differences
 from pipeline.train import (
     TrainConfig,
     device_images,
@@ -26,16 +27,13 @@ from pipeline.train import (
 )
 
 
-def config_differences(stored: dict, current: dict, prefix: str = "") -> list[str]:
+def config_differences(stored: dict, current: dict) -> list[str]:
     """``key: checkpoint value vs params value`` for every leaf where the two configs differ."""
-    out = []
-    for key in sorted(set(stored) | set(current)):
-        a, b = stored.get(key), current.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += config_differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            out.append(f"{prefix}{key}: {a!r} in the checkpoint vs {b!r} now")
-    return out
+    def show(value):
+        return "absent" if value is MISSING else repr(value)
+
+    return [f"{key}: {show(a)} in the checkpoint vs {show(b)} now"
+            for key, a, b in differences(stored, current)]
 
 
 def _fixed_size_list(values: np.ndarray) -> pa.FixedSizeListArray:

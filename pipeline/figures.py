@@ -6,7 +6,10 @@
   -1/(K-1) and 1 (collapse).
 - ``iterations_to_fit_{dataset}``: Section 5.3. Iterations to fit the (noisy) training labels
   against the noise fraction p per model, with every seed shown, runs that never fit marked at
-  the top, and the fitted growth exponent a of iterations ~ c * p^a in the legend.
+  the top, the censored growth fit c * p^a with its exponent, 95% bootstrap interval and
+  band (aggregate.growth_of, the fit growth.json holds).
+- ``collapse_{dataset}``: NC1-NC4 and the test accuracies of the class-mean classifier, the
+  head and the linear probe against the noise fraction, mean over seeds.
 - ``training_curves_{dataset}``: loss, train accuracy on the labels trained on, and test
   accuracy of the class-mean classifier over iterations, mean over seeds.
 
@@ -34,13 +37,13 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from pipeline import provenance, schemas, stages
-from pipeline.aggregate import fit_power_law, load_train_logs, run_identity
+from pipeline.aggregate import growth_of, load_train_logs, run_identity
 from pipeline.io import InputError, atomic_dir, read_parquet
 
 log = logging.getLogger(__name__)
 
 MODEL_NAMES = {"supcon": "SupCon", "ce": "CE", "ce_fixed": "CE (fixed simplex head)"}
-COSINE_KINDS = ("class_means", "sample_to_class_mean", "head_weights")
+COSINE_KINDS = schemas.COSINE_KINDS
 COSINE_LABELS = {
     "class_means": "across\nclass means",
     "sample_to_class_mean": "sample to\nits class mean",
@@ -232,6 +235,57 @@ def plot_gap_vs_accuracy(
     return fig
 
 
+COLLAPSE_PANELS = (
+    ("nc1", "NC1: tr(Sw Sb+)/K", True),
+    ("nc2_equinorm_cv", "NC2: CV of centred\nclass-mean norms", True),
+    ("nc2_simplex_angle_deviation", "NC2: mean |cos + 1/(K-1)|\nof centred class means", False),
+    ("nc3_self_duality", "NC3: ||W/|W| - M/|M|||\n(CE models)", False),
+    ("nc4_head_ncm_agreement", "NC4: head agrees with\nnearest class mean (CE)", False),
+)
+ACCURACIES = (
+    ("test_accuracy_class_mean", "-", "class-mean classifier"),
+    ("test_accuracy_head", "--", "head"),
+    ("probe_test_accuracy", ":", "linear probe"),
+)
+
+
+def plot_collapse(runs: pd.DataFrame, *, dataset: str, num_classes: int,
+                  models: list[str]) -> Figure:  # fmt: skip
+    """NC1-NC4 (pipeline.geometry, pipeline.collapse) and the three test accuracies
+    (class-mean classifier, head, linear probe) against the noise fraction, mean over seeds."""
+    runs = runs[runs["dataset"] == dataset]
+    with mpl.rc_context(style()):
+        fig = new_figure(13.0, 6.4)
+        axes = fig.subplots(2, 3).ravel()
+        for ax, (column, label, log_scale) in zip(axes, COLLAPSE_PANELS, strict=False):
+            for i, model in enumerate(models):
+                of_model = runs[runs["model"] == model]
+                if column not in of_model or of_model[column].isna().all():
+                    continue
+                mean = of_model.groupby("noise_fraction")[column].mean()
+                ax.plot(mean.index, mean.to_numpy(), marker="o", color=f"C{i}",
+                        label=model_name(model))  # fmt: skip
+            if log_scale:
+                ax.set_yscale("log")
+            ax.set_ylabel(label)
+            ax.set_xlabel("noise fraction p")
+        ax = axes[-1]
+        for i, model in enumerate(models):
+            of_model = runs[runs["model"] == model]
+            for column, ls, _ in ACCURACIES:
+                if column in of_model and of_model[column].notna().any():
+                    mean = of_model.groupby("noise_fraction")[column].mean()
+                    ax.plot(mean.index, 100 * mean.to_numpy(), ls=ls, color=f"C{i}")
+        handles = [Line2D([], [], color=f"C{i}", label=model_name(m)) for i, m in enumerate(models)]
+        handles += [Line2D([], [], color="0.3", ls=ls, label=name) for _, ls, name in ACCURACIES]
+        ax.legend(handles=handles, fontsize="x-small")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_xlabel("noise fraction p")
+        fig.suptitle(f"{dataset} (K = {num_classes}): neural collapse NC1-NC4 and test "
+                     "accuracies, mean over seeds")  # fmt: skip
+    return fig
+
+
 def plot_iterations_to_fit(
     runs: pd.DataFrame, *, dataset: str, num_classes: int, models: list[str]
 ) -> Figure:
@@ -271,13 +325,16 @@ def plot_iterations_to_fit(
 def _plot_model_iterations(
     ax, runs: pd.DataFrame, model: str, color: str, shift: float, top: float
 ) -> bool:
-    """One model's mean +- std, seed dots, not-fit crosses at ``top`` and power-law fit;
-    ``shift`` moves the markers sideways (noise units). True if any run never fit."""
+    """One model's mean +- std, seed dots, not-fit crosses at ``top``, the censored power-law
+    fit (aggregate.growth_of, as in growth.json) and its bootstrap band; ``shift`` moves the
+    markers sideways (noise units). True if any run never fit."""
     stats = iterations_by_noise(runs)
-    fit = fit_power_law(stats["noise_fraction"], stats["mean"])
-    label = model_name(model) + (
-        f": a = {fit[1]:.2f} (iters ~ {fit[0]:.3g} p^{fit[1]:.2f})" if fit else ": a = n/a"
-    )
+    fit = growth_of(runs)
+    label = model_name(model) + (": a = n/a" if fit.exponent is None else
+                                 f": a = {fit.exponent:.2f} (iters ~ {fit.coefficient:.3g} "
+                                 f"p^{fit.exponent:.2f})")  # fmt: skip
+    if fit.ci95 is not None:
+        label += f", 95% CI [{fit.ci95[0]:.2f}, {fit.ci95[1]:.2f}]"
     p = stats["noise_fraction"].to_numpy()
     ax.errorbar(
         p + shift,
@@ -298,9 +355,12 @@ def _plot_model_iterations(
     if not_fit.size:  # never dropped: drawn as crosses at the training length
         x = not_fit + shift
         ax.plot(x, np.full(x.size, top), ls="none", marker="x", ms=8, mew=2, color=color)
-    if fit:
+    if fit.exponent is not None:
         curve = np.linspace(p[p > 0].min(), p.max(), 100)
-        ax.plot(curve, fit[0] * curve ** fit[1], color=color, ls="--", lw=0.8)
+        ax.plot(curve, fit.coefficient * curve**fit.exponent, color=color, ls="--", lw=0.8)
+    if fit.band is not None:  # pointwise 95% bootstrap band of the fitted curve
+        grid, lower, upper = fit.band
+        ax.fill_between(grid, lower, upper, color=color, alpha=0.12, lw=0)
     return bool(not_fit.size)
 
 
@@ -403,6 +463,7 @@ def figure_inputs(
         "geometry": table | cosines,
         "iterations_to_fit": dict(table),
         "gap_vs_accuracy": dict(table),
+        "collapse": dict(table),
         "training_curves": table | logs,
     }
 
@@ -410,7 +471,7 @@ def figure_inputs(
 def draw_figures(
     params: dict, *, runs: Path, geometry_dir: Path, train_log_dir: Path, figures: Path
 ) -> list[Path]:
-    """Draw the three figures of every dataset into directory ``figures`` (replaced as a
+    """Draw the five figures of every dataset into directory ``figures`` (replaced as a
     whole); return the paths of the files written, in a fixed order."""
     grid = params["grid"]
     dpi = int(params["figures"]["dpi"])
@@ -437,6 +498,9 @@ def draw_figures(
                     runs_of, dataset=dataset, num_classes=k, models=models
                 ),
                 f"gap_vs_accuracy_{label}": plot_gap_vs_accuracy(
+                    runs_of, dataset=dataset, num_classes=k, models=models
+                ),
+                f"collapse_{label}": plot_collapse(
                     runs_of, dataset=dataset, num_classes=k, models=models
                 ),
                 f"training_curves_{label}": plot_training_curves(

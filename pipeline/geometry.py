@@ -5,7 +5,7 @@ model was trained on (``noisy_label``), in float64. With K classes, N training s
 of dimension h and class means mu_k:
 
 - Class-mean cosines: cos(mu_i, mu_j) for all pairs i < j. At the optimum of both losses
-  (PAPER.md) the means are a regular simplex, so every pair has cosine -1/(K-1)
+  (docs/paper.md) the means are a regular simplex, so every pair has cosine -1/(K-1)
   (``simplex_cosine``); ``class_mean_cosine_deviation`` is the mean |cos - (-1/(K-1))|.
 - Sample cosines: cos(z_i, mu_{y_i}), one per training sample; 1 when classes collapse.
 - Class-mean norms |mu_k|: equal on the simplex, so ``class_mean_norm_cv`` (std/mean) is 0.
@@ -52,6 +52,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import schemas
+from pipeline.collapse import collapse_measures, linear_probe
 from pipeline.io import (
     InputError,
     check_columns,
@@ -67,7 +68,7 @@ log = logging.getLogger(__name__)
 BATCH_SIZE = 8192  # rows per record batch: ~ 8192 * 512 * 8 B = 32 MiB of float64 at h=512
 HEAD_MODELS = ("ce", "ce_fixed")  # models with a linear head; supcon has none
 
-COSINE_KINDS = ("class_means", "sample_to_class_mean", "head_weights")
+COSINE_KINDS = schemas.COSINE_KINDS
 
 
 # --------------------------------------------------------------------------- pure functions
@@ -209,7 +210,8 @@ class GeometryAccumulator:
         self.within_scatter = np.zeros((dim, dim))  # (h, h), summed over samples
         self.sample_cosines: list[np.ndarray] = []  # one (n,) array per training chunk
         self.correct = dict.fromkeys(
-            ("train_ncm_noisy", "train_ncm_clean", "train_head_noisy", "test_ncm", "test_head"),
+            ("train_ncm_noisy", "train_ncm_clean", "train_head_noisy", "test_ncm", "test_head",
+             "train_head_agrees_ncm"),
             0,
         )
         self.num_train = 0
@@ -240,6 +242,7 @@ class GeometryAccumulator:
         if self.head is not None:
             pred_head = np.argmax(z @ self.head.T, axis=1)  # (n, h) @ (h, K) -> (n, K)
             self.correct["train_head_noisy"] += int(np.sum(pred_head == noisy))
+            self.correct["train_head_agrees_ncm"] += int(np.sum(pred_head == pred))  # NC4
         self.num_train += z.shape[0]
 
     def add_test(self, z: np.ndarray, labels: np.ndarray) -> None:
@@ -303,6 +306,9 @@ class GeometryAccumulator:
         out["train_accuracy_head_noisy"] = c["train_head_noisy"] / n if has_head else None
         out["test_accuracy_class_mean"] = c["test_ncm"] / m if m else None
         out["test_accuracy_head"] = c["test_head"] / m if has_head and m else None
+        head_present = self.head[self.present] if has_head else None
+        out.update(collapse_measures(means, head_present) if k_present >= 2 else {})
+        out["nc4_head_ncm_agreement"] = c["train_head_agrees_ncm"] / n if has_head else None
         return out
 
 
@@ -447,6 +453,34 @@ def cosines_table(cosines: dict[str, np.ndarray]) -> pa.Table:
     )
 
 
+def probe_accuracies(embeddings: Path, dim: int, num_classes: int, batch_size: int,
+                     settings: dict) -> dict:  # fmt: skip
+    """The linear probe (pipeline.collapse.linear_probe) of one run: fit on the training
+    embeddings with the labels trained on; accuracy on train (noisy and clean) and test.
+
+    Unlike the streaming statistics it holds the training embeddings in memory: N x h
+    float64 (245 MB at CIFAR scale, N = 60,000, h = 512), what L-BFGS needs anyway.
+    """
+    parts = list(_batches(embeddings, dim, num_classes, batch_size))
+    is_train = np.concatenate([p[0] for p in parts])
+    z = np.concatenate([p[1] for p in parts])  # (N + M, h)
+    noisy, clean = (np.concatenate([p[i] for p in parts]) for i in (2, 3))
+    predict, iterations, converged = linear_probe(
+        z[is_train], noisy[is_train], float(settings["inverse_regularisation"]),
+        int(settings["max_iterations"]),
+    )
+    train_pred = predict(z[is_train])
+    test = ~is_train
+    return {
+        "probe_train_accuracy_noisy": float(np.mean(train_pred == noisy[is_train])),
+        "probe_train_accuracy_clean": float(np.mean(train_pred == clean[is_train])),
+        "probe_test_accuracy": float(np.mean(predict(z[test]) == clean[test]))
+        if test.any() else None,
+        "probe_iterations": iterations,
+        "probe_converged": converged,
+    }
+
+
 def measure_geometry(
     params: dict,
     *,
@@ -506,6 +540,7 @@ def measure_geometry(
     for is_train, z, noisy, clean in _batches(embeddings, dim, k, batch_size):
         acc.add_train(z[is_train], noisy[is_train], clean[is_train])
         acc.add_test(z[~is_train], clean[~is_train])
+    probe = probe_accuracies(embeddings, dim, k, batch_size, params["geometry"]["probe"])
 
     result = {
         "dataset": cfg["dataset"],
@@ -517,6 +552,7 @@ def measure_geometry(
         "representation_dim": dim,
         "fit_threshold": fit_threshold,
         **acc.results(),
+        **probe,
         "final_loss": train_rows["loss"][-1],
         # gap to the optimum at the end of training (schemas.TRAIN_LOG explains each)
         "supcon_optimum": train_rows["supcon_optimum"][-1],

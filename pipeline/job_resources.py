@@ -42,6 +42,7 @@ CPU_STAGES = {
     "aggregate": {"mem_mb": 4_000, "runtime": 15},
     "figures": {"mem_mb": 4_000, "runtime": 15},
     "free_features": {"mem_mb": 2_000, "runtime": 15},
+    "claims": {"mem_mb": 2_000, "runtime": 15},  # bootstrap fits over the grid's runs
 }
 
 

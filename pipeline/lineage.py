@@ -46,7 +46,7 @@ import pathspec
 import yaml
 
 from pipeline import provenance, stages
-from pipeline.config import digest
+from pipeline.config import MISSING, ParamsError, differences, digest, lookup
 
 LOCK_FILE = stages.LOCK_FILE
 DATASET_PARAM = "datasets."  # a stage reading `datasets.<name>` reads that raw dataset
@@ -89,10 +89,6 @@ class LockedStage:
     @property
     def family(self) -> str:
         return self.name.split("@", 1)[0]
-
-    @property
-    def instance(self) -> str:
-        return self.name.split("@", 1)[1] if "@" in self.name else self.name
 
 
 def _entry(raw: dict) -> Entry:
@@ -681,28 +677,21 @@ def _current_params(root: Path) -> dict | None:
         return None
 
 
-_MISSING = object()
-
-
 def _lookup(tree: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        if not isinstance(tree, dict) or part not in tree:
-            return _MISSING
-        tree = tree[part]
-    return tree
+    """The value at a dotted key, or config.MISSING (the recorded params may predate it)."""
+    try:
+        return lookup(tree, dotted)
+    except ParamsError:
+        return MISSING
 
 
 def _param_changes(key: str, was: Any, now: Any) -> list[tuple[str, str, str]]:
     """(dotted key, recorded, current) of each leaf that differs; "absent" if missing."""
-    if isinstance(was, dict) and isinstance(now, dict):
-        changes = []
-        for sub in [*was, *(k for k in now if k not in was)]:
-            old, new = was.get(sub, _MISSING), now.get(sub, _MISSING)
-            if old != new:
-                changes += _param_changes(f"{key}.{sub}", old, new)
-        return changes
-    show = lambda v: "absent" if v is _MISSING else json.dumps(v)  # noqa: E731
-    return [(key, show(was), show(now))]
+    def show(value):
+        return "absent" if value is MISSING else json.dumps(value)
+
+    return [(f"{key}.{sub}" if sub else key, show(old), show(new))
+            for sub, old, new in differences(was, now)]
 
 
 def _problem(problems: list, link: Link | None, kind: str, path: str, detail: str) -> None:
@@ -730,8 +719,8 @@ def _verify(project: Project, lineage: Lineage) -> None:
                 state = "is missing" if now is None else f"is {now} (recorded {code['md5']})"
                 _problem(problems, link, "stale", code["path"], f"code changed: md5 {state}")
         for key, value in link.params.items():
-            now = _MISSING if params_now is None or ":" in key else _lookup(params_now, key)
-            if now is _MISSING:
+            now = MISSING if params_now is None or ":" in key else _lookup(params_now, key)
+            if now is MISSING:
                 _problem(problems, link, "stale", stages.PARAMS_FILE,
                          f"params key {key!r} is no longer in {stages.PARAMS_FILE}")
             elif now != value:
@@ -973,7 +962,7 @@ def render_text(lineage: Lineage) -> str:
 def _render_family(fam: str, links: list[Link]) -> list[str]:
     lines = [f"{fam}" + (f"  x{len(links)}" if len(links) > 1 else "")]
     common = {k: v for k, v in links[0].params.items()
-              if all(link.params.get(k, _MISSING) == v for link in links)}  # fmt: skip
+              if all(link.params.get(k, MISSING) == v for link in links)}  # fmt: skip
     if common:
         lines.append("  params   " + "  ".join(f"{k}={_value(v)}" for k, v in common.items()))
     versions = {json.dumps(link.code_version, sort_keys=True) for link in links}

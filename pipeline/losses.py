@@ -19,7 +19,7 @@ _GRAM_MIN_DIM = 128
 
 
 def supcon_loss(features: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Supervised contrastive loss, the paper's variant (PAPER.md, Definitions).
+    """Supervised contrastive loss, the paper's variant (docs/paper.md, Definitions).
 
     ``features`` (b, h) already lie on the sphere (the caller projects them). For an anchor i
     with positives P(i) (other batch positions of its class; a sample drawn twice is its own

@@ -65,7 +65,7 @@ class MLPEncoder(nn.Module):
 
 
 class ResNet18Encoder(nn.Module):
-    """torchvision's ResNet-18, CIFAR variant (PAPER.md): a 3x3 stride-1 stem and no
+    """torchvision's ResNet-18, CIFAR variant (docs/paper.md): a 3x3 stride-1 stem and no
     max-pool, so 32x32 inputs keep their resolution; the 512-d pooled output is the
     representation (no fc layer)."""
 

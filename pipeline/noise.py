@@ -1,6 +1,6 @@
 """Stage ``noisy_labels``: corrupt a fraction of the training labels, reproducibly.
 
-Schemes (PAPER.md, Section 5.3):
+Schemes (docs/paper.md, Section 5.3):
 - ``flip`` (the paper's): exactly floor(p N) samples, chosen without replacement, get a label
   drawn uniformly from the K-1 *other* classes, so exactly floor(p N) labels are wrong.
 - ``uniform`` (Zhang et al. 2017): floor(p N) samples are relabelled uniformly from all K, so

@@ -25,7 +25,6 @@ scikit-learn without changing the digits file leaves the figures' bytes unchange
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import sysconfig
@@ -36,20 +35,11 @@ from typing import Any
 
 from pipeline import numerics, stages
 from pipeline.config import digest, lookup
+from pipeline.io import file_md5
 
 KEY = "Provenance"  # PNG text-chunk keyword and PDF info-dictionary key
 SCHEMA = "supcon-geometry/figure-provenance/1"
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # where the stage's code paths resolve
-_CHUNK = 1 << 20  # bytes per read while hashing
-
-
-def file_md5(path: str | Path) -> str:
-    """md5 of a file's bytes: the value DVC records for a file (DVC 3 hashes raw bytes)."""
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------- raw data

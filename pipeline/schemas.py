@@ -40,7 +40,6 @@ TRAIN_LOG = pa.schema(
     ]
 )
 
-SPLITS = ("train", "test")
 
 
 def embeddings(dim: int) -> pa.Schema:
@@ -62,6 +61,9 @@ def head(dim: int) -> pa.Schema:
 
 
 # geometry: the cosine distributions behind the summary numbers.
+# The kinds of cosine in a run's cosines.parquet, in the order geometry writes them.
+COSINE_KINDS = ("class_means", "sample_to_class_mean", "head_weights")
+
 COSINES = pa.schema(
     [
         ("kind", pa.string()),  # class_means | sample_to_class_mean | head_weights

@@ -1,7 +1,7 @@
 """The regular simplex, built exactly (no iterative repulsion).
 
 K points on the sphere of radius rho in R^h (h >= K-1) with sum 0, equal norms rho and
-pairwise inner products -rho^2/(K-1): the optimum geometry of both losses (PAPER.md).
+pairwise inner products -rho^2/(K-1): the optimum geometry of both losses (docs/paper.md).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Every stage of the pipeline, defined once: its matrix, files, params keys, code and command.
 
 Both front-ends are rendered from this table, so they run the identical command per job:
-- Snakemake: ``rules/*.smk`` build each rule from a :class:`Stage` (``snakemake_*`` helpers);
+- Snakemake: ``rules/*.smk`` build each rule from a :class:`Stage` (``get_*`` helpers);
 - DVC: ``dvc.yaml`` is rendered by ``python -m pipeline dvc-yaml`` with DVC's own
   ``matrix`` templating over params.yaml, and a test checks the committed file is current.
 
@@ -10,19 +10,14 @@ Path patterns use ``{wildcard}`` fields; a wildcard is one axis of the run grid 
 
 from __future__ import annotations
 
-import itertools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# The run grid: wildcard -> the params.yaml list that enumerates it (DVC matrix axes).
-GRID_AXES: dict[str, str] = {
-    "dataset": "grid.datasets",
-    "model": "grid.models",
-    "augmentation": "grid.augmentations",
-    "noise": "grid.noise_fractions",
-    "seed": "grid.seeds",
-}
+from pipeline import grid as _grid
+
+# The run grid's axes and run sets live in pipeline/grid.py; re-exported under these names.
+from pipeline.grid import GRID_AXES, RUN_SETS, grid_axis, run_sets  # noqa: F401
 
 # Regexes Snakemake uses to parse wildcards back out of paths.
 WILDCARD_CONSTRAINTS: dict[str, str] = {
@@ -57,6 +52,10 @@ CURVES_CSV = f"{SUMMARY_DIR}/training_curves.csv"
 FIGURES_DIR = "data/figures"
 FREE_FEATURES_TABLE = "data/free_features/records.parquet"
 FREE_FEATURES_FIGURES = "data/free_features/figures"
+CLAIMS_DIR = "data/claims"
+CLAIMS_CSV = f"{CLAIMS_DIR}/claims.csv"
+CLAIMS_MD = f"{CLAIMS_DIR}/claims.md"
+CLAIMS_METRICS = f"{CLAIMS_DIR}/verdicts.json"
 LOG = "logs/{stage}/{key}.log"
 
 
@@ -128,10 +127,12 @@ _SHARED_CODE = ("pipeline/io.py", "pipeline/schemas.py", "pipeline/numerics.py")
 # code list against the imports of its module.
 _FIGURE_CODE = (
     "pipeline/aggregate.py",
+    "pipeline/statistics.py",
     "pipeline/provenance.py",
     "pipeline/config.py",
     "pipeline/datasets.py",
     "pipeline/stages.py",
+    "pipeline/grid.py",
     *_SHARED_CODE,
 )
 
@@ -176,7 +177,7 @@ EMBED = Stage(
     outs={"embeddings": EMBEDDINGS, "head": HEAD},
     # the train keys too: the checkpoint must have been made with the current config
     params=("datasets.{dataset}", "train.common", "train.models.{model}", "embed"),
-    code=("pipeline/embed.py", *_TRAIN_CODE),
+    code=("pipeline/embed.py", "pipeline/nested.py", *_TRAIN_CODE),
 )
 
 GEOMETRY = Stage(
@@ -186,7 +187,7 @@ GEOMETRY = Stage(
     deps={"embeddings": EMBEDDINGS, "head": HEAD, "train_log": TRAIN_LOG},
     outs={"metrics": GEOMETRY_METRICS, "cosines": COSINES},
     params=("geometry",),
-    code=("pipeline/geometry.py", "pipeline/simplex.py", *_SHARED_CODE),
+    code=("pipeline/geometry.py", "pipeline/collapse.py", "pipeline/simplex.py", *_SHARED_CODE),
     metrics=("metrics",),
 )
 
@@ -206,7 +207,8 @@ AGGREGATE = Stage(
         "growth": GROWTH_METRICS,
     },
     params=("grid",),
-    code=("pipeline/aggregate.py", "pipeline/stages.py", *_SHARED_CODE),
+    code=("pipeline/aggregate.py", "pipeline/statistics.py", "pipeline/stages.py",
+          "pipeline/grid.py", *_SHARED_CODE),
     metrics=("growth",),
 )
 
@@ -239,13 +241,25 @@ FREE_FEATURES = Stage(
         "pipeline/simplex.py",
         "pipeline/figures.py",
         "pipeline/geometry.py",
+        "pipeline/collapse.py",
         *_FIGURE_CODE,
     ),
     directory_outs=("figures",),
 )
 
+CLAIMS = Stage(
+    name="claims",
+    rule="tabulate_claims",
+    matrix=(),
+    deps={"runs": RUNS_TABLE, "growth": GROWTH_METRICS, "free_features": FREE_FEATURES_TABLE},
+    outs={"table": CLAIMS_CSV, "markdown_table": CLAIMS_MD, "verdicts": CLAIMS_METRICS},
+    params=("claims",),
+    code=("pipeline/claims.py", "pipeline/statistics.py", *_SHARED_CODE),
+    metrics=("verdicts",),
+)
+
 STAGES: tuple[Stage, ...] = (
-    NOISY_LABELS, TRAIN, EMBED, GEOMETRY, AGGREGATE, FIGURES, FREE_FEATURES,
+    NOISY_LABELS, TRAIN, EMBED, GEOMETRY, AGGREGATE, FIGURES, FREE_FEATURES, CLAIMS,
 )
 BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}
 
@@ -328,12 +342,10 @@ PLOTS: tuple[Plot, ...] = (
 
 
 def grid_jobs(stage: Stage, grid: dict) -> list[dict[str, str]]:
-    """Every job of ``stage`` for a validated ``grid`` section, as wildcard -> text.
-
-    Values are rendered with ``str`` exactly as DVC's templating does (``0.0`` -> "0.0").
-    """
-    axes = [[str(v) for v in grid[GRID_AXES[w].split(".")[1]]] for w in stage.matrix]
-    return [dict(zip(stage.matrix, combo, strict=True)) for combo in itertools.product(*axes)]
+    """Every job of ``stage`` for a validated ``grid`` section, as wildcard -> text: the union
+    of its run sets' products, projected on the stage's wildcards, each job once, in the
+    axes' product order (:func:`pipeline.grid.jobs`)."""
+    return _grid.jobs(stage.matrix, grid)
 
 
 def run_file(pattern: str, directory: str | Path, **wildcards: object) -> Path:

@@ -1,4 +1,4 @@
-"""Closed forms of the optimum losses (PAPER.md, "Closed forms"); derivations in docs/theory.md.
+"""Closed forms of the optimum losses (docs/paper.md, "Closed forms"); derived in docs/theory.md.
 
 Notation: K classes (the number of simplex vertices, whether or not a batch holds them all),
 b batch size, tau temperature, rho feature norm, r_W head row norm. All inputs are plain

@@ -1,6 +1,6 @@
 """Stage ``train``: one run = (dataset, model, noise fraction, seed).
 
-Training semantics follow PAPER.md: batches drawn i.i.d. with replacement, SGD with momentum
+Training semantics follow docs/paper.md: batches drawn i.i.d. with replacement, SGD with momentum
 and weight decay, per-iteration schedule ``exponential`` lr_i = lr ((T-i)/T)^5 or ``cosine``,
 supcon on unit-sphere features at temperature tau, bias-free heads, ce_fixed head a fixed
 regular simplex. Every ``eval_every`` iterations one row goes to the training log.

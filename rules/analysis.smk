@@ -39,6 +39,7 @@ FIGURE_CATEGORIES = {
     "geometry": "Geometry of the representations (Section 5.2)",
     "iterations_to_fit": "Iterations to fit noisy labels (Section 5.3)",
     "gap_vs_accuracy": "Gap to the optimum vs generalisation",
+    "collapse": "Neural collapse NC1-NC4 and accuracies",
     "training_curves": "Training curves",
 }
 FIGURE_PATTERN = "{kind,%s}_{dataset}.png" % "|".join(FIGURE_CATEGORIES)
@@ -65,3 +66,25 @@ rule draw_figures:
         code=get_code_digest(S.FIGURES),
     shell:
         get_shell(S.FIGURES)
+
+
+rule tabulate_claims:
+    input:
+        **get_inputs(S.CLAIMS),
+    output:
+        table=report(
+            get_outputs(S.CLAIMS)["table"],
+            caption="../report/claims.rst",
+            category="Claims of the paper, judged",
+        ),
+        markdown_table=get_outputs(S.CLAIMS)["markdown_table"],
+        verdicts=get_outputs(S.CLAIMS)["verdicts"],
+    log:
+        S.CLAIMS.log,
+    resources:
+        **get_resources(S.CLAIMS),
+    params:
+        values=get_params(S.CLAIMS),
+        code=get_code_digest(S.CLAIMS),
+    shell:
+        get_shell(S.CLAIMS)

@@ -40,7 +40,7 @@ def one_thread():
 
 
 def naive_supcon(z, y, tau: float) -> float:
-    """PAPER.md's supcon definition, one anchor and one positive at a time, in float64:
+    """docs/paper.md's supcon definition, one anchor and one positive at a time, in float64:
     the reference every vectorised loss is tested against."""
     b = len(y)
     total = 0.0

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import schemas, stages
-from pipeline.aggregate import aggregate_runs, fit_power_law
+from pipeline.aggregate import aggregate_runs
 from pipeline.io import InputError, write_parquet
 
 # Model order deliberately not alphabetical: the outputs must keep the grid's order.
@@ -47,6 +47,7 @@ def metrics_for(dataset: str, model: str, noise: float, seed: int) -> dict:
         "train_accuracy_noisy": 1.0 - noise / 2 - seed / 100,
         "head_cosine_mean": None if model == "supcon" else -0.1 - seed / 100,
         "iterations_to_fit": it,
+        "final_iteration": 3000,
         "note": "free text is not a metric",
     }
 
@@ -241,36 +242,31 @@ def test_rerun_gives_byte_identical_files(tmp_path, geometry_dir):
     assert {name: path.read_bytes() for name, path in paths.items()} == first
 
 
-def test_power_law_fit_recovers_exact_exponent():
-    p = np.array([0.0, 0.1, 0.2, 0.5, 1.0])
-    c, a = fit_power_law(p, 100 * p**2)  # p = 0 is left out, not log(0)
-    assert a == pytest.approx(2.0)
-    assert c == pytest.approx(100.0)
-    c, a = fit_power_law(p, 3000 * p**1.5 + np.array([0, np.nan, 0, 0, 0]))  # NaN = never fit
-    assert (c, a) == (pytest.approx(3000.0), pytest.approx(1.5))
+def test_growth_exponents_count_the_runs_that_never_fit(tmp_path):
+    from pipeline.statistics import censored_power_law
 
-
-def test_power_law_fit_needs_two_points():
-    assert fit_power_law(np.array([0.0, 0.5]), np.array([10.0, 20.0])) is None
-    assert fit_power_law(np.array([0.5, 1.0]), np.array([20.0, np.nan])) is None
-    assert fit_power_law(np.array([0.5, 0.5]), np.array([20.0, 30.0])) is None
-
-
-def test_growth_exponents_fit_the_means_over_seeds_that_fit(tmp_path):
     geometry_dir = tmp_path / "geometry"
     write_grid(geometry_dir)
     paths = outputs(tmp_path)
     aggregate(tmp_path)
     growth = json.loads(paths["growth"].read_text())
-    # ce: means 600 at p = 0.5 and 900 at p = 1 (seed 1 never fit there): 900 p^a with
-    # 0.5^a = 600/900. supcon: only p = 0.5 has a mean, so no exponent.
+    # ce: 500 and 700 at p = 0.5; 900 and one run censored at 3,000 at p = 1. The censored
+    # fit equals censored_power_law on those four runs and is steeper than dropping the run.
     ce = growth["digits"]["none"]["ce"]
-    assert ce["exponent"] == pytest.approx(math.log(900 / 600) / math.log(2), rel=1e-12)
-    assert ce["coefficient"] == pytest.approx(900.0, rel=1e-12)
-    assert (ce["noise_fractions_used"], ce["runs_not_fit"]) == (2, 1)
-    assert growth["digits"]["none"]["supcon"] == {
-        "exponent": None, "coefficient": None, "noise_fractions_used": 1, "runs_not_fit": 3
-    }  # fmt: skip
+    c, a, sigma = censored_power_law([0.5, 0.5, 1.0, 1.0], [500, 700, 900, 3000],
+                                     [False, False, False, True])  # fmt: skip
+    assert (ce["exponent"], ce["coefficient"], ce["sigma"]) == (
+        pytest.approx(a, rel=1e-9), pytest.approx(c, rel=1e-9), pytest.approx(sigma, rel=1e-9))
+    dropped = np.polyfit(np.log([0.5, 0.5, 1.0]), np.log([500, 700, 900]), 1)[0]
+    assert ce["exponent"] > dropped
+    assert (ce["runs_used"], ce["runs_not_fit"]) == (4, 1)
+    lo, hi = ce["exponent_ci95"]
+    assert lo <= ce["exponent"] <= hi
+    assert ce["superlinear"] == ("yes" if lo > 1 else "no" if hi < 1 else "inconclusive")
+    # supcon: 1,000 and one censored run at p = 0.5, both censored at p = 1: steeper than ce.
+    supcon = growth["digits"]["none"]["supcon"]
+    assert supcon["exponent"] > ce["exponent"]
+    assert (supcon["runs_used"], supcon["runs_not_fit"]) == (4, 3)
     assert list(growth["digits"]["none"]) == ["supcon", "ce"]  # the grid's order
 
 

@@ -10,6 +10,7 @@ from tiny_cifar import write_tiny_cifar
 
 from pipeline import datasets
 from pipeline.datasets import CIFAR, DatasetError
+from pipeline.io import file_md5
 
 
 @pytest.mark.parametrize("name,k,train_batches", [("cifar10", 10, 5), ("cifar100", 100, 1)])
@@ -44,10 +45,8 @@ def test_wrong_checksum_is_refused(tmp_path):
 def test_corrupt_archive_is_named(tmp_path):
     path = tmp_path / "cifar-10-python.tar.gz"
     path.write_bytes(b"\x1f\x8b not really gzip")
-    from pipeline.datasets import md5sum
-
     with pytest.raises(DatasetError, match=r"cifar-10-python.tar.gz: corrupt cifar10 archive"):
-        datasets.load("cifar10", {"archive": str(path), "md5": md5sum(path)})
+        datasets.load("cifar10", {"archive": str(path), "md5": file_md5(path)})
 
 
 def test_archive_with_code_in_its_pickle_never_runs_it(tmp_path):
@@ -62,10 +61,8 @@ def test_archive_with_code_in_its_pickle_never_runs_it(tmp_path):
             info = tarfile.TarInfo(f"cifar-10-batches-py/{member}")
             info.size = len(blob)
             tar.addfile(info, io.BytesIO(blob))
-    from pipeline.datasets import md5sum
-
     with pytest.raises(DatasetError, match="refusing global builtins.exec"):
-        datasets.load("cifar10", {"archive": str(path), "md5": md5sum(path)})
+        datasets.load("cifar10", {"archive": str(path), "md5": file_md5(path)})
     assert not (tmp_path / "pwned").exists()
 
 
@@ -78,7 +75,7 @@ def test_download_verifies_the_checksum_and_leaves_nothing_on_mismatch(tmp_path,
     good = replace(CIFAR["cifar10"], md5=md5)
     monkeypatch.setitem(CIFAR, "cifar10", good)
     out = datasets.download_archive("cifar10", tmp_path / "raw" / "cifar-10-python.tar.gz")
-    assert datasets.md5sum(out) == md5
+    assert file_md5(out) == md5
     monkeypatch.setitem(CIFAR, "cifar10", replace(good, md5="0" * 32))
     target = tmp_path / "raw2" / "cifar-10-python.tar.gz"
     with pytest.raises(DatasetError, match=f"has md5 {md5}, expected 0000"):

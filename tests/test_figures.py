@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 from pipeline import schemas, stages
-from pipeline.aggregate import aggregate_runs, load_train_logs
+from pipeline.aggregate import aggregate_runs, growth_of, load_train_logs
 from pipeline.figures import (
     draw_figures,
     iterations_by_noise,
@@ -31,7 +31,7 @@ GRID = {"datasets": ["digits"], "models": ["supcon", "ce"], "augmentations": ["n
 PARAMS = {"grid": GRID, "figures": {"dpi": DPI, "geometry_noise": 0.5}}
 STEMS = (
     "geometry_digits", "iterations_to_fit_digits", "gap_vs_accuracy_digits",
-    "training_curves_digits",
+    "collapse_digits", "training_curves_digits",
 )
 EVAL_ITERATIONS = np.array([0, 50, 100], dtype=np.int64)
 
@@ -164,8 +164,12 @@ def test_iterations_figure_marks_not_fit_runs_and_reports_exponents(inputs):
     fig = plot_iterations_to_fit(runs, dataset="digits", num_classes=K, models=["supcon", "ce"])
     ax = fig.axes[0]
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    # supcon: seeds that fit follow 100 p^2 exactly; ce is flat (40.5 at every p) -> a = 0.
-    assert labels[0].startswith("SupCon: a = 2.00")
+    # The legend's fit is aggregate.growth_of's (growth.json's): censored, with its interval.
+    # ce is flat (40.5 at every p, nothing censored): least squares, a = 0.
+    fit = growth_of(runs[runs["model"] == "supcon"])
+    lo, hi = fit.ci95
+    assert labels[0].startswith(f"SupCon: a = {fit.exponent:.2f}")
+    assert labels[0].endswith(f"95% CI [{lo:.2f}, {hi:.2f}]")
     assert labels[1].startswith("CE: a = -0.00") or labels[1].startswith("CE: a = 0.00")
     assert "not fit (shown at 100)" in labels
     # The run that never fit is drawn as an x at the training length, not dropped.

@@ -8,7 +8,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+import yaml
+from conftest import ROOT, copy_project, default_params, sh
 
 from pipeline import stages
 from pipeline.__main__ import ENTRY_POINTS
@@ -16,7 +17,7 @@ from pipeline.dvc_yaml import render
 
 
 def test_dvc_yaml_is_rendered_from_the_stage_table():
-    assert (ROOT / "dvc.yaml").read_text() == render(), (
+    assert (ROOT / "dvc.yaml").read_text() == render(ROOT / "params.yaml"), (
         "dvc.yaml is out of date: run `python -m pipeline dvc-yaml`"
     )
 
@@ -50,18 +51,55 @@ def dvc_jobs(root) -> dict[str, tuple[str, frozenset[str]]]:
         }
 
 
-def test_snakemake_and_dvc_run_identical_commands_with_identical_outputs(params):
-    smk, dvc = snakemake_jobs(ROOT), dvc_jobs(ROOT)
-    grid = params["grid"]
-    runs = len(grid["models"]) * len(grid["noise_fractions"]) * len(grid["seeds"])
-    grid_wide = 3  # aggregate, figures, free_features
-    assert len(dvc) == len(grid["noise_fractions"]) * len(grid["seeds"]) + 3 * runs + grid_wide
+def check_identical_jobs(root, grid) -> None:
+    smk, dvc = snakemake_jobs(root), dvc_jobs(root)
+    per_run = [s for s in stages.STAGES if s.matrix]
+    grid_wide = len(stages.STAGES) - len(per_run)  # aggregate, figures, free_features
+    assert len(dvc) == sum(len(stages.grid_jobs(s, grid)) for s in per_run) + grid_wide
     assert set(smk) == set(dvc)
     rule_of = {s.name: s.rule for s in stages.STAGES}
     for command, (stage_name, outs) in dvc.items():
         rule, smk_outs = smk[command]
         assert rule == rule_of[stage_name]
         assert smk_outs == outs, command
+
+
+def test_snakemake_and_dvc_run_identical_commands_with_identical_outputs(params):
+    grid = params["grid"]
+    runs = len(grid["models"]) * len(grid["noise_fractions"]) * len(grid["seeds"])
+    assert len(stages.grid_jobs(stages.TRAIN, grid)) == runs  # one product: all of it
+    check_identical_jobs(ROOT, grid)
+
+
+def test_both_front_ends_run_the_union_of_run_sets_each_job_once(tmp_path):
+    """Overlapping run sets: each run, and each run's labels, is one job in both front-ends,
+    and DVC names it as its matrix did (train@digits-supcon-none-0.0-0)."""
+    params = default_params()
+    params["grid"].update(augmentations=["none", "standard"], run_sets={
+        "noise": {"augmentations": ["none"], "seeds": [0]},
+        "clean": {"noise_fractions": [0.0]},  # overlaps `noise` at p = 0 without augmentation
+        "supcon_noisy": {"models": ["supcon"], "augmentations": ["none"]},  # within the two
+    })
+    project = copy_project(tmp_path / "project")
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh(sys.executable, "-m", "pipeline", "dvc-yaml", cwd=project)
+    grid = params["grid"]
+    runs = {tuple(j.values()) for j in stages.grid_jobs(stages.TRAIN, grid)}
+    noise, seeds = grid["noise_fractions"], grid["seeds"]
+    expected = (
+        {("digits", m, "none", str(p), "0") for m in grid["models"] for p in noise}
+        | {("digits", m, a, "0.0", str(s)) for m in grid["models"] for a in ("none", "standard")
+           for s in seeds}
+        | {("digits", "supcon", "none", str(p), str(s)) for p in noise for s in seeds}
+    )
+    assert runs == expected and len(stages.grid_jobs(stages.TRAIN, grid)) == len(expected)
+    check_identical_jobs(project, grid)
+    from dvc.repo import Repo
+
+    with Repo(str(project)) as repo:
+        names = {s.name for s in repo.index.stages}
+    assert "train@digits-supcon-standard-0.0-1" in names
+    assert "noisy_labels@digits-0.0-1" in names  # once, for three run sets
 
 
 def test_training_jobs_claim_one_gpu_each():

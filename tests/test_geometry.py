@@ -11,8 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import geometry, io, schemas
+from pipeline import geometry, io, numerics, schemas
 from pipeline.simplex import regular_simplex, simplex_gram
+
+PROBE = {"inverse_regularisation": 1.0, "max_iterations": 1000}  # as params.yaml
 
 
 def _no_nan(token):
@@ -109,10 +111,11 @@ def identity(paths) -> dict:
 def run_stage(tmp_path, paths, threshold=1.0, name="out", batch_size=geometry.BATCH_SIZE):
     out = {"metrics": tmp_path / name / "metrics.json", "cosines": tmp_path / name / "cos.pq"}
     returned = geometry.measure_geometry(
-        {"geometry": {"fit_threshold": threshold}},
+        {"geometry": {"fit_threshold": threshold, "probe": PROBE}},
         **identity(paths), **paths, **out, batch_size=batch_size,
     )
     metrics = json.loads(out["metrics"].read_text(), parse_constant=_no_nan)
+    assert metrics.pop(numerics.METADATA_KEY)["mode"] in ("portable", "native")  # how made
     assert metrics == returned
     cosines = pq.read_table(out["cosines"]).to_pandas()
     return metrics, cosines
@@ -413,6 +416,10 @@ def test_metrics_keys(tmp_path):
         "test_accuracy_class_mean", "test_accuracy_head",
         "final_loss", "final_iteration", "iterations_to_fit",
         "supcon_optimum", "final_supcon_gap", "final_loss_gap",
+        "nc2_equinorm_cv", "nc2_equiangular_std", "nc2_simplex_angle_deviation",
+        "nc2_head_equinorm_cv", "nc3_self_duality", "nc4_head_ncm_agreement",
+        "probe_train_accuracy_noisy", "probe_train_accuracy_clean", "probe_test_accuracy",
+        "probe_iterations", "probe_converged",
     ])
     n = len(pq.read_table(paths_log := tmp_path / "run" / "train_log.parquet"))
     assert m["supcon_optimum"] == 1.0
@@ -443,7 +450,7 @@ def _stage(tmp_path, paths):
         ident = {"dataset": "synthetic", "model": "ce", "augmentation": "none", "noise": 0.0,
                  "seed": 0}
     return geometry.measure_geometry(
-        {"geometry": {"fit_threshold": 1.0}}, **ident, **paths, **out
+        {"geometry": {"fit_threshold": 1.0, "probe": PROBE}}, **ident, **paths, **out
     )
 
 
@@ -510,5 +517,79 @@ def test_embeddings_of_another_run_are_refused(tmp_path):
     out = {"metrics": tmp_path / "o" / "m.json", "cosines": tmp_path / "o" / "c.pq"}
     wrong = {**identity(paths), "seed": 99}
     with pytest.raises(io.InputError, match=r"embeddings.parquet: made by run .* expected"):
-        geometry.measure_geometry({"geometry": {"fit_threshold": 1.0}}, **wrong, **paths, **out)
+        geometry.measure_geometry({"geometry": {"fit_threshold": 1.0, "probe": PROBE}}, **wrong,
+                                  **paths, **out)
     assert not out["metrics"].exists()
+
+
+# ------------------------------------------------------------------ NC2-NC4 and the probe
+
+
+def test_collapse_measures_vanish_on_a_collapsed_simplex_with_its_head(tmp_path):
+    vertices, z, labels = simplex_run(4, 5)
+    m, _ = run_stage(tmp_path, write_run(tmp_path, train_z=z, train_noisy=labels,
+                                         head=2.5 * vertices, model="ce"))  # fmt: skip
+    for key in ("nc2_equinorm_cv", "nc2_equiangular_std", "nc2_simplex_angle_deviation",
+                "nc2_head_equinorm_cv", "nc3_self_duality"):
+        assert m[key] == pytest.approx(0.0, abs=1e-6), key  # embeddings are stored float32
+    assert m["nc4_head_ncm_agreement"] == 1.0
+    # Separable, collapsed classes: the probe fits them and predicts the clean labels.
+    assert m["probe_train_accuracy_noisy"] == 1.0 and m["probe_converged"] is True
+
+
+def test_collapse_measures_of_a_perturbed_simplex_by_hand():
+    """K = 3 in the plane: unit vertices at 0, 120 and 240 degrees, the last one doubled.
+
+    mu_G = (-1/6, -sqrt(3)/6); centred means (7/6, sqrt(3)/6), (-1/3, 2 sqrt(3)/3),
+    (-5/6, -5 sqrt(3)/6) with norms sqrt(13)/3, sqrt(13)/3, 5/3; pairwise cosines -1/26,
+    -2.5/sqrt(13), -2.5/sqrt(13).
+    """
+    from pipeline.collapse import collapse_measures
+
+    s3 = np.sqrt(3.0)
+    means = np.array([[1.0, 0.0], [-0.5, s3 / 2], [-1.0, -s3]])
+    norms = np.array([np.sqrt(13) / 3, np.sqrt(13) / 3, 5 / 3])
+    cos = np.array([-1 / 26, -2.5 / np.sqrt(13), -2.5 / np.sqrt(13)])
+    head = means - means.mean(axis=0)  # the centred means themselves: self-dual
+    m = collapse_measures(means, head)
+    assert m["nc2_equinorm_cv"] == pytest.approx(norms.std() / norms.mean(), rel=1e-12)
+    assert m["nc2_equiangular_std"] == pytest.approx(cos.std(), rel=1e-12)
+    assert m["nc2_simplex_angle_deviation"] == pytest.approx(np.abs(cos + 0.5).mean(), rel=1e-12)
+    assert m["nc2_head_equinorm_cv"] == pytest.approx(norms.std() / norms.mean(), rel=1e-12)
+    assert m["nc3_self_duality"] == pytest.approx(0.0, abs=1e-12)
+    # A head that is the raw (uncentred) simplex: distance by hand, sqrt(sum of squares).
+    raw = np.array([[1.0, 0.0], [-0.5, s3 / 2], [-0.5, -s3 / 2]])
+    centred = means - means.mean(axis=0)
+    expected = np.linalg.norm(raw / np.linalg.norm(raw) - centred / np.linalg.norm(centred))
+    assert collapse_measures(means, raw)["nc3_self_duality"] == pytest.approx(expected, rel=1e-12)
+    assert collapse_measures(means, None)["nc3_self_duality"] is None
+
+
+def test_nc4_counts_disagreement_between_head_and_class_means(tmp_path):
+    """Two classes on a line; the head's boundary is shifted so that exactly the samples
+    at x = 0.2 go to class 1 by the head but to class 0 by the nearer mean (-1 vs 1)."""
+    z = np.array([[-1.0, 0.0], [-1.0, 0.0], [0.2, 0.0], [1.8, 0.0], [1.0, 0.0], [1.0, 0.0]])
+    labels = np.array([0, 0, 0, 1, 1, 1])  # means: (-0.6, 0) and (1.267, 0)
+    head = np.array([[-1.0, 0.0], [1.0, 0.0]])  # argmax: class 1 iff x > 0
+    m, _ = run_stage(tmp_path, write_run(tmp_path, train_z=z, train_noisy=labels, head=head,
+                                         model="ce"))  # fmt: skip
+    # NCM boundary at (-0.6 + 1.267) / 2 = 0.333: x = 0.2 is class 0 for NCM, 1 for the head.
+    assert m["nc4_head_ncm_agreement"] == pytest.approx(5 / 6, rel=1e-12)
+
+
+def test_probe_matches_scikit_learn_fitted_by_hand(tmp_path):
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(4)
+    labels = np.repeat(np.arange(3), 30)
+    z = rng.normal(size=(90, 4)) + np.eye(3, 4)[labels]  # overlapping classes
+    test_z = rng.normal(size=(30, 4)) + np.eye(3, 4)[np.repeat(np.arange(3), 10)]
+    paths = write_run(tmp_path, train_z=z, train_noisy=labels, model="supcon",
+                      test_z=test_z, test_labels=np.repeat(np.arange(3), 10))  # fmt: skip
+    m, _ = run_stage(tmp_path, paths)
+    z, test_z = (a.astype(np.float32).astype(np.float64) for a in (z, test_z))  # as stored
+    reference = LogisticRegression(C=1.0, max_iter=1000, tol=1e-8).fit(z, labels)
+    assert m["probe_train_accuracy_noisy"] == pytest.approx(reference.score(z, labels))
+    assert m["probe_test_accuracy"] == pytest.approx(
+        reference.score(test_z, np.repeat(np.arange(3), 10)))
+    assert 0.5 < m["probe_train_accuracy_noisy"] < 1.0  # neither trivial nor separable

@@ -36,9 +36,10 @@ def set_grid(root: Path, **grid) -> dict:
     return params
 
 
-def expected_inputs(params: dict) -> dict[str, set[str]]:
+def expected_inputs(params: dict, augmentation: str = "none") -> dict[str, set[str]]:
     """Per figure kind, the files it must be drawn from: exactly the grid's runs."""
-    jobs = stages.grid_jobs(stages.TRAIN, params["grid"])
+    jobs = [j for j in stages.grid_jobs(stages.TRAIN, params["grid"])
+            if j["augmentation"] == augmentation]
     at_noise = [j for j in jobs if float(j["noise"]) == params["figures"]["geometry_noise"]]
     table = {stages.RUNS_TABLE}
     return {
@@ -50,20 +51,24 @@ def expected_inputs(params: dict) -> dict[str, set[str]]:
 
 def check_results_cover_exactly_the_grid(root: Path, params: dict) -> None:
     grid = params["grid"]
-    runs = {(m, float(p)) for m in grid["models"] for p in grid["noise_fractions"]}
+    jobs = stages.grid_jobs(stages.TRAIN, grid)  # the union of the run sets, if any
+    runs = {(j["model"], j["augmentation"], float(j["noise"])) for j in jobs}
     with open(root / stages.SUMMARY_CSV) as f:
-        summary = {(row["model"], float(row["noise_fraction"])) for row in csv.DictReader(f)}
+        summary = {(row["model"], row["augmentation"], float(row["noise_fraction"]))
+                   for row in csv.DictReader(f)}
     assert summary == runs
     table = pq.read_table(root / stages.RUNS_TABLE).to_pylist()
-    assert {(r["model"], r["noise_fraction"], r["seed"]) for r in table} == {
-        (m, p, s) for m, p in runs for s in grid["seeds"]
+    assert {(r["model"], r["augmentation"], r["noise_fraction"], r["seed"]) for r in table} == {
+        (j["model"], j["augmentation"], float(j["noise"]), int(j["seed"])) for j in jobs
     }
-    expected = expected_inputs(params)
-    for kind in KINDS:
-        for fmt in ("png", "pdf"):
-            record = read_provenance(root / stages.FIGURES_DIR / f"{kind}_digits.{fmt}")
-            assert set(record["inputs"]) == expected[kind], (kind, fmt)
-            assert record["params"]["grid"] == grid
+    for augmentation in grid["augmentations"]:
+        label = "digits" if augmentation == "none" else f"digits-{augmentation}"
+        expected = expected_inputs(params, augmentation)
+        for kind in KINDS:
+            for fmt in ("png", "pdf"):
+                record = read_provenance(root / stages.FIGURES_DIR / f"{kind}_{label}.{fmt}")
+                assert set(record["inputs"]) == expected[kind], (kind, fmt)
+                assert record["params"]["grid"] == grid
     assert json.loads(sh("dvc", "status", "--json", cwd=root).stdout) == {}
     sh(sys.executable, "-m", "pipeline", "lineage", stages.SUMMARY_CSV, "--verify", cwd=root)
 
@@ -74,6 +79,7 @@ def test_shrinking_the_grid_with_dvc_drops_its_runs_everywhere(private, tmp_path
     first_commit = head(private)
 
     params = set_grid(private, models=["supcon", "ce"], noise_fractions=[0.0])
+    sh(sys.executable, "-m", "pipeline", "dvc-yaml", cwd=private)  # dvc.yaml lists the jobs
     repro = sh("dvc", "repro", cwd=private).stdout
     assert "Running stage 'aggregate'" in repro and "Running stage 'figures'" in repro
     assert "Running stage 'train" not in repro  # nothing new to train
@@ -97,4 +103,38 @@ def test_growing_the_grid_with_snakemake_adds_its_runs_everywhere(private):
     result = sh(sys.executable, "-m", "snakemake", "--cores", "2", cwd=private)
     out = result.stdout + result.stderr
     assert out.count("rule train_model:") == 2  # only the two new runs at p = 0.6 train
+    check_results_cover_exactly_the_grid(private, params)
+
+
+def test_run_sets_with_dvc_cover_their_union_once_dvc_yaml_follows(private):
+    """Run sets that drop ce and ce_fixed at p = 0.3 and overlap at p = 0: `dvc repro` refuses
+    while dvc.yaml lists the old grid's jobs, then, re-rendered, reruns only aggregate and
+    figures (every run of the union is on disk) and covers exactly the union."""
+    params = set_grid(private, run_sets={
+        "clean": {"noise_fractions": [0.0]},
+        "supcon": {"models": ["supcon"]},  # overlaps `clean` at p = 0
+    })
+    stale = sh("dvc", "repro", cwd=private, check=False)
+    assert stale.returncode != 0
+    fix = "run `python -m pipeline dvc-yaml`, then `dvc repro` again"
+    assert fix in stale.stderr + stale.stdout
+    sh(sys.executable, "-m", "pipeline", "dvc-yaml", cwd=private)
+    repro = sh("dvc", "repro", cwd=private).stdout
+    assert "Running stage 'aggregate'" in repro and "Running stage 'train" not in repro
+    assert len(stages.grid_jobs(stages.TRAIN, params["grid"])) == 4
+    check_results_cover_exactly_the_grid(private, params)
+
+
+def test_a_run_set_with_snakemake_trains_only_its_new_runs(private):
+    """A geometry study with augmentation for supcon at p = 0: one new run, whose labels the
+    existing p = 0 run already made; dvc.yaml is re-rendered by the run's record step."""
+    params = set_grid(private, augmentations=["none", "standard"], run_sets={
+        "noise_study": {"augmentations": ["none"]},
+        "geometry_study": {"models": ["supcon"], "augmentations": ["standard"],
+                           "noise_fractions": [0.0]},
+    })
+    result = sh(sys.executable, "-m", "snakemake", "--cores", "2", cwd=private)
+    out = result.stdout + result.stderr
+    assert out.count("rule train_model:") == 1 and "rule make_noisy_labels:" not in out
+    sh(sys.executable, "-m", "pipeline", "dvc-yaml", "--check", cwd=private)
     check_results_cover_exactly_the_grid(private, params)

@@ -243,7 +243,7 @@ def test_rerun_after_a_commit_gives_the_recorded_figure_bytes(private):
     before = {p.name: p.read_bytes() for p in (private / "data/figures").glob("*.p[dn][fg]")}
     sh("dvc", "repro", "--force", "--single-item", "figures", cwd=private)
     after = {p.name: p.read_bytes() for p in (private / "data/figures").glob("*.p[dn][fg]")}
-    assert after == before and len(after) == 2 * 4  # 4 figures, PNG + PDF
+    assert after == before and len(after) == 2 * 5  # 5 figures, PNG + PDF
     assert sh("dvc", "status", "--json", cwd=private).stdout.strip() == "{}"
     lineage(private, FIGURE, "--verify")
 

@@ -76,7 +76,7 @@ def test_supcon_gradient_is_finite_with_singletons():
 
 @pytest.mark.parametrize("k,h,rho,tau", [(3, 2, 1.0, 0.1), (10, 9, 1.0, 0.1), (10, 32, 2.0, 0.5)])
 def test_supcon_at_collapsed_simplex_matches_closed_form(k, h, rho, tau):
-    # PAPER.md: an anchor whose class occurs n times contributes
+    # docs/paper.md: an anchor whose class occurs n times contributes
     # log(n - 1 + (b - n) exp(-rho^2 K / (tau (K - 1)))); singletons contribute 0.
     rng = np.random.default_rng(3)
     y = rng.integers(0, k, size=40)
@@ -101,7 +101,7 @@ def test_cross_entropy_equals_naive_formula():
 
 
 def test_cross_entropy_at_fixed_simplex_optimum_matches_closed_form():
-    # PAPER.md: head rows a simplex of norm r_W, features z = rho w_y / |w_y| give
+    # docs/paper.md: head rows a simplex of norm r_W, features z = rho w_y / |w_y| give
     # log(1 + (K - 1) exp(-rho r_W K / (K - 1))).
     k, h, rho, r_w = 10, 12, 1.5, 2.0
     w = regular_simplex(k, h, r_w)

@@ -1,7 +1,8 @@
-"""The `paper` preset encodes PAPER.md's protocol, and runs end to end when cut down."""
+"""The `paper` preset encodes docs/paper.md's protocol, and runs end to end when cut down."""
 
 from __future__ import annotations
 
+import itertools
 import sys
 
 import pytest
@@ -9,12 +10,13 @@ import yaml
 from conftest import ROOT, copy_project, sh
 from tiny_cifar import write_tiny_cifar
 
+from pipeline import stages
 from pipeline.config import load_params
 from pipeline.datasets import CIFAR
 
 PRESET = ROOT / "presets" / "paper.yaml"
 
-# PAPER.md, "Protocol of the paper's experiments", field by field.
+# docs/paper.md, "Protocol of the paper's experiments", field by field.
 PROTOCOL = {
     "grid.datasets": ["cifar10", "cifar100"],
     "grid.models": ["supcon", "ce", "ce_fixed"],
@@ -47,6 +49,29 @@ def get(params: dict, dotted: str):
 @pytest.mark.parametrize("key,expected", PROTOCOL.items())
 def test_paper_preset_matches_the_protocol(key, expected):
     assert get(load_params(PRESET), key) == expected
+
+
+def paper_runs() -> set[tuple]:
+    """docs/paper.md's runs, one tuple (dataset, model, augmentation, noise, seed) each: the noise
+    study (Section 5.3) without augmentation over p in {0, 0.1, ..., 1.0}, and the geometry
+    study (Section 5.2) at p = 0 with the standard augmentation; both datasets, all three
+    models, seeds 0-2."""
+    datasets, models, seeds = ("cifar10", "cifar100"), ("supcon", "ce", "ce_fixed"), (0, 1, 2)
+    noise = [round(0.1 * i, 1) for i in range(11)]
+    noise_study = itertools.product(datasets, models, ["none"], noise, seeds)
+    geometry_study = itertools.product(datasets, models, ["standard"], [0.0], seeds)
+    return set(noise_study) | set(geometry_study)
+
+
+def test_paper_preset_runs_exactly_the_protocols_216_runs():
+    jobs = stages.grid_jobs(stages.TRAIN, load_params(PRESET)["grid"])
+    runs = [(j["dataset"], j["model"], j["augmentation"], float(j["noise"]), int(j["seed"]))
+            for j in jobs]
+    assert len(runs) == len(set(runs)) == 216
+    assert set(runs) == paper_runs()
+    # every run's noisy labels once: the geometry study reuses the noise study's p = 0 labels
+    labels = stages.grid_jobs(stages.NOISY_LABELS, load_params(PRESET)["grid"])
+    assert len(labels) == 2 * 11 * 3
 
 
 def test_paper_preset_reads_the_official_archives():

@@ -81,7 +81,7 @@ def push_clone_pull(root: Path, clone: Path) -> None:
     assert json.loads(sh("dvc", "status", "--json", cwd=clone).stdout) == {}
     original = tracked_files(root)
     figures = [p for p in original if p.startswith("data/figures/") and p.endswith(".png")]
-    assert len(figures) == 4
+    assert len(figures) == 5
     pulled = tracked_files(clone)
     for path in figures:
         assert pulled[path] == original[path], path

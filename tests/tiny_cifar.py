@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.datasets import CIFAR, md5sum
+from pipeline.datasets import CIFAR
+from pipeline.io import file_md5
 
 
 def write_tiny_cifar(path: Path, name: str, per_batch: int = 20, seed: int = 0) -> str:
@@ -36,4 +37,4 @@ def write_tiny_cifar(path: Path, name: str, per_batch: int = 20, seed: int = 0) 
             info = tarfile.TarInfo(f"{spec.folder}/{member}")
             info.size = len(blob)
             tar.addfile(info, io.BytesIO(blob))
-    return md5sum(path)
+    return file_md5(path)

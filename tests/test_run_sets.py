@@ -1,0 +1,135 @@
+"""`grid.run_sets`: the runs are a union of products, enumerated once (stages.grid_jobs) in a
+fixed order; the params are checked so that a set can only choose among the axes' values."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, default_params
+
+from pipeline import stages
+from pipeline.config import ParamsError, check_dvc_yaml_grid, digest, validate_params
+from pipeline.dvc_yaml import job_lists
+
+
+def with_run_sets(run_sets, **axes) -> dict:
+    params = default_params()
+    params["grid"].update(axes, run_sets=run_sets)
+    return params
+
+
+def keys(stage, grid) -> list[tuple[str, ...]]:
+    return [tuple(job.values()) for job in stages.grid_jobs(stage, grid)]
+
+
+def test_a_single_product_is_the_product_in_itertools_order():
+    grid = default_params()["grid"]
+    for stage in (stages.NOISY_LABELS, stages.TRAIN):
+        axes = [[str(v) for v in grid[stages.grid_axis(w)]] for w in stage.matrix]
+        assert keys(stage, grid) == list(itertools.product(*axes))
+
+
+def test_the_union_has_each_run_once_in_the_axes_order_whatever_the_sets():
+    sets = {
+        "a": {"models": ["ce"], "noise_fractions": [0.0, 0.4]},
+        "b": {"models": ["supcon", "ce"], "noise_fractions": [0.4], "seeds": [1]},
+    }
+    grid = with_run_sets(sets)["grid"]
+    runs = keys(stages.TRAIN, grid)
+    assert runs == [
+        ("digits", "supcon", "none", "0.4", "1"),
+        ("digits", "ce", "none", "0.0", "0"), ("digits", "ce", "none", "0.0", "1"),
+        ("digits", "ce", "none", "0.4", "0"), ("digits", "ce", "none", "0.4", "1"),
+    ]  # ce at 0.4 seed 1 is in both sets: once
+    swapped = with_run_sets({"b2": sets["b"], "a2": sets["a"]})["grid"]
+    assert keys(stages.TRAIN, swapped) == runs
+    # the labels of a (dataset, noise, seed) that several runs share: one job
+    assert keys(stages.NOISY_LABELS, grid) == [
+        ("digits", "0.0", "0"), ("digits", "0.0", "1"), ("digits", "0.4", "0"),
+        ("digits", "0.4", "1"),
+    ]
+
+
+def test_a_set_names_values_as_the_axis_spells_them():
+    grid = with_run_sets({"clean": {"noise_fractions": [0]}})["grid"]  # int 0, axis 0.0
+    assert {job["noise"] for job in stages.grid_jobs(stages.TRAIN, grid)} == {"0.0"}
+
+
+def test_dvc_names_each_job_as_its_matrix_did():
+    lists = job_lists(with_run_sets({"clean": {"noise_fractions": [0.0]}})["grid"])
+    assert set(lists) == {"noisy_labels_jobs", "train_jobs"}
+    assert lists["train_jobs"]["digits-ce_fixed-none-0.0-1"] == {
+        "dataset": "digits", "model": "ce_fixed", "augmentation": "none", "noise": "0.0",
+        "seed": "1",
+    }
+    assert list(lists["noisy_labels_jobs"]) == ["digits-0.0-0", "digits-0.0-1"]
+
+
+def test_every_stage_name_of_the_default_params_is_one_dvc_lock_records():
+    # the names dvc.yaml now gives the default grid's jobs are those its matrices gave them,
+    # under which the committed dvc.lock (and the lineage read from it) records their runs
+    import yaml
+
+    locked = set(yaml.safe_load((ROOT / stages.LOCK_FILE).read_text())["stages"])
+    lists = job_lists(default_params()["grid"])
+    names = set()
+    for stage in (s for s in stages.STAGES if s.matrix):
+        var = "noisy_labels_jobs" if stage is stages.NOISY_LABELS else "train_jobs"
+        names |= {f"{stage.name}@{key}" for key in lists[var]}
+    assert len(names) == 10 + 3 * 30 and names <= locked
+
+
+@pytest.mark.parametrize("run_sets,axes,message", [
+    ({"geometry_study": {}}, {}, r"grid\.run_sets\.geometry_study is an empty sub-grid \(\{\}\)"),
+    ({"geometry_study": None}, {}, r"grid\.run_sets\.geometry_study is an empty sub-grid"),
+    ({"geometry_study": {"seeds": []}}, {},
+     r"grid\.run_sets\.geometry_study is an empty sub-grid \(seeds: \[\]\): it adds no runs"),
+    ({"late": {"noise_fractions": [0.9]}}, {},
+     r"grid\.run_sets\.late\.noise_fractions lists \[0\.9\], not in grid\.noise_fractions"),
+    ({"a": {"seeds": [0]}}, {}, r"grid\.seeds lists \[1\], which no run set uses"),
+    ({"a": {"augmentations": ["none"]}}, {"augmentations": ["none", "standard"]},
+     r"grid\.augmentations lists \['standard'\], which no run set uses"),
+    ({"a": {"noise": [0.0]}}, {}, r"unknown key 'grid\.run_sets\.a\.noise'"),
+    ({}, {}, r"grid\.run_sets: \{\} should be non-empty"),
+    ({"A": {"seeds": [0]}}, {}, r"grid\.run_sets: 'A' does not match"),
+])
+def test_a_bad_run_set_is_an_error_naming_it(run_sets, axes, message):
+    with pytest.raises(ParamsError, match=message):
+        validate_params(with_run_sets(run_sets, **axes), "params.yaml")
+
+
+def test_every_dataset_and_augmentation_of_the_axes_needs_a_run():
+    from pipeline.datasets import REGISTRY
+
+    other = next(n for n in REGISTRY if n.startswith("cifar"))
+    params = with_run_sets({"a": {"datasets": ["digits"], "augmentations": ["none"]},
+                            "b": {"datasets": [other], "augmentations": ["standard"]}},
+                           datasets=["digits", other], augmentations=["none", "standard"])
+    params["datasets"][other] = {"archive": "data/raw/x.tar.gz"}
+    with pytest.raises(ParamsError, match=r"no run of dataset 'digits' with augmentation "
+                                          r"'standard'"):
+        validate_params(params)
+
+
+def test_an_unchanged_single_product_grid_still_validates_as_before():
+    params = default_params()
+    assert validate_params(params) is params
+    assert stages.RUN_SETS not in params["grid"]
+
+
+def test_dvc_stops_a_stage_when_dvc_yaml_lists_another_grids_jobs(tmp_path, monkeypatch):
+    grid = default_params()["grid"]
+    (tmp_path / "params.yaml").write_text("")
+    (tmp_path / "dvc.yaml").write_text("# header\n# Jobs of the grid with digest 0123\n")
+    check_dvc_yaml_grid(tmp_path / "params.yaml", grid)  # not under DVC: nothing to check
+    monkeypatch.setenv("DVC_STAGE", "aggregate")
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    with pytest.raises(ParamsError, match=rf"grid has digest {digest(grid)}, but dvc.yaml lists "
+                                          r"the jobs of grid 0123: run `python -m pipeline "
+                                          r"dvc-yaml`"):
+        check_dvc_yaml_grid(tmp_path / "params.yaml", grid)
+    check_dvc_yaml_grid(Path(tmp_path / "other.yaml"), grid)  # another params file: no check
+    (tmp_path / "dvc.yaml").write_text(f"# Jobs of the grid with digest {digest(grid)}\n")
+    check_dvc_yaml_grid(tmp_path / "params.yaml", grid)
