@@ -466,7 +466,7 @@ def probe_accuracies(embeddings: Path, dim: int, num_classes: int, batch_size: i
     z = np.concatenate([p[1] for p in parts])  # (N + M, h)
     noisy, clean = (np.concatenate([p[i] for p in parts]) for i in (2, 3))
     predict, iterations, converged = linear_probe(
-        z[is_train], noisy[is_train], float(settings["inverse_regularisation"]),
+        z[is_train], noisy[is_train], num_classes, float(settings["inverse_regularisation"]),
         int(settings["max_iterations"]),
     )
     train_pred = predict(z[is_train])

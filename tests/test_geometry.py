@@ -593,3 +593,24 @@ def test_probe_matches_scikit_learn_fitted_by_hand(tmp_path):
     assert m["probe_test_accuracy"] == pytest.approx(
         reference.score(test_z, np.repeat(np.arange(3), 10)))
     assert 0.5 < m["probe_train_accuracy_noisy"] < 1.0  # neither trivial nor separable
+
+
+def test_probe_objective_is_scikit_learns():
+    """Our objective's gradient vanishes at scikit-learn's solution (same minimum), and it
+    matches finite differences."""
+    from scipy.optimize import approx_fprime
+    from sklearn.linear_model import LogisticRegression
+
+    from pipeline.collapse import _probe_objective
+
+    rng = np.random.default_rng(5)
+    y = np.repeat(np.arange(3), 20)
+    x = rng.normal(size=(60, 4)) + np.eye(3, 4)[y]
+    ref = LogisticRegression(C=0.7, max_iter=5000, tol=1e-12).fit(x, y)
+    theta = np.concatenate([ref.coef_.ravel(), ref.intercept_])
+    _, grad = _probe_objective(theta, x, y, 3, 0.7)
+    assert np.abs(grad).max() < 1e-6
+    probe = np.concatenate([rng.normal(size=12), rng.normal(size=3)])
+    _, grad = _probe_objective(probe, x, y, 3, 0.7)
+    numeric = approx_fprime(probe, lambda t: _probe_objective(t, x, y, 3, 0.7)[0], 1e-7)
+    np.testing.assert_allclose(grad, numeric, rtol=1e-4, atol=1e-6)
