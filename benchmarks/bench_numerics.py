@@ -74,6 +74,8 @@ def time_stages(env: dict[str, str], model: str) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=1, help="runs per cell (minimum kept)")
+    parser.add_argument("--write-doc", action="store_true",
+                        help="write the table into README.md (measured:numerics block)")
     args = parser.parse_args()
     results: dict[tuple[str, str], dict[str, float]] = {}
     for model in ("supcon", "ce"):
@@ -81,13 +83,20 @@ def main() -> None:
             runs = [time_stages(env, model) for _ in range(args.repeat)]
             results[(model, name)] = {s: min(r[s] for r in runs) for s in runs[0]}
     stages = list(next(iter(results.values())))
-    print(f"{'model':<7} {'setting':<30}" + "".join(f"{s:>13}" for s in stages) + "  vs native")
+    lines = [f"{'model':<7} {'setting':<30}" + "".join(f"{s:>13}" for s in stages) + "  vs native"]
     for (model, name), times in results.items():
         native = sum(results[(model, "native")].values())
-        print(f"{model:<7} {name:<30}" + "".join(f"{times[s]:>12.2f}s" for s in stages)
-              + f"  {sum(times.values()) / native:>8.2f}x")  # fmt: skip
-    print(f"cpu: {numerics.cpu_model()}; repeat {args.repeat}; torch "
-          f"{numerics.record().get('torch')}; times include each job's start-up")
+        lines.append(f"{model:<7} {name:<30}" + "".join(f"{times[s]:>12.2f}s" for s in stages)
+                     + f"  {sum(times.values()) / native:>8.2f}x")  # fmt: skip
+    lines.append(f"cpu: {numerics.cpu_model()}; repeat {args.repeat}; torch "
+                 f"{numerics.record().get('torch')}; times include each job's start-up")
+    print("\n".join(lines))
+    if args.write_doc:
+        from pipeline.results import write_measurement
+
+        write_measurement(ROOT / "README.md", "numerics",
+                          f"python benchmarks/bench_numerics.py --repeat {args.repeat} "
+                          "--write-doc", "\n".join(lines))  # fmt: skip
 
 
 if __name__ == "__main__":

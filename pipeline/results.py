@@ -264,6 +264,20 @@ def _with_block(readme: str, block: str) -> str:
     return head + block + rest.split(END, 1)[1]
 
 
+def write_measurement(path: Path, name: str, command: str, text: str) -> None:
+    """Replace the block ``<!-- measured:name -->`` ... ``<!-- /measured:name -->`` of a doc
+    with a benchmark's printed table: benchmarks write their own numbers into the docs, so
+    none is typed by hand (``--write-doc`` of benchmarks/time_make_run.py, bench_numerics.py).
+    """
+    begin, end = f"<!-- measured:{name} -->", f"<!-- /measured:{name} -->"
+    doc = Path(path).read_text()
+    if begin not in doc or end not in doc:
+        raise ValueError(f"{path}: no {begin} ... {end} block to fill")
+    head, rest = doc.split(begin, 1)
+    block = f"{begin}\nPrinted by `{command}`:\n\n```\n{text.rstrip()}\n```\n{end}"
+    Path(path).write_text(head + block + rest.split(end, 1)[1])
+
+
 def lock_drift(root: Path) -> list[str] | None:
     """What a run changed in the committed dvc.lock: each output whose md5 moved, as text.
 
