@@ -46,7 +46,8 @@ import pathspec
 import yaml
 
 from pipeline import provenance, stages
-from pipeline.config import MISSING, ParamsError, differences, digest, lookup
+from pipeline.config import ParamsError, digest, lookup
+from pipeline.nested import MISSING, differences
 
 LOCK_FILE = stages.LOCK_FILE
 DATASET_PARAM = "datasets."  # a stage reading `datasets.<name>` reads that raw dataset
