@@ -19,8 +19,13 @@ from pathlib import Path
 
 
 def timed(cmd: list[str], cwd: Path, env: dict) -> float:
+    """Seconds ``cmd`` took; its output goes to a log beside the clone, named on failure."""
+    log = cwd.parent / f"{'-'.join(cmd)}.log"
     start = time.perf_counter()
-    subprocess.run(cmd, cwd=cwd, env=env, check=True, stdout=subprocess.DEVNULL)
+    with open(log, "w") as out:
+        result = subprocess.run(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    if result.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed (exit {result.returncode}); see {log}")
     return time.perf_counter() - start
 
 
@@ -45,6 +50,9 @@ def main() -> None:
                                 capture_output=True, text=True).stdout.strip()  # fmt: skip
         rerun = timed(["make", "run"], clone, env)  # everything up to date: the fixed cost
         test = timed(["make", "test"], clone, env) if args.with_test else None
+    except SystemExit:
+        args.keep = True  # the failing step's log stays
+        raise
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
