@@ -15,14 +15,21 @@ import pytest
 
 from pipeline import devices
 
-# A job as Snakemake would start it: claim a slot, record the interval, exit.
+# A job as Snakemake would start it: claim a slot, record the interval, exit. Until as many
+# jobs as there are slots have held one, each holder waits (at most 5 s) for the others: so
+# the first wave fills every slot however slowly a loaded machine starts the interpreters.
 JOB = """
-import json, sys, time
+import json, os, sys, time
 from pathlib import Path
 from pipeline.devices import acquire_slot
 slots, lock_dir, out = sys.argv[1].split(","), Path(sys.argv[2]), Path(sys.argv[3])
-claim = acquire_slot(slots, lock_dir, int(sys.argv[4]), poll_seconds=0.005)
+per_device = int(sys.argv[4])
+claim = acquire_slot(slots, lock_dir, per_device, poll_seconds=0.005)
 start = time.monotonic()
+(lock_dir / f"held-{os.getpid()}").touch()
+deadline = start + 5.0
+while len(list(lock_dir.glob("held-*"))) < len(slots) * per_device and time.monotonic() < deadline:
+    time.sleep(0.005)
 time.sleep(0.02)
 out.write_text(json.dumps({"slot": slots[claim.index], "sub": claim.slot, "start": start,
                            "end": time.monotonic()}))

@@ -27,8 +27,10 @@ CATEGORIES = {
     "geometry": "Geometry of the representations (Section 5.2)",
     "iterations_to_fit": "Iterations to fit noisy labels (Section 5.3)",
     "gap_vs_accuracy": "Gap to the optimum vs generalisation",
+    "collapse": "Neural collapse NC1-NC4 and accuracies",
     "training_curves": "Training curves",
 }
+CLAIMS_CATEGORY = "Claims of the paper, judged"
 FREE_FEATURES_CATEGORY = "Free features (Section 5.1)"
 
 # Run inside the report after it has loaded: open every result of every category the way a
@@ -103,6 +105,7 @@ def test_report_registers_every_figure_with_caption_and_category(project, report
     filed = {path for subcategories in categories.values() for paths in subcategories.values()
              for path in paths}  # fmt: skip
     assert filed == set(results)  # every registered result has a category
+    assert categories[CLAIMS_CATEGORY] == {"Other": [stages.CLAIMS_CSV]}  # the claims table
     free = sorted(p.relative_to(project).as_posix()
                   for p in (project / stages.FREE_FEATURES_FIGURES).glob("*.png"))  # fmt: skip
     assert free and set(free) <= {path for paths in categories[FREE_FEATURES_CATEGORY].values()
@@ -135,7 +138,8 @@ def test_report_shows_every_figure_in_headless_chromium(project, report, tmp_pat
     figures = {f"{stages.FIGURES_DIR}/{p.name}": png_size(p)
                for p in (project / stages.FIGURES_DIR).glob("*.png")}  # fmt: skip
     shown = {item["path"]: item for item in data["shown"]}
-    assert set(shown) == set(data["results"]) and set(figures) <= set(shown)
+    images = {path for path in data["results"] if path.endswith(".png")}  # claims.csv: a table
+    assert set(shown) == images and set(figures) <= set(shown)
     for path in figures:
         item = shown[path]
         kind = Path(path).stem.removesuffix("_digits")
@@ -150,13 +154,17 @@ def test_dvc_metrics_show_lists_every_run_of_the_grid_and_the_growth_fits(projec
     grid = yaml.safe_load((project / "params.yaml").read_text())["grid"]
     expected = {stages.fill(stages.GEOMETRY_METRICS, **j)
                 for j in stages.grid_jobs(stages.GEOMETRY, grid)}  # fmt: skip
-    assert set(files) == expected | {stages.GROWTH_METRICS}
+    assert set(files) == expected | {stages.GROWTH_METRICS, stages.CLAIMS_METRICS}
     growth = files.pop(stages.GROWTH_METRICS)["data"]
     assert set(growth["digits"]["none"]) == set(grid["models"])
     for fit in growth["digits"]["none"].values():
-        # The tiny grid has one run at p > 0: it fit (a point) or it did not (no point).
-        assert fit["noise_fractions_used"] + fit["runs_not_fit"] == 1
-        assert "exponent" not in fit  # null (no line through < 2 points): DVC drops it
+        # The tiny grid has one run at p > 0: no line through one noise fraction.
+        assert fit["runs_used"] == 1
+        assert "exponent" not in fit  # null: DVC drops it
+    verdicts = files.pop(stages.CLAIMS_METRICS)["data"]
+    assert verdicts.pop("numerics")["mode"] == "portable"  # how the stage computed
+    assert verdicts and {v["verdict"] for v in verdicts.values()} <= {
+        "replicates", "does not", "inconclusive"}
     for path, entry in files.items():
         written = json.loads((project / path).read_text())
         assert entry["data"] == {k: v for k, v in written.items() if v is not None}
