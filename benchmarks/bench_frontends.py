@@ -13,6 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_slurm_planning import copy_project  # noqa: E402  (benchmarks/ is sys.path[0])
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -25,14 +27,8 @@ def timed(cmd: list[str], cwd: Path) -> tuple[float, str]:
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         project = Path(tmp) / "project"
-        files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-                               cwd=ROOT, capture_output=True, text=True, check=True)
-        for name in files.stdout.splitlines():
-            if (ROOT / name).is_file() and not name.startswith("tests/"):
-                (project / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(ROOT / name, project / name)
+        copy_project(project)
         shutil.copy2(ROOT / "presets/paper.yaml", project / "params.yaml")
-        subprocess.run(["git", "init", "-q"], cwd=project, check=True)
         subprocess.run([sys.executable, "-m", "pipeline", "dvc-yaml"], cwd=project, check=True)
         bin_dir = Path(sys.executable).parent
         smk, out = timed([str(bin_dir / "snakemake"), "-n", "--cores", "4", "--quiet", "rules"],
