@@ -45,5 +45,8 @@ lint: install
 	ruff check pipeline tests
 	snakemake --lint
 
+# Every pipeline output lies under data/ (ignored by git, tracked by DVC); only data/README.md
+# is committed. The DVC cache and remote stay, so `dvc checkout` can bring outputs back.
 clean:
-	rm -rf .snakemake logs data/labels data/models data/logs data/embeddings data/geometry data/summary data/figures
+	rm -rf .snakemake logs
+	find data -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +
