@@ -51,6 +51,7 @@ from pipeline.figures import new_figure, save_figure, style
 from pipeline.geometry import pairwise_cosines, row_cosines
 from pipeline.io import atomic_dir, write_parquet
 from pipeline.losses import cross_entropy_loss, supcon_loss
+from pipeline.optim import Adam
 from pipeline.simplex import regular_simplex
 
 log = logging.getLogger(__name__)
@@ -313,7 +314,7 @@ def optimise(run: Run, section: dict, seed: int, snapshots=()) -> tuple[list[dic
     problem = Problem(run, section, generator)
     total, every = int(section["iterations"]), int(section["log_every"])
     lr = float(section["learning_rate"])
-    optimizer = torch.optim.Adam(problem.params, lr=lr)
+    optimizer = Adam(problem.params, lr=lr)  # torch.optim.Adam's update, without its wrapping
     base = {
         "experiment": "grid",
         "loss_name": run.loss_name,
@@ -337,13 +338,12 @@ def optimise(run: Run, section: dict, seed: int, snapshots=()) -> tuple[list[dic
             window = []
         if step == total:
             break
-        for group in optimizer.param_groups:
-            group["lr"] = cosine_learning_rate(lr, step, total)
+        optimizer.lr = cosine_learning_rate(lr, step, total)
         idx = None
         if run.batch_size is not None:
             idx = torch.randint(run.num_samples, (run.batch_size,), generator=generator)
         loss = problem.loss(idx)
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         window.append(loss.item())

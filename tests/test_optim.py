@@ -1,11 +1,13 @@
-"""pipeline.sgd.SGD against torch.optim.SGD: the same parameters, bit for bit."""
+"""pipeline.optim against torch.optim (SGD, Adam): the same parameters, bit for bit."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 
-from pipeline.sgd import SGD
+from pipeline.optim import SGD, Adam
 
 
 def _model(seed: int) -> torch.nn.Module:
@@ -59,3 +61,24 @@ def test_load_state_of_another_model_is_refused():
     opt = SGD(_model(0).parameters(), lr=0.1, momentum=0.9, weight_decay=0.0)
     with pytest.raises(ValueError, match="holds 1 momentum buffers, the model has 6"):
         opt.load_state_dict({"momentum_buffer": [None]})
+
+
+@pytest.mark.parametrize("lr", [0.05, 1e-3])
+def test_adam_matches_torch_adam_bit_for_bit(lr):
+    ours, ref = _model(4), _model(4)
+    ours_opt = Adam(ours.parameters(), lr=lr)
+    ref_opt = torch.optim.Adam(ref.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(5)
+    for step in range(9):
+        x = torch.randn(16, 6, generator=gen)
+        rate = lr * 0.5 * (1 + math.cos(math.pi * step / 9))  # a new lr every step
+        ours_opt.lr = rate
+        for group in ref_opt.param_groups:
+            group["lr"] = rate
+        for net, opt in ((ours, ours_opt), (ref, ref_opt)):
+            opt.zero_grad()
+            net(x).square().mean().backward()
+            opt.step()
+    for a, b in zip(ours.parameters(), ref.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert not torch.equal(ours[0].weight, _model(4)[0].weight)  # it moved
