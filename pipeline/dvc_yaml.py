@@ -115,7 +115,15 @@ def record() -> int:
     write_dvc_yaml(path)
     if path.read_text() != before:
         print(f"{path}: re-rendered for the grid of {stages.PARAMS_FILE}", file=sys.stderr)
+    # From an empty lock: `dvc commit` keeps the entries of stages dvc.yaml no longer lists
+    # (a noise fraction or run set dropped from the grid), and dvc.lock must record this
+    # pipeline's stages only. The old lock comes back if the commit fails.
+    lock = Path(stages.LOCK_FILE)
+    saved = lock.read_bytes() if lock.exists() else None
+    lock.unlink(missing_ok=True)
     result = subprocess.run(["dvc", "commit", "--force", "--quiet"], check=False)
+    if result.returncode != 0 and saved is not None:
+        lock.write_bytes(saved)
     if result.returncode != 0:
         print(
             "warning: `dvc commit` failed, so dvc.lock does not record this run (were all "

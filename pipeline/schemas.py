@@ -24,7 +24,7 @@ TRAIN_LOG = pa.schema(
         ("iteration", pa.int64()),  # number of SGD steps done when the row was taken
         ("learning_rate", pa.float64()),  # of the last step
         ("loss", pa.float64()),  # mean training loss over the steps since the last row
-        ("supcon_loss", pa.float64()),  # same window; for ce models tracked, not optimised
+        ("supcon_loss", pa.float64()),  # same window; ce models: tracked on every 5th step
         # supcon's optimum: its exact expectation at the collapsed unit-sphere simplex under
         # the training sampler (theory.expected_supcon_optimum; noisy label frequencies)
         ("supcon_optimum", pa.float64()),

@@ -145,7 +145,7 @@ _TRAIN_CODE = (
     "pipeline/datasets.py",
     "pipeline/batches.py",
     "pipeline/devices.py",
-    "pipeline/sgd.py",
+    "pipeline/optim.py",
     *_SHARED_CODE,
 )
 
@@ -236,6 +236,7 @@ FREE_FEATURES = Stage(
     params=("free_features",),
     code=(
         "pipeline/free_features.py",
+        "pipeline/optim.py",
         "pipeline/theory.py",
         "pipeline/losses.py",
         "pipeline/simplex.py",

@@ -92,6 +92,7 @@ def default_params() -> dict:
 def tiny_params() -> dict:
     """The default params cut down to seconds of CPU: 3 models x 2 noise levels x 1 seed."""
     p = copy.deepcopy(default_params())
+    p["grid"].pop("run_sets", None)  # one product of the axes below
     p["grid"]["noise_fractions"] = [0.0, 0.3]
     p["grid"]["seeds"] = [0]
     p["train"]["common"].update(hidden_dims=[64], iterations=60, eval_every=20, batch_size=64)

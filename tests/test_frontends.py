@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import itertools
 import re
 import subprocess
 import sys
@@ -66,8 +67,12 @@ def check_identical_jobs(root, grid) -> None:
 
 def test_snakemake_and_dvc_run_identical_commands_with_identical_outputs(params):
     grid = params["grid"]
-    runs = len(grid["models"]) * len(grid["noise_fractions"]) * len(grid["seeds"])
-    assert len(stages.grid_jobs(stages.TRAIN, grid)) == runs  # one product: all of it
+    axes = ("datasets", "models", "augmentations", "noise_fractions", "seeds")
+    runs = {  # the union of the run sets' products, each run once
+        run for sub in (grid.get("run_sets") or {"all": {}}).values()
+        for run in itertools.product(*((sub or {}).get(a, grid[a]) for a in axes))
+    }
+    assert len(stages.grid_jobs(stages.TRAIN, grid)) == len(runs)
     check_identical_jobs(ROOT, grid)
 
 

@@ -70,6 +70,12 @@ def check_results_cover_exactly_the_grid(root: Path, params: dict) -> None:
                 assert set(record["inputs"]) == expected[kind], (kind, fmt)
                 assert record["params"]["grid"] == grid
     assert json.loads(sh("dvc", "status", "--json", cwd=root).stdout) == {}
+    # dvc.lock records exactly the stages dvc.yaml now lists: none of a dropped run is left
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        listed = {s.name for s in repo.index.stages}
+    assert set(yaml.safe_load((root / stages.LOCK_FILE).read_text())["stages"]) == listed
     sh(sys.executable, "-m", "pipeline", "lineage", stages.SUMMARY_CSV, "--verify", cwd=root)
 
 
