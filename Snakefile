@@ -2,7 +2,7 @@
 
 Run from the repository root: `snakemake --cores all` (add `--resources gpu=N` on a GPU
 machine). Reads params.yaml, or the one file given with `--configfile`. Every job runs the
-same command as the matching DVC stage (both come from pipeline/stages.py), and after a
+same command as the matching DVC stage (both come from pipeline/infra/stage_table.py), and after a
 successful run the results are recorded into dvc.lock, so `dvc status` is clean.
 """
 
@@ -13,10 +13,14 @@ report: "report/workflow.rst"
 
 
 include: "rules/common.smk"
-include: "rules/data.smk"
+include: "rules/noisy_labels.smk"
 include: "rules/train.smk"
-include: "rules/analysis.smk"
-include: "rules/theory.smk"
+include: "rules/embed.smk"
+include: "rules/geometry.smk"
+include: "rules/aggregate.smk"
+include: "rules/figures.smk"
+include: "rules/free_features.smk"
+include: "rules/claims.smk"
 
 
 rule all:

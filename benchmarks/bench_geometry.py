@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from pipeline import io, schemas
+from pipeline.infra import io, schemas
 
 STAGE = """
 import sys
 from pathlib import Path
-from pipeline.geometry import measure_geometry
+from pipeline.stages.geometry import measure_geometry
 d = Path(sys.argv[1])
 probe = {"inverse_regularisation": 1.0, "max_iterations": 1000}
 measure_geometry({"geometry": {"fit_threshold": 1.0, "probe": probe}}, dataset="synthetic",

@@ -7,7 +7,7 @@ Each stage runs through its real CLI (start-up included, as a Snakemake or DVC j
 on the default digits params, for a supcon and a ce run, under:
 
 - native: every library picks its fastest kernels (PIPELINE_NUMERICS=native);
-- portable: the shipped setting (pipeline/numerics.py: PyTorch AVX2 kernels, MKL COMPATIBLE);
+- portable: the shipped setting (pipeline/infra/numerics.py: PyTorch AVX2 kernels, MKL COMPATIBLE);
 - portable, ATen default: the same but PyTorch without vector kernels (portable too, slower);
 - MKL AVX2 branch: PyTorch AVX2 kernels with MKL's AVX2 CNR branch - fast, but Intel
   documents it as reproducible on Intel CPUs only, so not portable across vendors.
@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline import numerics  # noqa: E402
+from pipeline.infra import numerics  # noqa: E402
 
 PORTABLE = numerics.PORTABLE_ENVIRONMENT
 SETTINGS = {
@@ -92,7 +92,7 @@ def main() -> None:
                  f"{numerics.record().get('torch')}; times include each job's start-up")
     print("\n".join(lines))
     if args.write_doc:
-        from pipeline.results import write_measurement
+        from pipeline.infra.results import write_measurement
 
         write_measurement(ROOT / "README.md", "numerics",
                           f"python benchmarks/bench_numerics.py --repeat {args.repeat} "

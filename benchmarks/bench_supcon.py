@@ -1,4 +1,4 @@
-"""Supcon forward + backward on the CPU: pipeline.losses.supcon_loss against a reference.
+"""Supcon forward + backward on the CPU: pipeline.maths.losses.supcon_loss against a reference.
 
 The reference is the straightforward formulation popularised by the SupContrast code base
 (Khosla et al. 2020), written here from its description: a full similarity matrix divided by
@@ -12,7 +12,7 @@ configuration checks that both losses and their gradients agree (|loss differenc
 relative); a disagreement exits with status 1.
 
 The "products" column times only the matrix products ours cannot avoid: its Gram matrix (upper
-row blocks only, pipeline.losses._scaled_gram) and the one (b, b) @ (b, d) product of its
+row blocks only, pipeline.maths.losses._scaled_gram) and the one (b, b) @ (b, d) product of its
 backward pass. "ceiling" is the reference's time over that: the speedup ours would reach if
 everything else it does (softmax, class sums, autograd bookkeeping) cost nothing. The
 reference does three full b^2 d products (one forward, two in autograd's backward).
@@ -28,7 +28,7 @@ import time
 
 import torch
 
-from pipeline.losses import _scaled_gram, supcon_loss
+from pipeline.maths.losses import _scaled_gram, supcon_loss
 
 CONFIGS = [(256, 128), (256, 512), (1024, 128), (1024, 512)]  # (b, d)
 TEMPERATURE = 0.1  # the paper's

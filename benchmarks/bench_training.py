@@ -1,7 +1,7 @@
 """Training throughput (images/s): our device-resident loop vs a DataLoader loop vs bare
 forward/backward, same model (ResNet-18, CIFAR variant), batch, loss and device.
 
-- ours: pipeline.train.Trainer.step — uint8 data on the device, whole-batch augmentation;
+- ours: pipeline.stages.train.Trainer.step — uint8 data on the device, whole-batch augmentation;
   all three loops share the SGD step itself (Trainer.update), so only data handling differs;
 - dataloader: what the authors' code does — a Dataset with per-sample torchvision
   transforms (RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor, Normalize),
@@ -22,10 +22,10 @@ import time
 import numpy as np
 import torch
 
-from pipeline import datasets
-from pipeline.batches import channel_statistics
-from pipeline.models import ModelConfig
-from pipeline.train import TrainConfig, Trainer
+from pipeline.infra import datasets
+from pipeline.maths.batches import channel_statistics
+from pipeline.maths.models import ModelConfig
+from pipeline.stages.train import TrainConfig, Trainer
 
 
 def synthetic_cifar(n_train: int, seed: int = 0) -> datasets.Data:

@@ -29,8 +29,8 @@ PY
 echo "== 1. CUDA agrees with the CPU"
 python3 - <<'PY'
 import numpy as np, torch
-from pipeline.losses import supcon_loss
-from pipeline.batches import random_crop_flip
+from pipeline.maths.losses import supcon_loss
+from pipeline.maths.batches import random_crop_flip
 g = np.random.default_rng(0)
 z = torch.nn.functional.normalize(torch.tensor(g.normal(size=(256, 512))), dim=1)
 y = torch.tensor(g.integers(0, 10, 256))

@@ -1,6 +1,6 @@
 """Thin command line over the stage functions: ``python -m pipeline <stage> ...``.
 
-Options are derived from the stage table (pipeline.stages), so the CLI, Snakemake and DVC
+Options are derived from the stage table (pipeline.infra.stage_table), so the CLI, Snakemake and DVC
 agree on every flag. Each stage function receives only the params keys its stage declares.
 Stage modules are imported lazily: a geometry job should not pay for importing torch.
 """
@@ -13,33 +13,19 @@ import logging
 import sys
 from pathlib import Path
 
-from pipeline import numerics, stages
-from pipeline.config import ParamsError, load_params, select
-from pipeline.io import output_locks
-
-# stage name -> (module, function)
-ENTRY_POINTS = {
-    "noisy_labels": ("pipeline.noise", "make_noisy_labels"),
-    "train": ("pipeline.train", "train"),
-    "embed": ("pipeline.embed", "extract_embeddings"),
-    "geometry": ("pipeline.geometry", "measure_geometry"),
-    "aggregate": ("pipeline.aggregate", "aggregate_runs"),
-    "figures": ("pipeline.figures", "draw_figures"),
-    "free_features": ("pipeline.free_features", "free_features"),
-    "claims": ("pipeline.claims", "tabulate_claims"),
-}
-
-WILDCARD_TYPES = {"dataset": str, "model": str, "augmentation": str, "noise": float, "seed": int}
+from pipeline.infra import numerics, stage_table
+from pipeline.infra.config import ParamsError, load_params, select
+from pipeline.infra.io import output_locks
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for stage in stages.STAGES:
+    for stage in stage_table.STAGES:
         p = sub.add_parser(stage.name, help=f"run stage {stage.name}")
-        p.add_argument("--params", default=stages.PARAMS_FILE, help="params file")
+        p.add_argument("--params", default=stage_table.PARAMS_FILE, help="params file")
         for w in stage.matrix:
-            p.add_argument(f"--{w}", required=True, type=WILDCARD_TYPES[w])
+            p.add_argument(f"--{w}", required=True, type=stage_table.WILDCARD_TYPES[w])
         for name in [*stage.deps, *stage.outs]:
             p.add_argument(f"--{name.replace('_', '-')}", dest=name, required=True, type=Path)
         p.add_argument("--log", type=Path, help="also write the log to this file")
@@ -50,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true",
                    help="write nothing; exit 1 naming any drift from the committed text or "
                    "dvc.lock")  # fmt: skip
-    p = sub.add_parser("dvc-yaml", help="render dvc.yaml from pipeline/stages.py")
+    p = sub.add_parser("dvc-yaml", help="render dvc.yaml from pipeline/infra/stage_table.py")
     p.add_argument("--check", action="store_true", help="exit 1 if dvc.yaml is out of date")
     p.add_argument("--output", type=Path, default=Path("dvc.yaml"))
     sub.add_parser("record", help="record finished outputs into dvc.lock (dvc commit)")
@@ -98,12 +84,11 @@ def _setup_logging(log_file: Path | None) -> None:
     )
 
 
-def run_stage(stage: stages.Stage, args: argparse.Namespace) -> object:
+def run_stage(stage: stage_table.Stage, args: argparse.Namespace) -> object:
     params = load_params(args.params)
     wildcards = {w: getattr(args, w) for w in stage.matrix}
     keys = [key.format(**{w: str(v) for w, v in wildcards.items()}) for key in stage.params]
-    module, function = ENTRY_POINTS[stage.name]
-    fn = getattr(importlib.import_module(module), function)
+    fn = getattr(importlib.import_module(stage.module), stage.entry)
     files = {name: getattr(args, name) for name in [*stage.deps, *stage.outs]}
     with output_locks(getattr(args, name) for name in stage.outs):
         return fn(select(params, keys, args.params), **wildcards, **files)
@@ -112,34 +97,34 @@ def run_stage(stage: stages.Stage, args: argparse.Namespace) -> object:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "dvc-yaml":
-        from pipeline.dvc_yaml import write_dvc_yaml
+        from pipeline.infra.frontends import write_dvc_yaml
 
         return write_dvc_yaml(args.output, check=args.check)
     if args.command == "results":
-        from pipeline.results import main as results
+        from pipeline.infra.results import main as results
 
         return results(Path("."), check=args.check)
     if args.command == "record":
-        from pipeline.dvc_yaml import record
+        from pipeline.infra.frontends import record
 
         return record()
     if args.command == "sync-snakemake":
-        from pipeline.dvc_yaml import sync_snakemake
+        from pipeline.infra.frontends import sync_snakemake
 
         return sync_snakemake()
     if args.command == "lineage":
-        from pipeline.lineage import main as lineage
+        from pipeline.infra.lineage import main as lineage
 
         return lineage(args.artifact, args.repo, verify=args.verify, as_json=args.json)
     if args.command == "audit":
-        from pipeline.audit import audit
+        from pipeline.infra.audit import audit
 
         return audit(args.artifact, args.repo, jobs=args.jobs, keep=args.keep)
     _setup_logging(args.log)
     log = logging.getLogger("pipeline")
     try:
         numerics.mode()  # an unknown PIPELINE_NUMERICS stops the job before it computes
-        run_stage(stages.BY_NAME[args.command], args)
+        run_stage(stage_table.BY_NAME[args.command], args)
     except (ParamsError, ValueError, ArithmeticError, OSError) as e:
         # Expected failures (bad params, bad or missing input, divergence): one clear line
         # naming the value and its source, no traceback, exit status 1.

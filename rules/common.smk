@@ -1,14 +1,14 @@
 # Shared by all rules: the validated params, and helpers that spell a pipeline stage
-# (pipeline/stages.py) in Snakemake's terms. Stage commands and paths are defined there
+# (pipeline/infra/stage_table.py) in Snakemake's terms. Stage commands and paths are defined there
 # once; DVC's dvc.yaml is rendered from the same table.
 import hashlib
 import json
 
 from snakemake.exceptions import WorkflowError
 
-from pipeline import stages as S
-from pipeline.config import ParamsError, load_params, select
-from pipeline.job_resources import job_resources
+from pipeline.infra import stage_table as S
+from pipeline.infra.config import ParamsError, load_params, select
+from pipeline.infra.job_resources import job_resources
 
 if len(workflow.overwrite_configfiles or []) > 1:
     raise WorkflowError("give at most one --configfile (a complete params file)")
@@ -76,7 +76,7 @@ def get_code_digest(stage):
 
 def get_resources(stage):
     """What one job asks a cluster for (GPUs, CPUs, mem_mb, runtime), sized from the params
-    (pipeline/job_resources.py). A local run ignores them unless --resources caps one."""
+    (pipeline/infra/job_resources.py). A local run ignores them unless --resources caps one."""
     return job_resources(stage.name, PARAMS)
 
 

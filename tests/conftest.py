@@ -15,6 +15,9 @@ import yaml
 
 import pipeline  # noqa: F401  first of the project: portable numerics before numpy/torch load
 
+# Fixtures and helpers shared by the train and embed tests (tests/runs.py).
+pytest_plugins = ("runs",)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Stage subprocesses must find `python -m pipeline` of this interpreter.

@@ -49,7 +49,7 @@ def artifact_digests(root: Path) -> dict[str, str]:
 
 def settings_in_force() -> dict:
     """What decides the bytes here: the numerics mode and settings, the versions, the CPU."""
-    from pipeline import numerics
+    from pipeline.infra import numerics
 
     return {
         **numerics.record(),

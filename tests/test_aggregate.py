@@ -1,4 +1,4 @@
-"""pipeline.aggregate: per-run table and across-seed summary of synthetic geometry metrics."""
+"""Stage aggregate: per-run table and across-seed summary of synthetic geometry metrics."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import schemas, stages
-from pipeline.aggregate import aggregate_runs
-from pipeline.io import InputError, write_parquet
+from pipeline.infra import schemas, stage_table
+from pipeline.infra.io import InputError, write_parquet
+from pipeline.stages.aggregate import aggregate_runs
 
 # Model order deliberately not alphabetical: the outputs must keep the grid's order.
 GRID = {"datasets": ["digits"], "models": ["supcon", "ce"], "augmentations": ["none"],
@@ -60,7 +60,7 @@ def write_run(geometry_dir, metrics: dict, noise_text: str | None = None) -> Non
         "noise": noise_text or str(metrics["noise_fraction"]),
         "seed": str(metrics["seed"]),
     }
-    path = stages.run_file(stages.GEOMETRY_METRICS, geometry_dir, **job)
+    path = stage_table.run_file(stage_table.GEOMETRY_METRICS, geometry_dir, **job)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(metrics, indent=2, sort_keys=True))
 
@@ -78,11 +78,11 @@ def log_for(noise: float, seed: int) -> pa.Table:
 
 def write_grid(geometry_dir, grid=GRID) -> None:
     """Every run's geometry metrics, and its training log in the sibling train_logs/."""
-    for job in stages.grid_jobs(stages.GEOMETRY, grid):
+    for job in stage_table.grid_jobs(stage_table.GEOMETRY, grid):
         noise, seed = float(job["noise"]), int(job["seed"])
         metrics = metrics_for(job["dataset"], job["model"], noise, seed)
         write_run(geometry_dir, metrics, job["noise"])
-        log = stages.run_file(stages.TRAIN_LOG, geometry_dir.parent / "train_logs", **job)
+        log = stage_table.run_file(stage_table.TRAIN_LOG, geometry_dir.parent / "train_logs", **job)
         write_parquet(log_for(noise, seed), log)
 
 
@@ -202,8 +202,9 @@ def test_extra_runs_on_disk_are_ignored(tmp_path, geometry_dir):
 
 
 def test_missing_run_is_an_error_naming_its_path(tmp_path, geometry_dir):
-    missing = stages.run_file(
-        stages.GEOMETRY_METRICS, geometry_dir, dataset="digits", model="ce", augmentation="none",
+    missing = stage_table.run_file(
+        stage_table.GEOMETRY_METRICS, geometry_dir, dataset="digits", model="ce",
+        augmentation="none",
         noise="1.0", seed="0"
     )
     missing.unlink()
@@ -213,8 +214,9 @@ def test_missing_run_is_an_error_naming_its_path(tmp_path, geometry_dir):
 
 
 def test_run_identity_must_match_its_path(tmp_path, geometry_dir):
-    path = stages.run_file(
-        stages.GEOMETRY_METRICS, geometry_dir, dataset="digits", model="ce", augmentation="none",
+    path = stage_table.run_file(
+        stage_table.GEOMETRY_METRICS, geometry_dir, dataset="digits", model="ce",
+        augmentation="none",
         noise="0.5", seed="1"
     )
     path.write_text(json.dumps(metrics_for("digits", "ce", 0.5, 0)))  # says seed 0
@@ -223,8 +225,9 @@ def test_run_identity_must_match_its_path(tmp_path, geometry_dir):
 
 
 def test_truncated_json_is_an_error_naming_its_path(tmp_path, geometry_dir):
-    path = stages.run_file(
-        stages.GEOMETRY_METRICS, geometry_dir, dataset="digits", model="ce", augmentation="none",
+    path = stage_table.run_file(
+        stage_table.GEOMETRY_METRICS, geometry_dir, dataset="digits", model="ce",
+        augmentation="none",
         noise="0.0", seed="0"
     )
     path.write_text(path.read_text()[:20])
@@ -243,7 +246,7 @@ def test_rerun_gives_byte_identical_files(tmp_path, geometry_dir):
 
 
 def test_growth_exponents_count_the_runs_that_never_fit(tmp_path):
-    from pipeline.statistics import censored_power_law
+    from pipeline.maths.statistics import censored_power_law
 
     geometry_dir = tmp_path / "geometry"
     write_grid(geometry_dir)
@@ -277,7 +280,7 @@ def test_training_curves_stack_every_log_of_the_grid_in_grid_order(tmp_path, geo
     identity = ["dataset", "model", "augmentation", "noise_fraction", "seed"]
     assert list(curves.columns) == identity + [f.name for f in schemas.TRAIN_LOG]
     runs = [(j["model"], float(j["noise"]), int(j["seed"]))
-            for j in stages.grid_jobs(stages.TRAIN, GRID)]  # fmt: skip
+            for j in stage_table.grid_jobs(stage_table.TRAIN, GRID)]  # fmt: skip
     assert list(zip(curves["model"], curves["noise_fraction"], curves["seed"], strict=True)) == [
         run for run in runs for _ in range(2)
     ]
@@ -288,7 +291,7 @@ def test_training_curves_stack_every_log_of_the_grid_in_grid_order(tmp_path, geo
 
 def test_a_missing_training_log_is_an_error_naming_its_path(tmp_path, geometry_dir):
     job = {"dataset": "digits", "model": "ce", "augmentation": "none", "noise": "0.5", "seed": "1"}
-    missing = stages.run_file(stages.TRAIN_LOG, tmp_path / "train_logs", **job)
+    missing = stage_table.run_file(stage_table.TRAIN_LOG, tmp_path / "train_logs", **job)
     missing.unlink()
     with pytest.raises(InputError, match=re.escape(str(missing))):
         aggregate(tmp_path)

@@ -15,7 +15,7 @@ import torch
 from conftest import sh
 from tiny_project import copy_of, git_commit, head
 
-from pipeline import audit as audit_module
+from pipeline.infra import audit as audit_module
 
 pytestmark = pytest.mark.e2e
 
@@ -111,7 +111,7 @@ def test_a_code_change_recorded_without_a_rerun_is_found_and_located(private):
     """geometry.py changed and committed, dvc.lock's code md5s re-recorded (`dvc commit -f`)
     without rerunning: the lock is not stale, but its geometry outputs were not made by the
     code it names."""
-    with open(private / "pipeline/geometry.py", "a") as f:
+    with open(private / "pipeline/stages/geometry.py", "a") as f:
         f.write(
             "\n\n_measured_cosines = GeometryAccumulator.cosines\n\n\n"
             "def _shifted_cosines(self):\n"

@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from pipeline.batches import PAD, DeviceImages, channel_statistics, random_crop_flip
+from pipeline.maths.batches import PAD, DeviceImages, channel_statistics, random_crop_flip
 
 
 def naive_crop_flip(image: np.ndarray, top: int, left: int, flip: bool) -> np.ndarray:

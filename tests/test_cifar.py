@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from tiny_cifar import write_tiny_cifar
 
-from pipeline import datasets
-from pipeline.datasets import CIFAR, DatasetError
-from pipeline.io import file_md5
+from pipeline.infra import datasets
+from pipeline.infra.datasets import CIFAR, DatasetError
+from pipeline.infra.io import file_md5
 
 
 @pytest.mark.parametrize("name,k,train_batches", [("cifar10", 10, 5), ("cifar100", 100, 1)])

@@ -11,8 +11,8 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from pipeline import claims
-from pipeline.io import write_json, write_parquet
+from pipeline.infra.io import write_json, write_parquet
+from pipeline.stages import claims
 
 TOLERANCES = yaml.safe_load((ROOT / "params.yaml").read_text())["claims"]
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from conftest import with_value
 
-from pipeline.config import ParamsError, load_params, select, validate_params
+from pipeline.infra.config import ParamsError, load_params, select, validate_params
 
 
 def write(tmp_path, params):

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from pipeline import devices
+from pipeline.infra import devices
 
 # A job as Snakemake would start it: claim a slot, record the interval, exit. Until as many
 # jobs as there are slots have held one, each holder waits (at most 5 s) for the others: so
@@ -21,7 +21,7 @@ from pipeline import devices
 JOB = """
 import json, os, sys, time
 from pathlib import Path
-from pipeline.devices import acquire_slot
+from pipeline.infra.devices import acquire_slot
 slots, lock_dir, out = sys.argv[1].split(","), Path(sys.argv[2]), Path(sys.argv[3])
 per_device = int(sys.argv[4])
 claim = acquire_slot(slots, lock_dir, per_device, poll_seconds=0.005)
@@ -73,7 +73,8 @@ def test_fifty_jobs_over_four_slots_never_share_a_slot(tmp_path):
 def test_a_killed_holder_releases_its_slot(tmp_path):
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time; from pathlib import Path; from pipeline.devices import acquire_slot;"
+         "import sys, time; from pathlib import Path; "
+         "from pipeline.infra.devices import acquire_slot;"
          f"acquire_slot(['only'], Path({str(tmp_path)!r})); print('held', flush=True);"
          "time.sleep(600)"],
         stdout=subprocess.PIPE, text=True,
@@ -180,7 +181,7 @@ def test_slurm_allocation_that_disagrees_with_torch_is_an_error(monkeypatch):
 HOLD = """
 import os, sys, time
 from pathlib import Path
-from pipeline import devices
+from pipeline.infra import devices
 claim = devices.acquire_slot(devices.device_names(1), Path(sys.argv[1]),
                              devices.slots_per_device(), timeout_seconds=0)
 print(claim.device, flush=True)

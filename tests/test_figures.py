@@ -1,4 +1,4 @@
-"""pipeline.figures: the three figures per dataset from small synthetic runs."""
+"""pipeline.stages.figures: the three figures per dataset from small synthetic runs."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from pipeline import schemas, stages
-from pipeline.aggregate import aggregate_runs, growth_of, load_train_logs
-from pipeline.figures import (
+from pipeline.infra import schemas, stage_table
+from pipeline.infra.io import InputError, write_parquet
+from pipeline.stages.aggregate import aggregate_runs, growth_of, load_train_logs
+from pipeline.stages.figures import (
     draw_figures,
     iterations_by_noise,
     load_cosines,
@@ -22,7 +23,6 @@ from pipeline.figures import (
     plot_iterations_to_fit,
     plot_training_curves,
 )
-from pipeline.io import InputError, write_parquet
 
 K = 10
 DPI = 40  # small: fast, and the PNG size in pixels is checked against it
@@ -58,7 +58,7 @@ def write_run(dirs, job: dict[str, str]) -> None:
         "final_supcon_gap": 0.01 * (1 + noise),
         "final_loss_gap": 0.02 * (1 + noise),
     }
-    path = stages.run_file(stages.GEOMETRY_METRICS, dirs["geometry"], **job)
+    path = stage_table.run_file(stage_table.GEOMETRY_METRICS, dirs["geometry"], **job)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(metrics))
     kinds = ["class_means"] * 45 + ["sample_to_class_mean"] * 20
@@ -67,7 +67,7 @@ def write_run(dirs, job: dict[str, str]) -> None:
         kinds += ["head_weights"] * 45
         values += [-1 / 9] * 45
     cosines = pa.table({"kind": kinds, "value": values}, schema=schemas.COSINES)
-    write_parquet(cosines, stages.run_file(stages.COSINES, dirs["geometry"], **job))
+    write_parquet(cosines, stage_table.run_file(stage_table.COSINES, dirs["geometry"], **job))
     n = len(EVAL_ITERATIONS)
     log = {
         "iteration": EVAL_ITERATIONS,
@@ -84,14 +84,14 @@ def write_run(dirs, job: dict[str, str]) -> None:
     }
     write_parquet(
         pa.table(log, schema=schemas.TRAIN_LOG),
-        stages.run_file(stages.TRAIN_LOG, dirs["logs"], **job),
+        stage_table.run_file(stage_table.TRAIN_LOG, dirs["logs"], **job),
     )
 
 
 @pytest.fixture
 def inputs(tmp_path):
     dirs = {"geometry": tmp_path / "geometry", "logs": tmp_path / "train_logs"}
-    for job in stages.grid_jobs(stages.TRAIN, GRID):
+    for job in stage_table.grid_jobs(stage_table.TRAIN, GRID):
         write_run(dirs, job)
     runs = tmp_path / "summary" / "runs.parquet"
     aggregate_runs(
@@ -140,8 +140,9 @@ def test_rerun_gives_byte_identical_files(tmp_path, inputs):
 
 
 def test_missing_cosines_is_an_error_naming_its_path(tmp_path, inputs):
-    path = stages.run_file(
-        stages.COSINES, inputs["geometry_dir"], dataset="digits", model="ce", augmentation="none",
+    path = stage_table.run_file(
+        stage_table.COSINES, inputs["geometry_dir"], dataset="digits", model="ce",
+        augmentation="none",
         noise="0.5", seed="1"
     )
     path.unlink()
@@ -217,7 +218,7 @@ def test_training_curves_are_means_over_seeds(inputs):
 
 
 def test_gap_figure_plots_every_run_against_its_test_accuracy(inputs):
-    from pipeline.figures import plot_gap_vs_accuracy
+    from pipeline.stages.figures import plot_gap_vs_accuracy
 
     runs = load_runs_table(inputs["runs"], GRID)
     fig = plot_gap_vs_accuracy(runs, dataset="digits", num_classes=K, models=["supcon", "ce"])

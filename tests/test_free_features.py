@@ -11,9 +11,10 @@ from conftest import default_params, naive_supcon
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import theory
-from pipeline.config import ParamsError, validate_params
-from pipeline.free_features import (
+from pipeline.infra.config import ParamsError, validate_params
+from pipeline.maths import theory
+from pipeline.maths.losses import supcon_loss
+from pipeline.stages.free_features import (
     TABLE_SCHEMA,
     Run,
     batch_losses,
@@ -24,7 +25,6 @@ from pipeline.free_features import (
     multisets,
     optimise,
 )
-from pipeline.losses import supcon_loss
 
 DEFAULTS = default_params()["free_features"]
 

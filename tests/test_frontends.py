@@ -12,9 +12,8 @@ import pytest
 import yaml
 from conftest import ROOT, copy_project, default_params, sh
 
-from pipeline import stages
-from pipeline.__main__ import ENTRY_POINTS
-from pipeline.dvc_yaml import render
+from pipeline.infra import stage_table
+from pipeline.infra.frontends import render
 
 
 def test_dvc_yaml_is_rendered_from_the_stage_table():
@@ -54,14 +53,13 @@ def dvc_jobs(root) -> dict[str, tuple[str, frozenset[str]]]:
 
 def check_identical_jobs(root, grid) -> None:
     smk, dvc = snakemake_jobs(root), dvc_jobs(root)
-    per_run = [s for s in stages.STAGES if s.matrix]
-    grid_wide = len(stages.STAGES) - len(per_run)  # aggregate, figures, free_features
-    assert len(dvc) == sum(len(stages.grid_jobs(s, grid)) for s in per_run) + grid_wide
+    per_run = [s for s in stage_table.STAGES if s.matrix]
+    grid_wide = len(stage_table.STAGES) - len(per_run)  # aggregate, figures, free_features
+    assert len(dvc) == sum(len(stage_table.grid_jobs(s, grid)) for s in per_run) + grid_wide
     assert set(smk) == set(dvc)
-    rule_of = {s.name: s.rule for s in stages.STAGES}
     for command, (stage_name, outs) in dvc.items():
         rule, smk_outs = smk[command]
-        assert rule == rule_of[stage_name]
+        assert rule == stage_name  # one name per stage: the Snakemake rule is the DVC stage
         assert smk_outs == outs, command
 
 
@@ -72,7 +70,7 @@ def test_snakemake_and_dvc_run_identical_commands_with_identical_outputs(params)
         run for sub in (grid.get("run_sets") or {"all": {}}).values()
         for run in itertools.product(*((sub or {}).get(a, grid[a]) for a in axes))
     }
-    assert len(stages.grid_jobs(stages.TRAIN, grid)) == len(runs)
+    assert len(stage_table.grid_jobs(stage_table.TRAIN, grid)) == len(runs)
     check_identical_jobs(ROOT, grid)
 
 
@@ -89,7 +87,7 @@ def test_both_front_ends_run_the_union_of_run_sets_each_job_once(tmp_path):
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(sys.executable, "-m", "pipeline", "dvc-yaml", cwd=project)
     grid = params["grid"]
-    runs = {tuple(j.values()) for j in stages.grid_jobs(stages.TRAIN, grid)}
+    runs = {tuple(j.values()) for j in stage_table.grid_jobs(stage_table.TRAIN, grid)}
     noise, seeds = grid["noise_fractions"], grid["seeds"]
     expected = (
         {("digits", m, "none", str(p), "0") for m in grid["models"] for p in noise}
@@ -97,7 +95,7 @@ def test_both_front_ends_run_the_union_of_run_sets_each_job_once(tmp_path):
            for s in seeds}
         | {("digits", "supcon", "none", str(p), str(s)) for p in noise for s in seeds}
     )
-    assert runs == expected and len(stages.grid_jobs(stages.TRAIN, grid)) == len(expected)
+    assert runs == expected and len(stage_table.grid_jobs(stage_table.TRAIN, grid)) == len(expected)
     check_identical_jobs(project, grid)
     from dvc.repo import Repo
 
@@ -113,7 +111,7 @@ def test_training_jobs_claim_one_gpu_each():
         cwd=ROOT, capture_output=True, text=True, check=True,
     ).stdout
     for block in re.split(r"\n(?=rule \w+:)", out):
-        if block.startswith(("rule train_model:", "rule extract_embeddings:")):
+        if block.startswith(("rule train:", "rule embed:")):
             assert re.search(r"resources: .*gpu=1", block), block
 
 
@@ -137,11 +135,10 @@ def pipeline_imports(module: str) -> set[str]:
     return seen
 
 
-@pytest.mark.parametrize("stage", stages.STAGES, ids=lambda s: s.name)
+@pytest.mark.parametrize("stage", stage_table.STAGES, ids=lambda s: s.name)
 def test_each_stage_depends_on_all_the_code_it_runs(stage):
     # A code file a stage runs but does not declare would change its outputs without either
     # front-end rerunning it, and the lineage would name code that did not make them.
-    module, _ = ENTRY_POINTS[stage.name]
-    runs = pipeline_imports(module)
+    runs = pipeline_imports(stage.module)
     assert sorted(runs - set(stage.code)) == []
-    assert set(stage.code) - runs <= set(stages._SHARED_CODE)  # no stale entries
+    assert set(stage.code) - runs <= set(stage_table._SHARED_CODE)  # no stale entries

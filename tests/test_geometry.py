@@ -1,4 +1,4 @@
-"""pipeline.geometry against closed forms (regular simplex, orthogonal and coincident means,
+"""pipeline.stages.geometry against closed forms (regular simplex, orthogonal and coincident means,
 a hand-computed noisy-label case) and against naive loops on random data."""
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import geometry, io, numerics, schemas
-from pipeline.simplex import regular_simplex, simplex_gram
+from pipeline.infra import io, numerics, schemas
+from pipeline.maths import metrics
+from pipeline.maths.simplex import regular_simplex, simplex_gram
+from pipeline.stages import geometry
 
 PROBE = {"inverse_regularisation": 1.0, "max_iterations": 1000}  # as params.yaml
 
@@ -135,7 +137,7 @@ def test_pairwise_cosines_match_double_loop():
     rng = np.random.default_rng(0)
     v = rng.normal(size=(6, 4))
     v[4] = 0.0  # a zero vector: its cosines are undefined
-    got = geometry.pairwise_cosines(v)
+    got = metrics.pairwise_cosines(v)
     expected = []
     for i in range(6):
         for j in range(i + 1, 6):
@@ -165,7 +167,7 @@ def test_nc1_matches_naive_loop_with_an_empty_class():
     mu_g = present.mean(axis=0)
     sigma_b = sum(np.outer(m - mu_g, m - mu_g) for m in present) / (k - 1)
     expected = np.trace(scatter / n @ np.linalg.inv(sigma_b)) / (k - 1)
-    assert geometry.nc1(scatter, means, counts) == pytest.approx(expected, rel=1e-10)
+    assert metrics.nc1(scatter, means, counts) == pytest.approx(expected, rel=1e-10)
 
 
 @pytest.mark.parametrize("k, h", [(3, 5), (10, 16)])
@@ -180,44 +182,44 @@ def test_nc1_simplex_closed_form(k, h):
         u[u_index] = 1.0
         scatter = 2 * k * s**2 * np.outer(u, u)
         expected = (k - 1) * s**2 * pu2 / (rho**2 * k)
-        assert geometry.nc1(scatter, means, counts) == pytest.approx(expected, abs=1e-12)
+        assert metrics.nc1(scatter, means, counts) == pytest.approx(expected, abs=1e-12)
 
 
 def test_nc1_undefined_without_between_class_spread():
     means = np.ones((3, 2))
-    assert math.isnan(geometry.nc1(np.eye(2), means, np.array([2, 2, 2])))
-    assert math.isnan(geometry.nc1(np.eye(2), means, np.array([2, 0, 0])))
+    assert math.isnan(metrics.nc1(np.eye(2), means, np.array([2, 2, 2])))
+    assert math.isnan(metrics.nc1(np.eye(2), means, np.array([2, 0, 0])))
 
 
 @pytest.mark.parametrize("k", [3, 10])
 def test_simplex_gram_distance_closed_forms(k):
     g_star = simplex_gram(k)
-    assert geometry.simplex_gram_distance(regular_simplex(k, k + 2, 3.0)) < 1e-12
+    assert metrics.simplex_gram_distance(regular_simplex(k, k + 2, 3.0)) < 1e-12
     # Orthogonal means: ||I - G*||_F / ||G*||_F = sqrt(K/(K-1)) / (K/sqrt(K-1)) = 1/sqrt(K).
     by_hand = np.linalg.norm(np.eye(k) - g_star) / np.linalg.norm(g_star)
-    orthogonal = geometry.simplex_gram_distance(5.0 * np.eye(k))
+    orthogonal = metrics.simplex_gram_distance(5.0 * np.eye(k))
     assert orthogonal == pytest.approx(by_hand, rel=1e-12)
     assert orthogonal == pytest.approx(1 / math.sqrt(k), rel=1e-12)
     # Coincident means: G = 11^T, distance sqrt(K).
-    assert geometry.simplex_gram_distance(np.ones((k, 4))) == pytest.approx(math.sqrt(k))
+    assert metrics.simplex_gram_distance(np.ones((k, 4))) == pytest.approx(math.sqrt(k))
     # Missing classes compare against the principal block of the K-class G*.
     block = regular_simplex(k, k - 1)[: k - 1]
-    assert geometry.simplex_gram_distance(block, num_classes=k) < 1e-12
-    assert geometry.simplex_gram_distance(block) > 0.01
+    assert metrics.simplex_gram_distance(block, num_classes=k) < 1e-12
+    assert metrics.simplex_gram_distance(block) > 0.01
 
 
 def test_iterations_to_fit():
     its = [500, 1000, 1500, 2000]
-    assert geometry.iterations_to_fit(its, [0.2, 0.99, 1.0, 1.0], 1.0) == 1500
-    assert geometry.iterations_to_fit(its, [0.2, 0.99, 0.98, 1.0], 0.99) == 1000  # met exactly
-    assert geometry.iterations_to_fit(its, [0.2, 0.5, np.nan, 0.9], 1.0) is None
-    assert geometry.iterations_to_fit(its, [1.0, 0.5, 0.5, 0.5], 1.0) == 500
+    assert metrics.iterations_to_fit(its, [0.2, 0.99, 1.0, 1.0], 1.0) == 1500
+    assert metrics.iterations_to_fit(its, [0.2, 0.99, 0.98, 1.0], 0.99) == 1000  # met exactly
+    assert metrics.iterations_to_fit(its, [0.2, 0.5, np.nan, 0.9], 1.0) is None
+    assert metrics.iterations_to_fit(its, [1.0, 0.5, 0.5, 0.5], 1.0) == 500
 
 
 def test_nearest_class_mean_never_predicts_empty_class():
     means = np.array([[0.0, 0.0], [np.nan, np.nan], [10.0, 0.0]])
     z = np.array([[0.1, 0.0], [9.0, 1.0], [4.0, 0.0], [6.0, 0.0]])
-    pred = geometry.nearest_class_mean(z, means, np.array([True, False, True]))
+    pred = metrics.nearest_class_mean(z, means, np.array([True, False, True]))
     np.testing.assert_array_equal(pred, [0, 2, 0, 2])
 
 
@@ -377,7 +379,7 @@ def test_random_run_matches_naive_and_is_chunk_independent(tmp_path):
     align = np.mean([w[c] @ unit[c] / np.linalg.norm(w[c]) for c in range(k)])
     assert small["head_class_mean_alignment"] == pytest.approx(align, rel=1e-12)
     scatter = sum(np.outer(z[i] - means[noisy[i]], z[i] - means[noisy[i]]) for i in range(n))
-    expected_nc1 = geometry.nc1(scatter, means, np.bincount(noisy, minlength=k))
+    expected_nc1 = metrics.nc1(scatter, means, np.bincount(noisy, minlength=k))
     assert small["nc1"] == pytest.approx(expected_nc1, rel=1e-10)
 
 
@@ -544,7 +546,7 @@ def test_collapse_measures_of_a_perturbed_simplex_by_hand():
     (-5/6, -5 sqrt(3)/6) with norms sqrt(13)/3, sqrt(13)/3, 5/3; pairwise cosines -1/26,
     -2.5/sqrt(13), -2.5/sqrt(13).
     """
-    from pipeline.collapse import collapse_measures
+    from pipeline.maths.collapse import collapse_measures
 
     s3 = np.sqrt(3.0)
     means = np.array([[1.0, 0.0], [-0.5, s3 / 2], [-1.0, -s3]])
@@ -601,7 +603,7 @@ def test_probe_objective_is_scikit_learns():
     from scipy.optimize import approx_fprime
     from sklearn.linear_model import LogisticRegression
 
-    from pipeline.collapse import _probe_objective
+    from pipeline.maths.collapse import _probe_objective
 
     rng = np.random.default_rng(5)
     y = np.repeat(np.arange(3), 20)

@@ -16,8 +16,8 @@ import yaml
 from conftest import sh
 from tiny_project import copy_of, git_commit, head
 
-from pipeline import stages
-from pipeline.provenance import read_provenance
+from pipeline.infra import stage_table
+from pipeline.infra.provenance import read_provenance
 
 pytestmark = pytest.mark.e2e
 
@@ -38,26 +38,26 @@ def set_grid(root: Path, **grid) -> dict:
 
 def expected_inputs(params: dict, augmentation: str = "none") -> dict[str, set[str]]:
     """Per figure kind, the files it must be drawn from: exactly the grid's runs."""
-    jobs = [j for j in stages.grid_jobs(stages.TRAIN, params["grid"])
+    jobs = [j for j in stage_table.grid_jobs(stage_table.TRAIN, params["grid"])
             if j["augmentation"] == augmentation]
     at_noise = [j for j in jobs if float(j["noise"]) == params["figures"]["geometry_noise"]]
-    table = {stages.RUNS_TABLE}
+    table = {stage_table.RUNS_TABLE}
     return {
-        "geometry": table | {stages.fill(stages.COSINES, **j) for j in at_noise},
+        "geometry": table | {stage_table.fill(stage_table.COSINES, **j) for j in at_noise},
         "iterations_to_fit": table,
-        "training_curves": table | {stages.fill(stages.TRAIN_LOG, **j) for j in jobs},
+        "training_curves": table | {stage_table.fill(stage_table.TRAIN_LOG, **j) for j in jobs},
     }
 
 
 def check_results_cover_exactly_the_grid(root: Path, params: dict) -> None:
     grid = params["grid"]
-    jobs = stages.grid_jobs(stages.TRAIN, grid)  # the union of the run sets, if any
+    jobs = stage_table.grid_jobs(stage_table.TRAIN, grid)  # the union of the run sets, if any
     runs = {(j["model"], j["augmentation"], float(j["noise"])) for j in jobs}
-    with open(root / stages.SUMMARY_CSV) as f:
+    with open(root / stage_table.SUMMARY_CSV) as f:
         summary = {(row["model"], row["augmentation"], float(row["noise_fraction"]))
                    for row in csv.DictReader(f)}
     assert summary == runs
-    table = pq.read_table(root / stages.RUNS_TABLE).to_pylist()
+    table = pq.read_table(root / stage_table.RUNS_TABLE).to_pylist()
     assert {(r["model"], r["augmentation"], r["noise_fraction"], r["seed"]) for r in table} == {
         (j["model"], j["augmentation"], float(j["noise"]), int(j["seed"])) for j in jobs
     }
@@ -66,7 +66,7 @@ def check_results_cover_exactly_the_grid(root: Path, params: dict) -> None:
         expected = expected_inputs(params, augmentation)
         for kind in KINDS:
             for fmt in ("png", "pdf"):
-                record = read_provenance(root / stages.FIGURES_DIR / f"{kind}_{label}.{fmt}")
+                record = read_provenance(root / stage_table.FIGURES_DIR / f"{kind}_{label}.{fmt}")
                 assert set(record["inputs"]) == expected[kind], (kind, fmt)
                 assert record["params"]["grid"] == grid
     assert json.loads(sh("dvc", "status", "--json", cwd=root).stdout) == {}
@@ -75,13 +75,13 @@ def check_results_cover_exactly_the_grid(root: Path, params: dict) -> None:
 
     with Repo(str(root)) as repo:
         listed = {s.name for s in repo.index.stages}
-    assert set(yaml.safe_load((root / stages.LOCK_FILE).read_text())["stages"]) == listed
-    sh(sys.executable, "-m", "pipeline", "lineage", stages.SUMMARY_CSV, "--verify", cwd=root)
+    assert set(yaml.safe_load((root / stage_table.LOCK_FILE).read_text())["stages"]) == listed
+    sh(sys.executable, "-m", "pipeline", "lineage", stage_table.SUMMARY_CSV, "--verify", cwd=root)
 
 
 def test_shrinking_the_grid_with_dvc_drops_its_runs_everywhere(private, tmp_path):
     old_figure = tmp_path / "old-iterations_to_fit.png"
-    shutil.copy(private / stages.FIGURES_DIR / "iterations_to_fit_digits.png", old_figure)
+    shutil.copy(private / stage_table.FIGURES_DIR / "iterations_to_fit_digits.png", old_figure)
     first_commit = head(private)
 
     params = set_grid(private, models=["supcon", "ce"], noise_fractions=[0.0])
@@ -108,7 +108,7 @@ def test_growing_the_grid_with_snakemake_adds_its_runs_everywhere(private):
     params = set_grid(private, models=["supcon", "ce"], noise_fractions=[0.0, 0.3, 0.6])
     result = sh(sys.executable, "-m", "snakemake", "--cores", "2", cwd=private)
     out = result.stdout + result.stderr
-    assert out.count("rule train_model:") == 2  # only the two new runs at p = 0.6 train
+    assert out.count("rule train:") == 2  # only the two new runs at p = 0.6 train
     check_results_cover_exactly_the_grid(private, params)
 
 
@@ -127,7 +127,7 @@ def test_run_sets_with_dvc_cover_their_union_once_dvc_yaml_follows(private):
     sh(sys.executable, "-m", "pipeline", "dvc-yaml", cwd=private)
     repro = sh("dvc", "repro", cwd=private).stdout
     assert "Running stage 'aggregate'" in repro and "Running stage 'train" not in repro
-    assert len(stages.grid_jobs(stages.TRAIN, params["grid"])) == 4
+    assert len(stage_table.grid_jobs(stage_table.TRAIN, params["grid"])) == 4
     check_results_cover_exactly_the_grid(private, params)
 
 
@@ -141,6 +141,6 @@ def test_a_run_set_with_snakemake_trains_only_its_new_runs(private):
     })
     result = sh(sys.executable, "-m", "snakemake", "--cores", "2", cwd=private)
     out = result.stdout + result.stderr
-    assert out.count("rule train_model:") == 1 and "rule make_noisy_labels:" not in out
+    assert out.count("rule train:") == 1 and "rule noisy_labels:" not in out
     sh(sys.executable, "-m", "pipeline", "dvc-yaml", "--check", cwd=private)
     check_results_cover_exactly_the_grid(private, params)

@@ -1,4 +1,4 @@
-"""Cluster requests per stage (pipeline/job_resources.py), as the Snakemake rules declare them."""
+"""Cluster requests per stage (pipeline/infra/job_resources.py), as the rules declare them."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import yaml
 from conftest import ROOT, default_params, tiny_params
 
-from pipeline.job_resources import job_resources, training_minutes
-from pipeline.stages import STAGES
+from pipeline.infra.job_resources import job_resources, training_minutes
+from pipeline.infra.stage_table import STAGES
 
 
 def paper_params() -> dict:

@@ -16,10 +16,10 @@ from conftest import ROOT, sh, tiny_params
 from matplotlib.figure import Figure
 from tiny_project import built, copy_of, git_commit, head
 
-from pipeline import stages
-from pipeline.datasets import _digits_csv
-from pipeline.figures import save_figure
-from pipeline.provenance import NoProvenance, read_provenance
+from pipeline.infra import stage_table
+from pipeline.infra.datasets import _digits_csv
+from pipeline.infra.provenance import NoProvenance, read_provenance
+from pipeline.stages.figures import save_figure
 
 pytestmark = pytest.mark.e2e
 
@@ -54,17 +54,17 @@ def locked(root) -> dict:
     return yaml.safe_load((root / "dvc.lock").read_text())["stages"]
 
 
-def run_names(stage: stages.Stage, grid: dict) -> set[str]:
-    return {f"{stage.name}@" + "-".join(job.values()) for job in stages.grid_jobs(stage, grid)}
+def run_names(stage: stage_table.Stage, grid: dict) -> set[str]:
+    return {f"{stage.name}@" + "-".join(job.values()) for job in stage_table.grid_jobs(stage, grid)}
 
 
 GRID = tiny_params()["grid"]
 EVERY_RUN = (
     {"aggregate"}
-    | run_names(stages.GEOMETRY, GRID)
-    | run_names(stages.EMBED, GRID)
-    | run_names(stages.TRAIN, GRID)
-    | run_names(stages.NOISY_LABELS, GRID)
+    | run_names(stage_table.GEOMETRY, GRID)
+    | run_names(stage_table.EMBED, GRID)
+    | run_names(stage_table.TRAIN, GRID)
+    | run_names(stage_table.NOISY_LABELS, GRID)
 )
 
 
@@ -122,7 +122,7 @@ def test_geometry_figure_follows_only_the_runs_it_shows(project):
     doc = lineage_json(project, "data/figures/geometry_digits.pdf")
     figures = doc["links"][0]
     (geometry_dir,) = [i for i in figures["inputs"] if i["path"] == "data/geometry"]
-    shown = {job["model"] for job in stages.grid_jobs(stages.GEOMETRY, GRID)
+    shown = {job["model"] for job in stage_table.grid_jobs(stage_table.GEOMETRY, GRID)
              if float(job["noise"]) == 0.0}  # fmt: skip
     assert geometry_dir["read"] == sorted(
         f"data/geometry/digits/{m}/none/noise0.0-seed0/cosines.parquet" for m in shown
@@ -186,22 +186,22 @@ def test_verify_names_stale_params_and_code_and_flags_the_dirty_tree(private):
     params = yaml.safe_load((private / "params.yaml").read_text())
     params["geometry"]["fit_threshold"] = 0.9
     (private / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    with open(private / "pipeline/aggregate.py", "a") as f:
+    with open(private / "pipeline/stages/aggregate.py", "a") as f:
         f.write("# edited\n")
     doc = lineage_json(private, FIGURE, "--verify", code=1)
     found = {(p["kind"], p["stage"], p["detail"]) for p in doc["problems"]}
     expected = {
         ("stale", name, "params geometry.fit_threshold = 0.9 (recorded 1.0)")
-        for name in run_names(stages.GEOMETRY, GRID)
+        for name in run_names(stage_table.GEOMETRY, GRID)
     }
-    changed = md5(private / "pipeline/aggregate.py")
+    changed = md5(private / "pipeline/stages/aggregate.py")
     for stage in ("aggregate", "figures"):  # figures runs aggregate.fit_power_law
         expected.add(("stale", stage, f"code changed: md5 is {changed} (recorded "
-                      f"{md5(ROOT / 'pipeline/aggregate.py')})"))  # fmt: skip
+                      f"{md5(ROOT / 'pipeline/stages/aggregate.py')})"))  # fmt: skip
     assert found == expected
     (aggregate,) = [link for link in doc["links"] if link["stage"] == "aggregate"]
-    assert aggregate["code_version"]["dirty"] == ["pipeline/aggregate.py"]
-    assert doc["repository"]["dirty"] == ["params.yaml", "pipeline/aggregate.py"]
+    assert aggregate["code_version"]["dirty"] == ["pipeline/stages/aggregate.py"]
+    assert doc["repository"]["dirty"] == ["params.yaml", "pipeline/stages/aggregate.py"]
 
 
 def test_a_pasted_figure_is_traced_from_its_embedded_provenance(project, tmp_path):
@@ -284,7 +284,7 @@ def test_dvc_added_raw_data_ends_the_chain_and_is_verified(tmp_path):
 
 def test_code_changed_in_a_later_commit_names_the_commits_that_held_it(private):
     made = head(private)
-    with open(private / "pipeline/aggregate.py", "a") as f:
+    with open(private / "pipeline/stages/aggregate.py", "a") as f:
         f.write("# a later change\n")
     later = git_commit(private, "change the aggregate stage")
     doc = lineage_json(private, "data/summary/summary.csv")

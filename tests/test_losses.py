@@ -9,8 +9,8 @@ from conftest import naive_supcon
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.losses import cross_entropy_loss, supcon_loss
-from pipeline.simplex import regular_simplex
+from pipeline.maths.losses import cross_entropy_loss, supcon_loss
+from pipeline.maths.simplex import regular_simplex
 
 
 def naive_cross_entropy(logits: np.ndarray, y: np.ndarray) -> float:

@@ -1,4 +1,5 @@
-"""Portable numerics (pipeline/numerics.py): the same bytes whatever vector ISA the CPU offers.
+"""Portable numerics (pipeline/infra/numerics.py): the same bytes whatever vector ISA the CPU
+offers.
 
 (a) A short training run, its embeddings and geometry are computed twice through the real CLI:
 once as this machine is, once as a machine without AVX-512 would compute (MKL, oneDNN and
@@ -22,7 +23,7 @@ from conftest import ROOT, sh, tiny_params
 from golden import GOLDEN_FILE, artifact_digests, settings_in_force
 from tiny_project import built
 
-from pipeline import numerics
+from pipeline.infra import numerics
 
 # What a CPU without AVX-512 would let each library use (its documented caps).
 AVX2_MACHINE = {
@@ -83,7 +84,7 @@ def test_portable_bytes_equal_under_two_isa_levels(tmp_path, params_file):
     assert set(here) == set(OUTPUTS)
     differing = {k: (here[k], avx2[k]) for k in OUTPUTS if here[k] != avx2[k]}
     assert not differing, f"portable outputs differ between ISA levels: {differing}"
-    from pipeline.provenance import numerics_record
+    from pipeline.infra.provenance import numerics_record
 
     for name in ("labels.parquet", "model.pt", "log.parquet", "metrics.json"):
         assert numerics_record(tmp_path / "here" / name)["mode"] == "portable", name
@@ -92,7 +93,7 @@ def test_portable_bytes_equal_under_two_isa_levels(tmp_path, params_file):
 @pytest.mark.skipif(not has_avx512(), reason="this CPU has no AVX-512: one ISA level only")
 def test_native_bytes_differ_between_isa_levels(tmp_path, params_file):
     """Without the portable settings the same comparison fails: the test above has teeth."""
-    from pipeline.provenance import numerics_record
+    from pipeline.infra.provenance import numerics_record
 
     env = {numerics.MODE_VARIABLE: "native"}
     here = run_chain(tmp_path / "here", params_file, {**env, "ATEN_CPU_CAPABILITY": "avx512"},

@@ -1,4 +1,4 @@
-"""pipeline.optim against torch.optim (SGD, Adam): the same parameters, bit for bit."""
+"""pipeline.maths.optim against torch.optim (SGD, Adam): the same parameters, bit for bit."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from pipeline.optim import SGD, Adam
+from pipeline.maths.optim import SGD, Adam
 
 
 def _model(seed: int) -> torch.nn.Module:

@@ -10,9 +10,9 @@ import yaml
 from conftest import ROOT, copy_project, sh
 from tiny_cifar import write_tiny_cifar
 
-from pipeline import stages
-from pipeline.config import load_params
-from pipeline.datasets import CIFAR
+from pipeline.infra import stage_table
+from pipeline.infra.config import load_params
+from pipeline.infra.datasets import CIFAR
 
 PRESET = ROOT / "presets" / "paper.yaml"
 
@@ -64,13 +64,13 @@ def paper_runs() -> set[tuple]:
 
 
 def test_paper_preset_runs_exactly_the_protocols_216_runs():
-    jobs = stages.grid_jobs(stages.TRAIN, load_params(PRESET)["grid"])
+    jobs = stage_table.grid_jobs(stage_table.TRAIN, load_params(PRESET)["grid"])
     runs = [(j["dataset"], j["model"], j["augmentation"], float(j["noise"]), int(j["seed"]))
             for j in jobs]
     assert len(runs) == len(set(runs)) == 216
     assert set(runs) == paper_runs()
     # every run's noisy labels once: the geometry study reuses the noise study's p = 0 labels
-    labels = stages.grid_jobs(stages.NOISY_LABELS, load_params(PRESET)["grid"])
+    labels = stage_table.grid_jobs(stage_table.NOISY_LABELS, load_params(PRESET)["grid"])
     assert len(labels) == 2 * 11 * 3
 
 

@@ -11,8 +11,8 @@ import pytest
 import yaml
 from conftest import copy_project, sh, tiny_params, with_value
 
-from pipeline import io
-from pipeline.noise import make_noisy_labels
+from pipeline.infra import io
+from pipeline.stages.noisy_labels import make_noisy_labels
 
 
 def cli(*args, cwd=None):
@@ -123,7 +123,7 @@ def test_a_job_whose_output_is_being_produced_elsewhere_stops(tmp_path):
     labels = tmp_path / "labels.parquet"
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time; from pipeline.io import output_locks;"
+         "import sys, time; from pipeline.infra.io import output_locks;"
          f"cm = output_locks([{str(labels)!r}]); cm.__enter__(); print('held', flush=True);"
          "time.sleep(600)"],
         cwd=tmp_path, stdout=subprocess.PIPE, text=True,

@@ -19,7 +19,7 @@ import yaml
 from conftest import sh
 from tiny_project import built, copy_of
 
-from pipeline import stages
+from pipeline.infra import stage_table
 
 pytestmark = pytest.mark.e2e
 
@@ -97,17 +97,17 @@ def test_report_registers_every_figure_with_caption_and_category(project, report
     text = report.read_text()
     results = json.loads(re.search(r"var results = (\{.*?\});\n", text).group(1))
     figures = sorted(p.relative_to(project).as_posix()
-                     for p in (project / stages.FIGURES_DIR).glob("*.png"))  # fmt: skip
+                     for p in (project / stage_table.FIGURES_DIR).glob("*.png"))  # fmt: skip
     assert len(figures) == len(CATEGORIES) and set(figures) <= set(results)
     categories = json.loads(re.search(r"var categories = (\{.*?\});\n", text).group(1))
     for kind, category in CATEGORIES.items():
-        assert categories[category] == {"digits": [f"{stages.FIGURES_DIR}/{kind}_digits.png"]}
+        assert categories[category] == {"digits": [f"{stage_table.FIGURES_DIR}/{kind}_digits.png"]}
     filed = {path for subcategories in categories.values() for paths in subcategories.values()
              for path in paths}  # fmt: skip
     assert filed == set(results)  # every registered result has a category
-    assert categories[CLAIMS_CATEGORY] == {"Other": [stages.CLAIMS_CSV]}  # the claims table
+    assert categories[CLAIMS_CATEGORY] == {"Other": [stage_table.CLAIMS_CSV]}  # the claims table
     free = sorted(p.relative_to(project).as_posix()
-                  for p in (project / stages.FREE_FEATURES_FIGURES).glob("*.png"))  # fmt: skip
+                  for p in (project / stage_table.FREE_FEATURES_FIGURES).glob("*.png"))  # fmt: skip
     assert free and set(free) <= {path for paths in categories[FREE_FEATURES_CATEGORY].values()
                                   for path in paths}  # fmt: skip
     for path, result in results.items():
@@ -135,8 +135,8 @@ def test_report_shows_every_figure_in_headless_chromium(project, report, tmp_pat
     probe = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
     assert probe, "the report's app did not finish loading in Chromium"
     data = json.loads(html.unescape(probe.group(1)))
-    figures = {f"{stages.FIGURES_DIR}/{p.name}": png_size(p)
-               for p in (project / stages.FIGURES_DIR).glob("*.png")}  # fmt: skip
+    figures = {f"{stage_table.FIGURES_DIR}/{p.name}": png_size(p)
+               for p in (project / stage_table.FIGURES_DIR).glob("*.png")}  # fmt: skip
     shown = {item["path"]: item for item in data["shown"]}
     images = {path for path in data["results"] if path.endswith(".png")}  # claims.csv: a table
     assert set(shown) == images and set(figures) <= set(shown)
@@ -152,16 +152,16 @@ def test_dvc_metrics_show_lists_every_run_of_the_grid_and_the_growth_fits(projec
     shown = json.loads(sh("dvc", "metrics", "show", "--json", cwd=project).stdout)
     files = shown[""]["data"]
     grid = yaml.safe_load((project / "params.yaml").read_text())["grid"]
-    expected = {stages.fill(stages.GEOMETRY_METRICS, **j)
-                for j in stages.grid_jobs(stages.GEOMETRY, grid)}  # fmt: skip
-    assert set(files) == expected | {stages.GROWTH_METRICS, stages.CLAIMS_METRICS}
-    growth = files.pop(stages.GROWTH_METRICS)["data"]
+    expected = {stage_table.fill(stage_table.GEOMETRY_METRICS, **j)
+                for j in stage_table.grid_jobs(stage_table.GEOMETRY, grid)}  # fmt: skip
+    assert set(files) == expected | {stage_table.GROWTH_METRICS, stage_table.CLAIMS_METRICS}
+    growth = files.pop(stage_table.GROWTH_METRICS)["data"]
     assert set(growth["digits"]["none"]) == set(grid["models"])
     for fit in growth["digits"]["none"].values():
         # The tiny grid has one run at p > 0: no line through one noise fraction.
         assert fit["runs_used"] == 1
         assert "exponent" not in fit  # null: DVC drops it
-    verdicts = files.pop(stages.CLAIMS_METRICS)["data"]
+    verdicts = files.pop(stage_table.CLAIMS_METRICS)["data"]
     assert verdicts.pop("numerics")["mode"] == "portable"  # how the stage computed
     assert verdicts and {v["verdict"] for v in verdicts.values()} <= {
         "replicates", "does not", "inconclusive"}
@@ -175,9 +175,9 @@ def test_dvc_plots_show_renders_every_declared_plot(project, tmp_path):
     result = sh("dvc", "plots", "show", "--json", "-o", str(tmp_path / "plots"), cwd=project)
     shown = json.loads(result.stdout)
     assert "errors" not in shown, shown.get("errors")
-    assert set(shown["data"]) == {plot.name for plot in stages.PLOTS}
-    curves = pd.read_csv(project / stages.CURVES_CSV)
-    for plot in stages.PLOTS:
+    assert set(shown["data"]) == {plot.name for plot in stage_table.PLOTS}
+    curves = pd.read_csv(project / stage_table.CURVES_CSV)
+    for plot in stage_table.PLOTS:
         (entry,) = shown["data"][plot.name]
         spec = entry["content"]
         values = spec["data"]["values"]
@@ -186,7 +186,7 @@ def test_dvc_plots_show_renders_every_declared_plot(project, tmp_path):
             assert len(values) == 3 * 2
             assert encoding["color"]["field"] == "model"
         else:  # one line per run: every row of every training log
-            assert len(values) == len(curves) and plot.y[0][0] == stages.CURVES_CSV
+            assert len(values) == len(curves) and plot.y[0][0] == stage_table.CURVES_CSV
             assert encoding["color"]["field"] == "noise_fraction"
             assert encoding["column"]["field"] == "model"
         (_, column), = plot.y

@@ -14,8 +14,8 @@ import pytest
 import yaml
 from conftest import tiny_params
 
-from pipeline.noise import make_noisy_labels
-from pipeline.train import resume_path
+from pipeline.stages.noisy_labels import make_noisy_labels
+from pipeline.stages.train import resume_path
 
 
 def command(params_file, labels, out):

@@ -1,4 +1,4 @@
-"""`grid.run_sets`: the runs are a union of products, enumerated once (stages.grid_jobs) in a
+"""`grid.run_sets`: the runs are a union of products, enumerated once (stage_table.grid_jobs) in a
 fixed order; the params are checked so that a set can only choose among the axes' values."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, default_params
 
-from pipeline import stages
-from pipeline.config import ParamsError, check_dvc_yaml_grid, digest, validate_params
-from pipeline.dvc_yaml import job_lists
+from pipeline.infra import stage_table
+from pipeline.infra.config import ParamsError, check_dvc_yaml_grid, digest, validate_params
+from pipeline.infra.frontends import job_lists
 
 
 def single_product() -> dict:
@@ -29,13 +29,13 @@ def with_run_sets(run_sets, **axes) -> dict:
 
 
 def keys(stage, grid) -> list[tuple[str, ...]]:
-    return [tuple(job.values()) for job in stages.grid_jobs(stage, grid)]
+    return [tuple(job.values()) for job in stage_table.grid_jobs(stage, grid)]
 
 
 def test_a_single_product_is_the_product_in_itertools_order():
     grid = single_product()["grid"]
-    for stage in (stages.NOISY_LABELS, stages.TRAIN):
-        axes = [[str(v) for v in grid[stages.grid_axis(w)]] for w in stage.matrix]
+    for stage in (stage_table.NOISY_LABELS, stage_table.TRAIN):
+        axes = [[str(v) for v in grid[stage_table.grid_axis(w)]] for w in stage.matrix]
         assert keys(stage, grid) == list(itertools.product(*axes))
 
 
@@ -45,16 +45,16 @@ def test_the_union_has_each_run_once_in_the_axes_order_whatever_the_sets():
         "b": {"models": ["supcon", "ce"], "noise_fractions": [0.4], "seeds": [1]},
     }
     grid = with_run_sets(sets)["grid"]
-    runs = keys(stages.TRAIN, grid)
+    runs = keys(stage_table.TRAIN, grid)
     assert runs == [
         ("digits", "supcon", "none", "0.4", "1"),
         ("digits", "ce", "none", "0.0", "0"), ("digits", "ce", "none", "0.0", "1"),
         ("digits", "ce", "none", "0.4", "0"), ("digits", "ce", "none", "0.4", "1"),
     ]  # ce at 0.4 seed 1 is in both sets: once
     swapped = with_run_sets({"b2": sets["b"], "a2": sets["a"]})["grid"]
-    assert keys(stages.TRAIN, swapped) == runs
+    assert keys(stage_table.TRAIN, swapped) == runs
     # the labels of a (dataset, noise, seed) that several runs share: one job
-    assert keys(stages.NOISY_LABELS, grid) == [
+    assert keys(stage_table.NOISY_LABELS, grid) == [
         ("digits", "0.0", "0"), ("digits", "0.0", "1"), ("digits", "0.4", "0"),
         ("digits", "0.4", "1"),
     ]
@@ -62,7 +62,7 @@ def test_the_union_has_each_run_once_in_the_axes_order_whatever_the_sets():
 
 def test_a_set_names_values_as_the_axis_spells_them():
     grid = with_run_sets({"clean": {"noise_fractions": [0]}})["grid"]  # int 0, axis 0.0
-    assert {job["noise"] for job in stages.grid_jobs(stages.TRAIN, grid)} == {"0.0"}
+    assert {job["noise"] for job in stage_table.grid_jobs(stage_table.TRAIN, grid)} == {"0.0"}
 
 
 def test_dvc_names_each_job_as_its_matrix_did():
@@ -80,11 +80,11 @@ def test_every_stage_name_of_the_default_params_is_one_dvc_lock_records():
     # under which the committed dvc.lock (and the lineage read from it) records their runs
     import yaml
 
-    locked = set(yaml.safe_load((ROOT / stages.LOCK_FILE).read_text())["stages"])
+    locked = set(yaml.safe_load((ROOT / stage_table.LOCK_FILE).read_text())["stages"])
     lists = job_lists(default_params()["grid"])
     names = set()
-    for stage in (s for s in stages.STAGES if s.matrix):
-        var = "noisy_labels_jobs" if stage is stages.NOISY_LABELS else "train_jobs"
+    for stage in (s for s in stage_table.STAGES if s.matrix):
+        var = "noisy_labels_jobs" if stage is stage_table.NOISY_LABELS else "train_jobs"
         names |= {f"{stage.name}@{key}" for key in lists[var]}
     # 15 label jobs (5 noise fractions x 3 seeds); 39 runs (supcon and ce at 5 noise
     # fractions, ce_fixed at 3; 3 seeds), each a train, an embed and a geometry job
@@ -111,7 +111,7 @@ def test_a_bad_run_set_is_an_error_naming_it(run_sets, axes, message):
 
 
 def test_every_dataset_and_augmentation_of_the_axes_needs_a_run():
-    from pipeline.datasets import REGISTRY
+    from pipeline.infra.datasets import REGISTRY
 
     other = next(n for n in REGISTRY if n.startswith("cifar"))
     params = with_run_sets({"a": {"datasets": ["digits"], "augmentations": ["none"]},
@@ -126,7 +126,7 @@ def test_every_dataset_and_augmentation_of_the_axes_needs_a_run():
 def test_an_unchanged_single_product_grid_still_validates_as_before():
     params = single_product()
     assert validate_params(params) is params
-    assert stages.RUN_SETS not in params["grid"]
+    assert stage_table.RUN_SETS not in params["grid"]
 
 
 def test_dvc_stops_a_stage_when_dvc_yaml_lists_another_grids_jobs(tmp_path, monkeypatch):

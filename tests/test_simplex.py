@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipeline.simplex import regular_simplex, simplex_gram
+from pipeline.maths.simplex import regular_simplex, simplex_gram
 
 
 @pytest.mark.parametrize("k", [2, 3, 5, 10, 100])

@@ -23,8 +23,8 @@ import yaml
 from conftest import ROOT, copy_project, sh, tiny_params
 from tiny_project import built
 
-from pipeline import stages
-from pipeline.train import resume_path
+from pipeline.infra import stage_table
+from pipeline.stages.train import resume_path
 
 pytestmark = [pytest.mark.slurm, pytest.mark.e2e]
 
@@ -49,7 +49,7 @@ def cluster(tmp_path_factory):
         env = slurm_cluster.start(directory)
     except slurm_cluster.Unavailable as e:
         pytest.skip(f"no Slurm cluster: {str(e).splitlines()[0]}")
-    # The jobs see fake GPUs: they run on the CPU, on purpose (pipeline/devices.py).
+    # The jobs see fake GPUs: they run on the CPU, on purpose (pipeline/infra/devices.py).
     env["PIPELINE_DEVICE"] = "cpu"
     try:
         yield env
@@ -124,12 +124,12 @@ def test_whole_workflow_as_slurm_jobs_matches_a_local_run(cluster, tmp_path, tmp
     # stage; the target rule `all` is the only local one
     groups = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())["groups"]
     expected = {}
-    for stage in stages.STAGES:
-        if stage.rule in groups:
-            expected[f"group_{groups[stage.rule]}_{stage.rule}"] = 1
+    for stage in stage_table.STAGES:
+        if stage.name in groups:
+            expected[f"group_{groups[stage.name]}_{stage.name}"] = 1
         else:
-            expected[f"rule_{stage.rule}"] = len(stages.grid_jobs(stage, params["grid"])) or 1
-    assert expected["rule_train_model"] == expected["rule_extract_embeddings"] == 2
+            expected[f"rule_{stage.name}"] = len(stage_table.grid_jobs(stage, params["grid"])) or 1
+    assert expected["rule_train"] == expected["rule_embed"] == 2
     per_folder = {f: sum(v == f for v in jobs.values()) for f in set(jobs.values())}
     assert per_folder == expected
     assert re.findall(r"^localrule (\w+):", output, re.M) == ["all"]
@@ -141,14 +141,14 @@ def test_whole_workflow_as_slurm_jobs_matches_a_local_run(cluster, tmp_path, tmp
     for job_id, folder in jobs.items():
         shown = sh("scontrol", "show", "job", job_id, cwd=ROOT, env=cluster).stdout
         gpu = "TresPerJob=gres:gpu:1" in shown
-        assert gpu == (folder in ("rule_train_model", "rule_extract_embeddings")), shown
+        assert gpu == (folder in ("rule_train", "rule_embed")), shown
     assert json.loads(sh("dvc", "status", "--json", cwd=project).stdout) == {}
 
     # The same bytes as local runs. Per-run files and the free features (no inputs) do not
     # depend on the grid: those of the local tiny run (a superset of these runs) must match.
     on_slurm = data_hashes(project)
     local = data_hashes(local_root)
-    of_grid = [s for s in stages.STAGES if not s.matrix and s.deps]  # aggregate, figures, ...
+    of_grid = [s for s in stage_table.STAGES if not s.matrix and s.deps]  # aggregate, figures, ...
 
     def of_the_grid(path: str) -> bool:
         return any(path == out or path.startswith(f"{out}/")
@@ -157,7 +157,7 @@ def test_whole_workflow_as_slurm_jobs_matches_a_local_run(cluster, tmp_path, tmp
     per_run = {p: h for p, h in on_slurm.items() if not of_the_grid(p)}
     assert per_run and {p: local.get(p) for p in per_run} == per_run
     # The grid-wide stages do depend on it: run them again locally on the Slurm run's inputs.
-    forced = [arg for s in of_grid for arg in ("--forcerun", s.rule)]
+    forced = [arg for s in of_grid for arg in ("--forcerun", s.name)]
     sh(*LOCAL, "--no-hooks", *forced, cwd=project, env=cluster)
     assert data_hashes(project) == on_slurm
     assert any(of_the_grid(p) for p in on_slurm)
@@ -171,7 +171,7 @@ def test_slurm_gpus_key_the_device_locks(cluster, tmp_path):
     script.write_text(
         "import json, os, sys, time\n"
         "from pathlib import Path\n"
-        "from pipeline import devices\n"
+        "from pipeline.infra import devices\n"
         "names = devices.device_names(len(os.environ['CUDA_VISIBLE_DEVICES'].split(',')))\n"
         "claim = devices.acquire_slot(names, Path(sys.argv[1]), timeout_seconds=0)\n"
         "start = time.time(); time.sleep(4)\n"
@@ -241,7 +241,7 @@ def cancel_then_resume(cluster, tmp_path, target, reference, reference_run, refe
             assert time.monotonic() < deadline, "no resume point within 120 s"
             time.sleep(0.2)
         job_id = next(j for j, folder in submissions(log.read_text()).items()
-                      if folder == "rule_train_model")
+                      if folder == "rule_train")
         sh("scancel", job_id, cwd=ROOT, env=cluster)
         assert first.wait(timeout=120) != 0
     finally:
@@ -249,7 +249,7 @@ def cancel_then_resume(cluster, tmp_path, target, reference, reference_run, refe
             first.kill()
             first.wait()
     output = log.read_text()
-    error = output[output.index("Error in rule train_model:"):]
+    error = output[output.index("Error in rule train:"):]
     assert f"SLURM-job '{job_id}' failed, SLURM status is: 'CANCELLED'" in error
     assert f"external_jobid: {job_id}" in error
     assert not (project / target).exists() and resume.exists()
@@ -267,16 +267,16 @@ def test_too_small_memory_request_reaches_the_user_and_marks_nothing_done(cluste
     project = new_project(tmp_path / "project", tiny_params())
     target = "data/labels/digits/noise0.3-seed0.parquet"
     result = snakemake(project, cluster, "--no-hooks", target, "--set-resources",
-                       "make_noisy_labels:mem_mb=50", check=False)
+                       "noisy_labels:mem_mb=50", check=False)
     output = result.stdout + result.stderr
     assert result.returncode != 0
     # Slurm's own words, from the Slurm job log the profile's show-failed-logs prints
     assert re.search(r"StepId=\d+\.batch exceeded memory limit \(\d+ > 52428800\)", output), output
     assert "Exceeded job memory limit" in output
-    assert "Error in rule make_noisy_labels:" in output
+    assert "Error in rule noisy_labels:" in output
     assert not (project / target).exists()
     plan = sh(sys.executable, "-m", "snakemake", "-n", "--cores", "1", target, cwd=project)
-    assert "make_noisy_labels" in plan.stdout  # still to do: nothing was marked complete
+    assert "noisy_labels" in plan.stdout  # still to do: nothing was marked complete
 
 
 def test_second_workflow_on_the_same_checkout_refuses(cluster, tmp_path):

@@ -1,4 +1,4 @@
-"""pipeline.statistics: the censored growth fit against closed forms and simulations, its
+"""pipeline.maths.statistics: the censored growth fit against closed forms and simulations, its
 bootstrap interval, the verdicts, and Spearman's rho against scipy."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 from scipy.optimize import approx_fprime
 from scipy.stats import spearmanr
 
-from pipeline import statistics as st
+from pipeline.maths import statistics as st
 
 
 def test_exact_power_law_without_censoring_is_recovered():

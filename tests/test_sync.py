@@ -14,7 +14,7 @@ import yaml
 from conftest import sh
 from tiny_project import copy_of
 
-from pipeline import stages
+from pipeline.infra import stage_table
 
 pytestmark = pytest.mark.e2e
 
@@ -41,7 +41,7 @@ def sync(root: Path):
 
 
 def geometry_files(root: Path) -> dict[Path, tuple[int, bytes]]:
-    files = [p for p in (root / stages.GEOMETRY_DIR).rglob("*") if p.is_file()]
+    files = [p for p in (root / stage_table.GEOMETRY_DIR).rglob("*") if p.is_file()]
     return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in files}
 
 
@@ -62,7 +62,7 @@ def test_sync_refuses_while_dvc_sees_stale_stages_and_touches_nothing(private):
     change_params(private)  # changed, but not reproduced
     before, lock = geometry_files(private), (private / "dvc.lock").read_bytes()
     stale = sorted(json.loads(sh("dvc", "status", "--json", cwd=private).stdout))
-    assert stale == [f"{stages.GEOMETRY.name}@digits-{m}-none-{p}-0"
+    assert stale == [f"{stage_table.GEOMETRY.name}@digits-{m}-none-{p}-0"
                      for m in ("ce", "ce_fixed", "supcon") for p in ("0.0", "0.3")]  # fmt: skip
     result = sync(private)
     assert result.returncode == 1
@@ -81,4 +81,4 @@ def test_plain_touch_leaves_dvc_lock_alone(private):
     assert "dvc.lock is left as it is" in result.stderr
     assert (private / "dvc.lock").read_bytes() == lock
     stale = sh("dvc", "status", "--json", cwd=private).stdout
-    assert stages.GEOMETRY.name + "@digits-ce-none-0.0-0" in stale  # DVC still sees the change
+    assert stage_table.GEOMETRY.name + "@digits-ce-none-0.0-0" in stale  # DVC still sees the change

@@ -1,4 +1,4 @@
-"""Closed forms of pipeline.theory against the losses, enumeration and optimisation."""
+"""Closed forms of pipeline.maths.theory against the losses, enumeration and optimisation."""
 
 import itertools
 import math
@@ -12,10 +12,10 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from scipy.stats import multinomial
 
-from pipeline import theory
-from pipeline.free_features import batch_losses
-from pipeline.losses import cross_entropy_loss, supcon_loss
-from pipeline.simplex import regular_simplex
+from pipeline.maths import theory
+from pipeline.maths.losses import cross_entropy_loss, supcon_loss
+from pipeline.maths.simplex import regular_simplex
+from pipeline.stages.free_features import batch_losses
 
 
 def simplex_batch(counts, k, h, rho, rng):
@@ -480,7 +480,7 @@ def test_benchmark_reference_formulation_equals_supcon_loss():
 def test_binomial_pmf_matches_scipy(n, p):
     from scipy.stats import binom
 
-    from pipeline.theory import binomial_pmf
+    from pipeline.maths.theory import binomial_pmf
 
     m = np.arange(0, n + 1)
     expected = binom.pmf(m, n, p)

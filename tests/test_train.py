@@ -6,35 +6,19 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from runs import run
 
-from pipeline import schemas
-from pipeline.embed import extract_embeddings
-from pipeline.io import read_metadata
-from pipeline.noise import make_noisy_labels
-from pipeline.simplex import regular_simplex
-from pipeline.train import (
+from pipeline.infra import schemas
+from pipeline.infra.io import read_metadata
+from pipeline.maths.simplex import regular_simplex
+from pipeline.stages.train import (
     DivergenceError,
     TrainConfig,
     class_means,
     learning_rate,
     load_checkpoint,
     nearest_class_mean,
-    train,
 )
-
-
-@pytest.fixture
-def labels(tmp_path, small_params):
-    path = tmp_path / "labels.parquet"
-    make_noisy_labels(small_params, dataset="digits", noise=0.3, seed=0, labels=path)
-    return path
-
-
-def run(tmp_path, params, labels, model, tag="a"):
-    paths = {"checkpoint": tmp_path / f"{tag}.pt", "train_log": tmp_path / f"{tag}.parquet"}
-    table = train(params, dataset="digits", model=model, augmentation="none", noise=0.3, seed=0,
-                  labels=labels, **paths)
-    return table, paths
 
 
 def config(params, model="ce"):
@@ -94,7 +78,7 @@ def test_ce_fixed_head_is_an_untrained_regular_simplex(tmp_path, small_params, l
 def test_ce_head_is_trained(tmp_path, small_params, labels):
     _, paths = run(tmp_path, small_params, labels, "ce")
     torch.manual_seed(0)
-    from pipeline.models import Model
+    from pipeline.maths.models import Model
 
     initial = Model(config(small_params).model).state_dict()["head"]
     _, state = load_checkpoint(paths["checkpoint"])
@@ -145,53 +129,9 @@ def test_class_means_and_nearest_mean_equal_naive_loops():
     np.testing.assert_array_equal(pred, naive)
 
 
-@pytest.mark.parametrize("model", ["supcon", "ce"])
-def test_embed_writes_every_sample_and_the_head(tmp_path, small_params, labels, model):
-    _, paths = run(tmp_path, small_params, labels, model)
-    out = {"embeddings": tmp_path / "emb.parquet", "head": tmp_path / "head.parquet"}
-    extract_embeddings(
-        small_params, dataset="digits", model=model, augmentation="none", noise=0.3,
-        seed=0,
-        labels=labels, checkpoint=paths["checkpoint"], **out,
-    )
-    h = small_params["train"]["common"]["representation_dim"]
-    table = pq.read_table(out["embeddings"])
-    assert table.schema.remove_metadata().equals(schemas.embeddings(h))
-    assert table.num_rows == 1797
-    df = table.to_pandas()
-    assert (df["split"] == "train").sum() == 1258
-    assert df.loc[df.split == "test", "noisy_label"].isna().all()
-    train_rows = df[df.split == "train"]
-    assert train_rows["noisy_label"].tolist() == pq.read_table(labels)["noisy_label"].to_pylist()
-    emb = np.stack(df["embedding"].to_numpy())
-    if model == "supcon":  # supcon's representation lies on the unit sphere
-        np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
-    meta = read_metadata(out["embeddings"])["train_config"]
-    assert meta["model"]["model"] == model and meta["noise_fraction"] == 0.3
-    head = pq.read_table(out["head"])
-    assert head.num_rows == (0 if model == "supcon" else 10)
-    first = out["embeddings"].read_bytes()
-    extract_embeddings(
-        small_params, dataset="digits", model=model, augmentation="none", noise=0.3,
-        seed=0,
-        labels=labels, checkpoint=paths["checkpoint"], **out,
-    )
-    assert out["embeddings"].read_bytes() == first
-
-
-def test_embed_refuses_a_checkpoint_of_another_run(tmp_path, small_params, labels):
-    _, paths = run(tmp_path, small_params, labels, "ce")
-    with pytest.raises(ValueError, match=r"made for .*'ce'.*expected .*'supcon'"):
-        extract_embeddings(
-            small_params, dataset="digits", model="supcon", augmentation="none", noise=0.3,
-            seed=0, labels=labels,
-            checkpoint=paths["checkpoint"], embeddings=tmp_path / "e", head=tmp_path / "h",
-        )
-
-
 @pytest.mark.parametrize("model", ["supcon", "ce", "ce_fixed"])
 def test_log_carries_the_gap_to_the_sampler_expected_optimum(tmp_path, small_params, labels, model):
-    from pipeline.theory import class_frequencies, expected_supcon_optimum
+    from pipeline.maths.theory import class_frequencies, expected_supcon_optimum
 
     table, _ = run(tmp_path, small_params, labels, model)
     log = table.to_pandas()
@@ -207,16 +147,3 @@ def test_log_carries_the_gap_to_the_sampler_expected_optimum(tmp_path, small_par
     else:  # loss minus a valid per-batch lower bound: never negative
         assert (log["loss_gap"] >= -1e-6).all()
         assert (log["loss_gap"] <= log["loss"] + 1e-9).all()
-
-
-def test_embed_refuses_a_checkpoint_made_with_another_config(tmp_path, small_params, labels):
-    _, paths = run(tmp_path, small_params, labels, "ce")
-    small_params["train"]["common"]["representation_dim"] = 16
-    with pytest.raises(ValueError, match=r"different config .*model.representation_dim: 32 in "
-                       r"the checkpoint vs 16 now"):
-        extract_embeddings(
-            small_params, dataset="digits", model="ce", augmentation="none", noise=0.3, seed=0,
-            labels=labels,
-            checkpoint=paths["checkpoint"], embeddings=tmp_path / "e", head=tmp_path / "h",
-        )
-    assert not (tmp_path / "e").exists()

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.datasets import CIFAR
-from pipeline.io import file_md5
+from pipeline.infra.datasets import CIFAR
+from pipeline.infra.io import file_md5
 
 
 def write_tiny_cifar(path: Path, name: str, per_batch: int = 20, seed: int = 0) -> str:

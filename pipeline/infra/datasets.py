@@ -1,0 +1,228 @@
+"""Dataset registry: a name -> how to load its fixed train/test split.
+
+Stages only ever call :func:`load`; adding a dataset means adding one :class:`DatasetSpec`
+here and its params schema entry, without touching a stage.
+Images are kept as uint8 (N, C, H, W) with their value range, so the training loop can hold
+them on the device compactly and normalise whole batches there.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import pickle
+import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.infra.io import file_md5
+
+
+@dataclass(frozen=True)
+class Split:
+    images: np.ndarray  # (N, C, H, W) uint8
+    labels: np.ndarray  # (N,) int64 in [0, K)
+
+
+@dataclass(frozen=True)
+class Data:
+    name: str
+    num_classes: int
+    pixel_max: int  # largest possible pixel value (16 for digits, 255 for CIFAR)
+    train: Split
+    test: Split
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    num_classes: int
+    image_shape: tuple[int, int, int]  # (C, H, W)
+    loader: Callable[[dict], Data]
+
+
+def _stratified_split(labels: np.ndarray, test_fraction: float, seed: int):
+    """Indices (train, test), each sorted, holding out round(test_fraction * n_k) per class.
+
+    Stratified so every class is in both parts at the same share; seeded so the split is a
+    fixed property of the dataset, the same for every run.
+    """
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for k in np.unique(labels):
+        idx = np.flatnonzero(labels == k)
+        idx = idx[rng.permutation(idx.size)]
+        n_test = int(round(test_fraction * idx.size))
+        test.append(idx[:n_test])
+        train.append(idx[n_test:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+def _digits_csv() -> Path:
+    """scikit-learn's copy of the UCI digits, located without importing scikit-learn (its
+    import costs ~0.8 s per stage process); a test checks it equals ``load_digits()``."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("scikit-learn is not installed: it ships the digits dataset")
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: digits data missing from the scikit-learn install")
+    return path
+
+
+def _load_digits(params: dict) -> Data:
+    # The 1,797 real 8x8 handwritten digits shipped with scikit-learn: no download.
+    table = np.loadtxt(_digits_csv(), delimiter=",", dtype=np.int64)  # (1797, 64 + 1)
+    images = table[:, :64].astype(np.uint8).reshape(-1, 1, 8, 8)  # values 0..16
+    labels = table[:, 64]
+    train, test = _stratified_split(labels, params["test_fraction"], params["split_seed"])
+    return Data(
+        name="digits",
+        num_classes=10,
+        pixel_max=16,
+        train=Split(images[train], labels[train]),
+        test=Split(images[test], labels[test]),
+    )
+
+
+class DatasetError(ValueError):
+    """A raw dataset file is missing, corrupt or not the expected one."""
+
+
+@dataclass(frozen=True)
+class CifarArchive:
+    """One of the official CIFAR python archives (https://www.cs.toronto.edu/~kriz/cifar.html)."""
+
+    filename: str
+    md5: str  # published checksum of the archive
+    folder: str  # top folder inside the archive
+    train_members: tuple[str, ...]
+    test_member: str
+    label_key: bytes
+
+    @property
+    def url(self) -> str:
+        return f"{CIFAR_MIRROR}{self.filename}"
+
+
+CIFAR_MIRROR = "https://www.cs.toronto.edu/~kriz/"  # the authors' page; a mirror may replace it
+
+
+CIFAR = {
+    "cifar10": CifarArchive(
+        "cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a", "cifar-10-batches-py",
+        tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch", b"labels",
+    ),
+    "cifar100": CifarArchive(
+        "cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85", "cifar-100-python",
+        ("train",), "test", b"fine_labels",
+    ),
+}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles the CIFAR batches (dicts of bytes, lists and numpy arrays) and refuses
+    every other global, so even an archive that slipped past the checksum runs no code."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("_codecs", "encode"),  # how Python 3 pickles bytes at protocol 2; pure
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing global {module}.{name} in a CIFAR batch")
+        return super().find_class(module, name)
+
+
+def verify_archive(name: str, params: dict) -> Path:
+    """The archive of dataset ``name`` at ``params['archive']``, checked against its md5."""
+    spec = CIFAR[name]
+    path = Path(params["archive"])
+    expected = params.get("md5", spec.md5)
+    where = (f"expected md5 {expected}; get it from {spec.url} (then "
+             f"`dvc add {path}` to track it)")
+    if not path.is_file():
+        raise DatasetError(f"{path}: missing dataset archive for {name!r}; {where}")
+    found = file_md5(path)
+    if found != expected:
+        raise DatasetError(f"{path}: md5 is {found}, {where}")
+    return path
+
+
+def download_archive(name: str, destination: Path) -> Path:
+    """Fetch dataset ``name``'s official archive to ``destination`` and verify its md5.
+
+    Only for machines with a network (never called by a stage or a test); the file is
+    written atomically, so an interrupted download leaves nothing that passes for it.
+    """
+    import shutil
+    import urllib.request
+
+    from pipeline.infra.io import atomic_path
+
+    spec = CIFAR[name]
+    destination = Path(destination)
+    with atomic_path(destination) as tmp:
+        with urllib.request.urlopen(spec.url) as response, open(tmp, "wb") as out:
+            shutil.copyfileobj(response, out)
+        if file_md5(tmp) != spec.md5:
+            raise DatasetError(f"{spec.url}: downloaded file has md5 {file_md5(tmp)}, "
+                               f"expected {spec.md5}")
+    return destination
+
+
+def _load_cifar(name: str, params: dict) -> Data:
+    spec = CIFAR[name]
+    path = verify_archive(name, params)
+
+    def batch(tar: tarfile.TarFile, member: str) -> tuple[np.ndarray, np.ndarray]:
+        f = tar.extractfile(f"{spec.folder}/{member}")
+        if f is None:
+            raise DatasetError(f"{path}: has no member {spec.folder}/{member}")
+        d = _ArrayUnpickler(io.BytesIO(f.read()), encoding="bytes").load()
+        images = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)  # (N, C, H, W)
+        return images, np.asarray(d[spec.label_key], dtype=np.int64)
+
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            parts = [batch(tar, m) for m in spec.train_members]
+            test = batch(tar, spec.test_member)
+    except (tarfile.TarError, OSError, EOFError, pickle.UnpicklingError, KeyError) as e:
+        raise DatasetError(f"{path}: corrupt {name} archive ({type(e).__name__}: {e})") from e
+    train = Split(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+    num_classes = REGISTRY[name].num_classes
+    return Data(name, num_classes, 255, train, Split(*test))
+
+
+REGISTRY: dict[str, DatasetSpec] = {
+    "digits": DatasetSpec("digits", num_classes=10, image_shape=(1, 8, 8), loader=_load_digits),
+    "cifar10": DatasetSpec(
+        "cifar10", 10, (3, 32, 32), lambda params: _load_cifar("cifar10", params)
+    ),
+    "cifar100": DatasetSpec(
+        "cifar100", 100, (3, 32, 32), lambda params: _load_cifar("cifar100", params)
+    ),
+}
+
+
+def spec(name: str) -> DatasetSpec:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown dataset {name!r} (known: {', '.join(REGISTRY)})") from None
+
+
+def load(name: str, params: dict) -> Data:
+    """Load dataset ``name`` with its own params section (``datasets.<name>``)."""
+    data = spec(name).loader(params)
+    for split in (data.train, data.test):
+        if split.labels.max() >= data.num_classes or split.labels.min() < 0:
+            raise DatasetError(f"dataset {name!r}: labels outside [0, {data.num_classes})")
+        if split.images.shape[1:] != spec(name).image_shape or split.images.dtype != np.uint8:
+            raise DatasetError(f"dataset {name!r}: images are not uint8 {spec(name).image_shape}")
+    return data

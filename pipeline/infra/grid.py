@@ -1,0 +1,60 @@
+"""Which runs exist: the `grid:` section of params.yaml, as jobs of one matrix of wildcards.
+
+The grid's axes (datasets, models, augmentations, noise fractions, seeds) list every value a
+run may use, in the order results are shown. Without ``run_sets`` the runs are the axes' full
+product; with it, the union of its named sub-grids' products, each run once. A module of its
+own, imported by the stage table (pipeline/infra/stage_table.py, whose ``grid_jobs`` is the one
+enumeration the front-ends, aggregate, figures and lineage call) and by the params checks
+(pipeline/infra/config.py): a stage whose code reaches either depends on these few lines only, not
+on the whole stage table.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+# wildcard -> the params.yaml list that enumerates it
+GRID_AXES: dict[str, str] = {
+    "dataset": "grid.datasets",
+    "model": "grid.models",
+    "augmentation": "grid.augmentations",
+    "noise": "grid.noise_fractions",
+    "seed": "grid.seeds",
+}
+
+# Key of `grid:` naming its sub-grids; without it the grid is the one product of its axes.
+RUN_SETS = "run_sets"
+
+
+def grid_axis(wildcard: str) -> str:
+    """The `grid:` key listing a wildcard's values, e.g. "noise" -> "noise_fractions"."""
+    return GRID_AXES[wildcard].split(".", 1)[1]
+
+
+def run_sets(grid: dict) -> dict[str, dict[str, list]]:
+    """The grid's sub-grids, each as wildcard -> values (an axis a sub-grid leaves out takes
+    all of the grid's values); a grid without ``run_sets`` is one product, named "grid"."""
+    axes = {w: list(grid[grid_axis(w)]) for w in GRID_AXES}
+    named = grid.get(RUN_SETS) or {"grid": {}}
+    return {
+        name: {w: list(sub.get(grid_axis(w), axes[w])) for w in GRID_AXES}
+        for name, sub in named.items()
+    }
+
+
+def jobs(matrix: tuple[str, ...], grid: dict) -> list[dict[str, str]]:
+    """Every combination of ``matrix``'s wildcards that some run of a validated ``grid`` has,
+    as wildcard -> text: the union of the run sets' products, projected, each job once.
+
+    The order is that of the product of the grid's axes (a single product: exactly
+    ``itertools.product``), whatever the order or overlap of the run sets, so renaming or
+    splitting a set moves no job. Values are rendered with ``str`` as DVC's templating does
+    (``0.0`` -> "0.0"), from the axes' own spelling (a set's ``0`` is the axis's ``0.0``).
+    """
+    sets = list(run_sets(grid).values())
+    found = []
+    for combo in itertools.product(*(grid[grid_axis(w)] for w in matrix)):
+        # a product's projection is the product of the projected axes: one test per set
+        if any(all(v in s[w] for w, v in zip(matrix, combo, strict=True)) for s in sets):
+            found.append(dict(zip(matrix, map(str, combo), strict=True)))
+    return found

@@ -1,0 +1,288 @@
+"""Stage ``aggregate``: gather every run's geometry metrics into one table, then summarise
+them across seeds per (dataset, model, augmentation, noise fraction).
+
+The runs are exactly those of ``params.yaml: grid`` (never whatever lies on disk), so a stale
+run folder left over from an earlier grid cannot leak into the summary, and a missing one is
+an error naming its path.
+
+Outputs:
+- ``runs``: one row per run, sorted by dataset, model, augmentation (grid order), noise, seed;
+- ``summary`` (Parquet) and ``summary_csv``: per (dataset, model, augmentation,
+  noise_fraction), every numeric metric's ``<metric>_mean`` and ``<metric>_std`` (sample
+  std, ddof=1, so NaN with one seed) plus ``n_seeds``. ``iterations_to_fit`` is null for a
+  run that never fit: its mean and std are over the seeds that fit and ``n_fit`` counts
+  them. Every other metric is averaged over all seeds, so a null in any seed gives a null
+  mean (nothing is silently averaged over fewer seeds).
+- ``curves`` (CSV): every training log of the grid stacked, one row per evaluation, the run's
+  identity columns first: the data of `dvc plots show`'s training curves (DVC cannot read
+  Parquet) and of the training-curves figures.
+- ``growth`` (JSON, DVC metrics): per dataset, augmentation and model, the fitted exponent a
+  of iterations-to-fit ~ c p^a across the noise fractions p > 0 (docs/paper.md: "a fitted exponent
+  per loss"), fitted over the runs with those that never fit right-censored at their last
+  evaluation, its 95% bootstrap interval and the "superlinear" verdict that follows from it;
+  the same fit the iterations-to-fit figure draws; see :func:`growth_exponents`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from pipeline.infra import schemas, stage_table
+from pipeline.infra.io import InputError, atomic_path, read_parquet, write_json, write_parquet
+from pipeline.maths import statistics
+
+# Keys naming the run; the rest of metrics.json is metrics.
+ID_COLUMNS = ("dataset", "model", "augmentation", "noise_fraction", "seed")
+GROUP_COLUMNS = ("dataset", "model", "augmentation", "noise_fraction")
+STRING_COLUMNS = ("dataset", "model", "augmentation")
+FIT_METRIC = "iterations_to_fit"  # null = never reached the fit threshold
+log = logging.getLogger(__name__)
+
+CSV_FLOAT_FORMAT = "%.10g"  # fixed formatting: equal numbers -> equal CSV bytes
+TRAIN_LOG_COLUMNS = {f.name: f.type for f in schemas.TRAIN_LOG}
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _kind(value: object) -> str:
+    """One of null, int, float or other (a string, list or bool: not a metric)."""
+    if value is None:
+        return "null"
+    if not _is_number(value):
+        return "other"
+    return "int" if isinstance(value, int) else "float"
+
+
+def run_identity(job: dict[str, str]) -> dict[str, object]:
+    """A grid job's wildcards (text) as the typed values of ID_COLUMNS."""
+    return {
+        "dataset": job["dataset"],
+        "model": job["model"],
+        "augmentation": job["augmentation"],
+        "noise_fraction": float(job["noise"]),
+        "seed": int(job["seed"]),
+    }
+
+
+def read_run_metrics(path: Path, job: dict[str, str]) -> dict:
+    """One run's metrics.json, checked to be a JSON object naming the run ``job`` is."""
+    if not path.exists():
+        raise InputError(f"{path}: missing input file (run {job})")
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: unreadable or truncated JSON ({e})") from e
+    if not isinstance(metrics, dict):
+        raise InputError(f"{path}: expected a JSON object, got {type(metrics).__name__}")
+    missing = [key for key in ID_COLUMNS if metrics.get(key) is None]
+    if missing:
+        raise InputError(f"{path}: missing key(s) {missing}")
+    for key, want in run_identity(job).items():
+        got = metrics[key]
+        same = got == want if isinstance(want, str) else _is_number(got) and got == want
+        if not same:
+            raise InputError(f"{path}: {key} is {got!r} but the path says {want!r}")
+    return metrics
+
+
+def _metric_types(records: list[dict], paths: list[Path]) -> dict[str, pa.DataType]:
+    """Numeric metric keys in first-seen order -> int64 (integers, never null) or float64.
+
+    Keys whose values are all non-numeric (strings, lists) are not metrics and are left out;
+    a key numeric in one run and not in another is an error naming both files.
+    """
+    kinds: dict[str, set[str]] = {}
+    first_path: dict[tuple[str, str], Path] = {}
+    for metrics, path in zip(records, paths, strict=True):
+        for key, value in metrics.items():
+            if key in ID_COLUMNS:
+                continue
+            kind = _kind(value)
+            kinds.setdefault(key, set()).add(kind)
+            first_path.setdefault((key, kind), path)
+    types: dict[str, pa.DataType] = {}
+    for key, seen in kinds.items():
+        if "other" in seen and seen - {"other", "null"}:
+            number_kind = sorted(seen - {"other", "null"})[0]
+            raise InputError(
+                f"{key!r} is numeric in {first_path[(key, number_kind)]} but not in "
+                f"{first_path[(key, 'other')]}"
+            )
+        if "other" in seen:
+            continue
+        types[key] = pa.int64() if seen == {"int"} else pa.float64()
+    # A key present in only some runs is null in the others, hence float64.
+    for key, dtype in types.items():
+        if dtype == pa.int64() and any(key not in m for m in records):
+            types[key] = pa.float64()
+    return types
+
+
+def load_runs(grid: dict, geometry_dir: Path) -> pd.DataFrame:
+    """Every run of ``grid`` as one row: the identity columns, then each numeric metric."""
+    jobs = stage_table.grid_jobs(stage_table.GEOMETRY, grid)
+    paths = [stage_table.run_file(stage_table.GEOMETRY_METRICS, geometry_dir, **job)
+             for job in jobs]
+    records = [read_run_metrics(path, job) for path, job in zip(paths, jobs, strict=True)]
+    types = _metric_types(records, paths)
+    columns: dict[str, object] = {
+        "dataset": pd.Series([m["dataset"] for m in records], dtype=object),
+        "model": pd.Series([m["model"] for m in records], dtype=object),
+        "augmentation": pd.Series([m["augmentation"] for m in records], dtype=object),
+        "noise_fraction": np.array([m["noise_fraction"] for m in records], dtype=np.float64),
+        "seed": np.array([m["seed"] for m in records], dtype=np.int64),
+    }
+    for key, dtype in types.items():
+        values = [m.get(key) for m in records]
+        if dtype == pa.int64():
+            columns[key] = np.array(values, dtype=np.int64)
+        else:
+            columns[key] = np.array([np.nan if v is None else v for v in values], np.float64)
+    runs = pd.DataFrame(columns)
+    dataset_rank = {name: i for i, name in enumerate(grid["datasets"])}
+    model_rank = {name: i for i, name in enumerate(grid["models"])}
+    augmentation_rank = {name: i for i, name in enumerate(grid["augmentations"])}
+    order = np.lexsort(
+        (
+            runs["seed"].to_numpy(),
+            runs["noise_fraction"].to_numpy(),
+            runs["augmentation"].map(augmentation_rank).to_numpy(),
+            runs["model"].map(model_rank).to_numpy(),
+            runs["dataset"].map(dataset_rank).to_numpy(),
+        )
+    )
+    return runs.iloc[order].reset_index(drop=True)
+
+
+def growth_of(runs: pd.DataFrame) -> statistics.GrowthFit:
+    """The censored growth fit (pipeline.maths.statistics) of one model's runs: a run that never
+    fit is censored at its last evaluation (it needs more steps than it was given)."""
+    iterations = runs[FIT_METRIC].astype(np.float64).to_numpy()
+    censored = np.isnan(iterations)
+    at = np.where(censored, runs["final_iteration"].astype(np.float64).to_numpy(), iterations)
+    return statistics.growth_fit(runs["noise_fraction"].to_numpy(np.float64), at, censored)
+
+
+def growth_exponents(runs: pd.DataFrame) -> dict:
+    """``{dataset: {augmentation: {model: fit}}}`` of iterations-to-fit against noise.
+
+    Each fit (:func:`growth_of`): ``exponent`` a and ``coefficient`` c of c p^a (null when
+    fewer than two noise fractions p > 0 have a run, or all their runs are censored),
+    ``sigma`` (spread of log iterations about the fit), ``exponent_ci95``, ``superlinear``
+    ("yes" when the whole interval lies above 1, "no" when below, else "inconclusive"),
+    ``runs_used`` (p > 0) and ``runs_not_fit`` of those, counted in the fit, not dropped.
+    """
+    if FIT_METRIC not in runs or "final_iteration" not in runs:
+        raise InputError(f"the runs carry no {FIT_METRIC!r} metric: no growth to fit")
+    growth: dict = {}
+    for (dataset, augmentation, model), group in runs.groupby(
+        ["dataset", "augmentation", "model"], sort=False
+    ):
+        fit = growth_of(group)
+        growth.setdefault(dataset, {}).setdefault(augmentation, {})[model] = {
+            "exponent": fit.exponent,
+            "coefficient": fit.coefficient,
+            "sigma": fit.sigma,
+            "exponent_ci95": None if fit.ci95 is None else list(fit.ci95),
+            "superlinear": statistics.verdict_above(fit.ci95, 1.0),
+            "runs_used": fit.runs,
+            "runs_not_fit": fit.censored,
+            "bootstrap_resamples": statistics.RESAMPLES,
+        }
+    return growth
+
+
+def load_train_logs(train_log_dir: Path, grid: dict) -> pd.DataFrame:
+    """Every training log of the grid, stacked in grid order, the run's identity first."""
+    frames = []
+    for job in stage_table.grid_jobs(stage_table.TRAIN, grid):
+        path = stage_table.run_file(stage_table.TRAIN_LOG, train_log_dir, **job)
+        frame = read_parquet(path, TRAIN_LOG_COLUMNS).to_pandas()
+        for position, (name, value) in enumerate(run_identity(job).items()):
+            frame.insert(position, name, value)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def metric_columns(runs: pd.DataFrame) -> list[str]:
+    return [c for c in runs.columns if c not in ID_COLUMNS]
+
+
+def summarize_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean and sample std across seeds per group (GROUP_COLUMNS); see module doc."""
+    rows = []
+    # sort=False keeps the runs table's (grid) order of the groups.
+    for key, group in runs.groupby(list(GROUP_COLUMNS), sort=False):
+        row: dict[str, object] = dict(zip(GROUP_COLUMNS, key, strict=True))
+        row["n_seeds"] = len(group)
+        if FIT_METRIC in group:
+            row["n_fit"] = int(group[FIT_METRIC].notna().sum())
+        for metric in metric_columns(runs):
+            values = group[metric].astype(np.float64)
+            skipna = metric == FIT_METRIC  # over the seeds that fit
+            row[f"{metric}_mean"] = values.mean(skipna=skipna)
+            row[f"{metric}_std"] = values.std(ddof=1, skipna=skipna)
+        rows.append(row)
+    summary = pd.DataFrame(rows)
+    for column in summary.columns:
+        if column.endswith(("_mean", "_std")):
+            summary[column] = summary[column].astype(np.float64)
+    return summary
+
+
+def to_arrow(frame: pd.DataFrame) -> pa.Table:
+    """An Arrow table with fixed types and no pandas metadata (no version strings in bytes)."""
+    arrays = {}
+    for name in frame.columns:
+        column = frame[name]
+        if name in STRING_COLUMNS:
+            arrays[name] = pa.array(column.astype(object).tolist(), type=pa.string())
+        elif pd.api.types.is_integer_dtype(column):
+            arrays[name] = pa.array(column.to_numpy(np.int64), type=pa.int64())
+        else:
+            arrays[name] = pa.array(
+                column.to_numpy(np.float64), type=pa.float64(), from_pandas=True
+            )
+    return pa.table(arrays)
+
+
+def write_csv(frame: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_csv(
+            tmp, index=False, float_format=CSV_FLOAT_FORMAT, na_rep="", lineterminator="\n"
+        )
+
+
+def aggregate_runs(
+    params: dict,
+    *,
+    geometry_dir: Path,
+    train_log_dir: Path,
+    runs: Path,
+    summary: Path,
+    summary_csv: Path,
+    curves: Path,
+    growth: Path,
+) -> pd.DataFrame:
+    """Write the per-run table, the across-seed summary of the grid, the stacked training
+    logs and the growth exponents; return the summary."""
+    grid = params["grid"]
+    run_table = load_runs(grid, Path(geometry_dir))
+    summary_table = summarize_runs(run_table)
+    exponents = growth_exponents(run_table)
+    logs = load_train_logs(Path(train_log_dir), grid)
+    write_parquet(to_arrow(run_table), runs, metadata={"grid": grid})
+    write_parquet(to_arrow(summary_table), summary, metadata={"grid": grid})
+    write_csv(summary_table, Path(summary_csv))
+    write_csv(logs, Path(curves))
+    write_json(exponents, Path(growth), sort_keys=False)  # the grid's order
+    log.info("%d runs -> %d summary rows: %s", len(run_table), len(summary_table), summary)
+    return summary_table

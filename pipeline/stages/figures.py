@@ -1,0 +1,488 @@
+"""Stage ``figures``: the paper's plots, per dataset of the grid, as PNG and PDF.
+
+- ``geometry_{dataset}``: Section 5.2. Per model, the distributions (pooled over seeds, at
+  noise fraction ``figures.geometry_noise``) of the cosine similarity across class means, of
+  each sample to its class mean and across head weights, against the regular-simplex value
+  -1/(K-1) and 1 (collapse).
+- ``iterations_to_fit_{dataset}``: Section 5.3. Iterations to fit the (noisy) training labels
+  against the noise fraction p per model, with every seed shown, runs that never fit marked at
+  the top, the censored growth fit c * p^a with its exponent, 95% bootstrap interval and
+  band (aggregate.growth_of, the fit growth.json holds).
+- ``collapse_{dataset}``: NC1-NC4 and the test accuracies of the class-mean classifier, the
+  head and the linear probe against the noise fraction, mean over seeds.
+- ``training_curves_{dataset}``: loss, train accuracy on the labels trained on, and test
+  accuracy of the class-mean classifier over iterations, mean over seeds.
+
+Each file carries a provenance record in its metadata (pipeline/infra/provenance.py: params,
+code and input md5s), which ``python -m pipeline lineage <figure>`` reads back.
+
+Figures are built with the object-oriented API (``matplotlib.figure.Figure``, rendered by the
+Agg and PDF canvases), never pyplot, so no global figure state or GUI backend is involved,
+and under matplotlib's default rc settings, so a user's matplotlibrc cannot change the bytes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from pathlib import Path
+
+import matplotlib as mpl
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from pipeline.infra import provenance, schemas, stage_table
+from pipeline.infra.io import InputError, atomic_dir, read_parquet
+from pipeline.infra.plotting import new_figure, save_figure, style
+from pipeline.stages.aggregate import growth_of, load_train_logs, run_identity
+
+log = logging.getLogger(__name__)
+
+MODEL_NAMES = {"supcon": "SupCon", "ce": "CE", "ce_fixed": "CE (fixed simplex head)"}
+COSINE_KINDS = schemas.COSINE_KINDS
+COSINE_LABELS = {
+    "class_means": "across\nclass means",
+    "sample_to_class_mean": "sample to\nits class mean",
+    "head_weights": "across\nhead weights",
+}
+RUNS_COLUMNS = {
+    "dataset": pa.string(),
+    "model": pa.string(),
+    "augmentation": pa.string(),
+    "noise_fraction": pa.float64(),
+    "seed": pa.int64(),
+}
+COSINES_COLUMNS = {f.name: f.type for f in schemas.COSINES}
+
+
+def model_name(model: str) -> str:
+    return MODEL_NAMES.get(model, model)
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def load_runs_table(path: Path, grid: dict) -> pd.DataFrame:
+    """The aggregate stage's runs table, checked to hold every run of ``grid``."""
+    table = read_parquet(path, RUNS_COLUMNS).to_pandas()
+    for column in ("num_classes", "iterations_to_fit"):
+        if column not in table:
+            raise InputError(f"{path}: missing column {column!r} (has {list(table.columns)})")
+    keys = list(table[list(RUNS_COLUMNS)].itertuples(index=False, name=None))
+    wanted = {}
+    for job in stage_table.grid_jobs(stage_table.GEOMETRY, grid):
+        wanted[tuple(run_identity(job).values())] = job
+    present = set(keys)
+    for key, job in wanted.items():
+        if key not in present:
+            raise InputError(f"{path}: no row for run {job} of the grid (rerun aggregate)")
+    # Rows of runs outside the grid (a stale table) are not drawn.
+    return table[[key in wanted for key in keys]].reset_index(drop=True)
+
+
+def load_cosines(geometry_dir: Path, grid: dict, noise_fraction: float) -> pd.DataFrame:
+    """The cosine distributions of the grid's runs at ``noise_fraction``, one row per value:
+    dataset, model, augmentation, seed, kind, value."""
+    frames = []
+    for job in _jobs_at_noise(grid, noise_fraction):
+        path = stage_table.run_file(stage_table.COSINES, geometry_dir, **job)
+        frame = read_parquet(path, COSINES_COLUMNS).to_pandas()
+        unknown = sorted(set(frame["kind"]) - set(COSINE_KINDS))
+        if unknown:
+            raise InputError(f"{path}: unknown cosine kind(s) {unknown} (known: {COSINE_KINDS})")
+        frames.append(
+            frame.assign(dataset=job["dataset"], model=job["model"],
+                         augmentation=job["augmentation"], seed=int(job["seed"]))
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def _jobs_at_noise(grid: dict, noise_fraction: float) -> list[dict[str, str]]:
+    jobs = [
+        job
+        for job in stage_table.grid_jobs(stage_table.GEOMETRY, grid)
+        if float(job["noise"]) == float(noise_fraction)
+    ]
+    if not jobs:
+        raise ValueError(
+            f"figures.geometry_noise: {noise_fraction} is not one of grid.noise_fractions "
+            f"{grid['noise_fractions']}"
+        )
+    return jobs
+
+
+def num_classes_of(runs: pd.DataFrame, dataset: str) -> int:
+    values = runs.loc[runs["dataset"] == dataset, "num_classes"].dropna().unique()
+    if len(values) != 1:
+        raise InputError(f"runs table: dataset {dataset!r} has num_classes {sorted(values)}")
+    return int(values[0])
+
+
+# ----------------------------------------------------------------------------- analysis
+
+
+def iterations_by_noise(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per noise fraction of one model: mean and sample std of iterations_to_fit over the
+    seeds that fit, and how many seeds fit out of how many."""
+    iterations = runs["iterations_to_fit"].astype(np.float64)
+    grouped = iterations.groupby(runs["noise_fraction"], sort=True)
+    return pd.DataFrame(
+        {
+            "mean": grouped.mean(),
+            "std": grouped.std(ddof=1),
+            "n_fit": grouped.count(),
+            "n_seeds": grouped.size(),
+        }
+    ).reset_index()
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def plot_geometry(
+    cosines: pd.DataFrame, *, dataset: str, num_classes: int, models: list[str], noise: float
+) -> Figure:
+    """Section 5.2: one panel per model, a box per cosine kind (whiskers at min and max)."""
+    simplex = -1.0 / (num_classes - 1)
+    with mpl.rc_context(style()):
+        fig = new_figure(0.5 + 3.4 * len(models), 4.6)
+        axes = fig.subplots(1, len(models), sharey=True, squeeze=False)[0]
+        for ax, model in zip(axes, models, strict=True):
+            of_model = cosines[(cosines["dataset"] == dataset) & (cosines["model"] == model)]
+            n_seeds = of_model["seed"].nunique()
+            for x, kind in enumerate(COSINE_KINDS, start=1):
+                values = of_model.loc[of_model["kind"] == kind, "value"].to_numpy()
+                if values.size == 0:
+                    text = "no head" if kind == "head_weights" else "no data"
+                    ax.text(x, 0.0, text, ha="center", va="center", style="italic", color="0.4")
+                    continue
+                ax.boxplot([values], positions=[x], widths=0.6, whis=(0, 100), showfliers=False)
+            ax.axhline(
+                simplex, color="tab:red", ls="--", lw=1, label=f"simplex -1/(K-1) = {simplex:.4g}"
+            )
+            ax.axhline(1.0, color="tab:blue", ls=":", lw=1, label="1 (collapse)")
+            ax.set_xticks(range(1, len(COSINE_KINDS) + 1))
+            ax.set_xticklabels([COSINE_LABELS[k] for k in COSINE_KINDS])
+            ax.set_xlim(0.4, len(COSINE_KINDS) + 0.6)
+            ax.set_ylim(-1.05, 1.05)
+            ax.set_title(f"{model_name(model)} ({n_seeds} seeds)")
+        axes[0].set_ylabel("cosine similarity (dimensionless)")
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncols=2)
+        fig.suptitle(
+            f"{dataset} (K = {num_classes}): cosine similarities at noise fraction {noise:g}, "
+            "pooled over seeds"
+        )
+    return fig
+
+
+def plot_gap_vs_accuracy(
+    runs: pd.DataFrame, *, dataset: str, num_classes: int, models: list[str]
+) -> Figure:
+    """The paper's claim, per run: close to the optimum <-> generalises well. Final gap to
+    the optimum against test accuracy; left the supcon gap (optimised by supcon, tracked on
+    the normalised features of the ce models), right each model's own loss gap."""
+    runs = runs[runs["dataset"] == dataset]
+    panels = (
+        ("final_supcon_gap", "final supcon loss minus its\nsampler-expected optimum (nats)"),
+        ("final_loss_gap", "final loss minus its bound (nats)\n(supcon: as left; ce: at the "
+                           "feature norms)"),
+    )
+    noise_values = sorted(runs["noise_fraction"].unique())
+    sizes = {p: 18 + 60 * i / max(len(noise_values) - 1, 1) for i, p in enumerate(noise_values)}
+    with mpl.rc_context(style()):
+        fig = new_figure(11.0, 4.6)
+        axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+        for ax, (column, label) in zip(axes, panels, strict=True):
+            for i, model in enumerate(models):
+                of_model = runs[runs["model"] == model]
+                ax.scatter(
+                    of_model[column].to_numpy(np.float64),
+                    100 * of_model["test_accuracy_class_mean"].to_numpy(np.float64),
+                    s=[sizes[p] for p in of_model["noise_fraction"]],
+                    color=f"C{i}", alpha=0.75, label=model_name(model),
+                )
+            ax.set_xscale("symlog", linthresh=1e-3)
+            ax.set_xlabel(label)
+        axes[0].set_ylabel("test accuracy, class-mean classifier (%)")
+        axes[0].legend(fontsize="small", title="model (marker size: noise fraction)")
+        fig.suptitle(
+            f"{dataset} (K = {num_classes}): final gap to the optimum vs test accuracy, "
+            f"one point per run (noise {min(noise_values):g} to {max(noise_values):g})"
+        )
+    return fig
+
+
+COLLAPSE_PANELS = (
+    ("nc1", "NC1: tr(Sw Sb+)/K", True),
+    ("nc2_equinorm_cv", "NC2: CV of centred\nclass-mean norms", True),
+    ("nc2_simplex_angle_deviation", "NC2: mean |cos + 1/(K-1)|\nof centred class means", False),
+    ("nc3_self_duality", "NC3: ||W/|W| - M/|M|||\n(CE models)", False),
+    ("nc4_head_ncm_agreement", "NC4: head agrees with\nnearest class mean (CE)", False),
+)
+ACCURACIES = (
+    ("test_accuracy_class_mean", "-", "class-mean classifier"),
+    ("test_accuracy_head", "--", "head"),
+    ("probe_test_accuracy", ":", "linear probe"),
+)
+
+
+def plot_collapse(runs: pd.DataFrame, *, dataset: str, num_classes: int,
+                  models: list[str]) -> Figure:  # fmt: skip
+    """NC1-NC4 (pipeline.stages.geometry, pipeline.maths.collapse) and the three test accuracies
+    (class-mean classifier, head, linear probe) against the noise fraction, mean over seeds."""
+    runs = runs[runs["dataset"] == dataset]
+    with mpl.rc_context(style()):
+        fig = new_figure(13.0, 6.4)
+        axes = fig.subplots(2, 3).ravel()
+        for ax, (column, label, log_scale) in zip(axes, COLLAPSE_PANELS, strict=False):
+            for i, model in enumerate(models):
+                of_model = runs[runs["model"] == model]
+                if column not in of_model or of_model[column].isna().all():
+                    continue
+                mean = of_model.groupby("noise_fraction")[column].mean()
+                ax.plot(mean.index, mean.to_numpy(), marker="o", color=f"C{i}",
+                        label=model_name(model))  # fmt: skip
+            if log_scale:
+                ax.set_yscale("log")
+            ax.set_ylabel(label)
+            ax.set_xlabel("noise fraction p")
+        ax = axes[-1]
+        for i, model in enumerate(models):
+            of_model = runs[runs["model"] == model]
+            for column, ls, _ in ACCURACIES:
+                if column in of_model and of_model[column].notna().any():
+                    mean = of_model.groupby("noise_fraction")[column].mean()
+                    ax.plot(mean.index, 100 * mean.to_numpy(), ls=ls, color=f"C{i}")
+        handles = [Line2D([], [], color=f"C{i}", label=model_name(m)) for i, m in enumerate(models)]
+        handles += [Line2D([], [], color="0.3", ls=ls, label=name) for _, ls, name in ACCURACIES]
+        ax.legend(handles=handles, fontsize="x-small")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_xlabel("noise fraction p")
+        fig.suptitle(f"{dataset} (K = {num_classes}): neural collapse NC1-NC4 and test "
+                     "accuracies, mean over seeds")  # fmt: skip
+    return fig
+
+
+def plot_iterations_to_fit(
+    runs: pd.DataFrame, *, dataset: str, num_classes: int, models: list[str]
+) -> Figure:
+    """Section 5.3: iterations to fit vs noise fraction; mean +- std over the seeds that fit,
+    every seed as a dot, seeds that never fit as an x on the line at the top."""
+    runs = runs[runs["dataset"] == dataset]
+    iterations = runs["iterations_to_fit"].astype(np.float64)
+    top = _not_fit_level(runs, iterations)
+    noise_values = np.sort(runs["noise_fraction"].unique())
+    dodge = 0.006 * (noise_values.max() - noise_values.min() or 1.0)  # keep models apart
+    with mpl.rc_context(style()):
+        fig = new_figure(7.0, 4.8)
+        ax = fig.subplots()
+        any_not_fit = False
+        for i, model in enumerate(models):
+            shift = (i - (len(models) - 1) / 2) * dodge
+            of_model = runs[runs["model"] == model]
+            any_not_fit |= _plot_model_iterations(ax, of_model, model, f"C{i}", shift, top)
+        handles, labels = ax.get_legend_handles_labels()
+        if any_not_fit:
+            ax.axhline(top, color="0.5", lw=0.8, ls=":")
+            handles.append(Line2D([], [], ls="none", marker="x", mew=2, color="0.3"))
+            labels.append(f"not fit (shown at {top:.4g})")
+        handles.append(Line2D([], [], ls="none", marker=".", color="0.3"))
+        labels.append("single seed")
+        ax.legend(handles, labels, loc="upper left", fontsize="small")
+        ax.set_xlabel("noise fraction p (fraction of training labels flipped)")
+        ax.set_ylabel("iterations to fit (SGD steps)")
+        ax.set_ylim(bottom=0)
+        ax.set_title(
+            f"{dataset} (K = {num_classes}): iterations to fit noisy labels, "
+            "mean ± std over seeds that fit"
+        )
+    return fig
+
+
+def _plot_model_iterations(
+    ax, runs: pd.DataFrame, model: str, color: str, shift: float, top: float
+) -> bool:
+    """One model's mean +- std, seed dots, not-fit crosses at ``top``, the censored power-law
+    fit (aggregate.growth_of, as in growth.json) and its bootstrap band; ``shift`` moves the
+    markers sideways (noise units). True if any run never fit."""
+    stats = iterations_by_noise(runs)
+    fit = growth_of(runs)
+    label = model_name(model) + (": a = n/a" if fit.exponent is None else
+                                 f": a = {fit.exponent:.2f} (iters ~ {fit.coefficient:.3g} "
+                                 f"p^{fit.exponent:.2f})")  # fmt: skip
+    if fit.ci95 is not None:
+        label += f", 95% CI [{fit.ci95[0]:.2f}, {fit.ci95[1]:.2f}]"
+    p = stats["noise_fraction"].to_numpy()
+    ax.errorbar(
+        p + shift,
+        stats["mean"],
+        yerr=stats["std"].fillna(0.0),
+        color=color,
+        marker="o",
+        capsize=3,
+        label=label,
+    )
+    iterations = runs["iterations_to_fit"].astype(np.float64)
+    fit_rows = iterations.notna().to_numpy()
+    noise = runs["noise_fraction"].to_numpy()
+    ax.plot(
+        noise[fit_rows] + shift, iterations[fit_rows], ls="none", marker=".", color=color, alpha=0.5
+    )
+    not_fit = noise[~fit_rows]
+    if not_fit.size:  # never dropped: drawn as crosses at the training length
+        x = not_fit + shift
+        ax.plot(x, np.full(x.size, top), ls="none", marker="x", ms=8, mew=2, color=color)
+    if fit.exponent is not None:
+        curve = np.linspace(p[p > 0].min(), p.max(), 100)
+        ax.plot(curve, fit.coefficient * curve**fit.exponent, color=color, ls="--", lw=0.8)
+    if fit.band is not None:  # pointwise 95% bootstrap band of the fitted curve
+        grid, lower, upper = fit.band
+        ax.fill_between(grid, lower, upper, color=color, alpha=0.12, lw=0)
+    return bool(not_fit.size)
+
+
+def _not_fit_level(runs: pd.DataFrame, iterations: pd.Series) -> float:
+    """Where a run that never fit is drawn: at the training length (it had not fit by then),
+    else just above the slowest run that did."""
+    if "final_iteration" in runs and runs["final_iteration"].notna().any():
+        return float(runs["final_iteration"].max())
+    return 1.1 * float(iterations.max()) if iterations.notna().any() else 1.0
+
+
+CURVE_ROWS = (
+    ("loss", "training loss (nats)", 1.0),
+    ("supcon_gap", "supcon loss minus its\nsampler-expected optimum (nats)", 1.0),
+    ("train_accuracy_noisy", "train accuracy,\nnoisy labels (%)", 100.0),
+    ("test_accuracy_class_mean", "test accuracy,\nclass-mean classifier (%)", 100.0),
+)
+
+
+def plot_training_curves(
+    logs: pd.DataFrame,
+    *,
+    dataset: str,
+    num_classes: int,
+    models: list[str],
+    noise_fractions: list[float],
+) -> Figure:
+    """Rows: loss, train accuracy (noisy labels), test accuracy (class means); one column per
+    model, one colour per noise fraction; each line is the mean over seeds per iteration."""
+    logs = logs[logs["dataset"] == dataset]
+    cmap = mpl.colormaps["viridis"]
+    noise_fractions = sorted(float(p) for p in noise_fractions)
+    colors = {p: cmap(i / max(len(noise_fractions) - 1, 1)) for i, p in enumerate(noise_fractions)}
+    with mpl.rc_context(style()):
+        fig = new_figure(0.8 + 3.6 * len(models), 2.1 * len(CURVE_ROWS) + 0.6)
+        axes = fig.subplots(len(CURVE_ROWS), len(models), sharex=True, sharey="row", squeeze=False)
+        for col, model in enumerate(models):
+            of_model = logs[logs["model"] == model]
+            axes[0, col].set_title(model_name(model))
+            for p in noise_fractions:
+                run = of_model[of_model["noise_fraction"] == p]
+                mean = run.groupby("iteration", sort=True)[[c for c, _, _ in CURVE_ROWS]].mean()
+                for row, (column, _, scale) in enumerate(CURVE_ROWS):
+                    axes[row, col].plot(
+                        mean.index.to_numpy(),
+                        scale * mean[column].to_numpy(),
+                        color=colors[p],
+                        lw=1.2,
+                        label=f"{p:g}",
+                    )
+            axes[-1, col].set_xlabel("iteration (SGD steps)")
+        for row, (column, label, _) in enumerate(CURVE_ROWS):
+            axes[row, 0].set_ylabel(label)
+            if column == "supcon_gap":  # spans orders of magnitude; may dip just below 0
+                axes[row, 0].set_yscale("symlog", linthresh=1e-3)
+        axes[0, 0].legend(title="noise fraction p", fontsize="small")
+        fig.suptitle(f"{dataset} (K = {num_classes}): training curves, mean over seeds")
+    return fig
+
+
+def figure_inputs(
+    grid: dict, dataset: str, augmentation: str, noise: float, *, runs: Path,
+    geometry_dir: Path, train_log_dir: Path,
+) -> dict[str, dict[str, Path]]:
+    """Per figure kind, the files it is drawn from: project-layout path -> file read. Every
+    figure reads the runs table (for K); the record names exactly these, never a whole
+    directory, so the figure's lineage follows only the runs it shows."""
+    of_dataset = [job for job in stage_table.grid_jobs(stage_table.TRAIN, grid)
+                  if (job["dataset"], job["augmentation"]) == (dataset, augmentation)]
+    table = {stage_table.RUNS_TABLE: Path(runs)}
+    cosines = {
+        stage_table.fill(stage_table.COSINES, **job):
+            stage_table.run_file(stage_table.COSINES, geometry_dir, **job)
+        for job in of_dataset
+        if float(job["noise"]) == noise
+    }
+    logs = {
+        stage_table.fill(stage_table.TRAIN_LOG, **job): stage_table.run_file(
+            stage_table.TRAIN_LOG, train_log_dir, **job
+        )
+        for job in of_dataset
+    }
+    return {
+        "geometry": table | cosines,
+        "iterations_to_fit": dict(table),
+        "gap_vs_accuracy": dict(table),
+        "collapse": dict(table),
+        "training_curves": table | logs,
+    }
+
+
+def draw_figures(
+    params: dict, *, runs: Path, geometry_dir: Path, train_log_dir: Path, figures: Path
+) -> list[Path]:
+    """Draw the five figures of every dataset into directory ``figures`` (replaced as a
+    whole); return the paths of the files written, in a fixed order."""
+    grid = params["grid"]
+    dpi = int(params["figures"]["dpi"])
+    noise = float(params["figures"]["geometry_noise"])
+    run_table = load_runs_table(Path(runs), grid)
+    cosines = load_cosines(Path(geometry_dir), grid, noise)
+    logs = load_train_logs(Path(train_log_dir), grid)
+    models = list(grid["models"])
+    names: list[str] = []
+    with atomic_dir(figures) as tmp:
+        for dataset, augmentation in itertools.product(grid["datasets"], grid["augmentations"]):
+            k = num_classes_of(run_table, dataset)
+            # One set of figures per dataset and augmentation; the unaugmented ones keep the
+            # plain name (geometry_digits), others name it (geometry_cifar10-standard).
+            label = dataset if augmentation == "none" else f"{dataset}-{augmentation}"
+            runs_of = run_table[run_table["augmentation"] == augmentation]
+            cosines_of = cosines[cosines["augmentation"] == augmentation]
+            logs_of = logs[logs["augmentation"] == augmentation]
+            drawn = {
+                f"geometry_{label}": plot_geometry(
+                    cosines_of, dataset=dataset, num_classes=k, models=models, noise=noise
+                ),
+                f"iterations_to_fit_{label}": plot_iterations_to_fit(
+                    runs_of, dataset=dataset, num_classes=k, models=models
+                ),
+                f"gap_vs_accuracy_{label}": plot_gap_vs_accuracy(
+                    runs_of, dataset=dataset, num_classes=k, models=models
+                ),
+                f"collapse_{label}": plot_collapse(
+                    runs_of, dataset=dataset, num_classes=k, models=models
+                ),
+                f"training_curves_{label}": plot_training_curves(
+                    logs_of,
+                    dataset=dataset,
+                    num_classes=k,
+                    models=models,
+                    noise_fractions=grid["noise_fractions"],
+                ),
+            }
+            read = figure_inputs(
+                grid, dataset, augmentation, noise, runs=runs, geometry_dir=geometry_dir,
+                train_log_dir=train_log_dir,
+            )  # fmt: skip
+            for stem, fig in drawn.items():
+                kind = stem.removesuffix(f"_{label}")
+                record = provenance.figure_provenance(stage_table.FIGURES, params, stem, read[kind])
+                names += [p.name for p in save_figure(fig, tmp, stem, dpi, record)]
+    log.info("wrote %d figure files to %s", len(names), figures)
+    return [Path(figures) / name for name in names]

@@ -1,0 +1,23 @@
+"""One small training run of digits for the train and embed tests: a labels fixture (p = 0.3,
+seed 0) and ``run``, which trains a model on it."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.stages.noisy_labels import make_noisy_labels
+from pipeline.stages.train import train
+
+
+@pytest.fixture
+def labels(tmp_path, small_params):
+    path = tmp_path / "labels.parquet"
+    make_noisy_labels(small_params, dataset="digits", noise=0.3, seed=0, labels=path)
+    return path
+
+
+def run(tmp_path, params, labels, model, tag="a"):
+    paths = {"checkpoint": tmp_path / f"{tag}.pt", "train_log": tmp_path / f"{tag}.parquet"}
+    table = train(params, dataset="digits", model=model, augmentation="none", noise=0.3, seed=0,
+                  labels=labels, **paths)
+    return table, paths

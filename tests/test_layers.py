@@ -1,0 +1,116 @@
+"""The code's layers and the one name of each stage, checked from the source.
+
+pipeline/maths   pure maths: imports no other layer (no files, no params)
+pipeline/infra   params, I/O, numerics, devices, the stage table, provenance, front-ends:
+                 imports maths, never a stage
+pipeline/stages  one module per stage, named as the stage
+
+Imports are read with ast, function-level ones included, so a lazy import cannot hide an
+edge. A stage may use another stage's module only along the edges listed here, so every new
+coupling between stages (and the reruns it causes through the code lists) is a visible edit.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import re
+from pathlib import Path
+
+import pytest
+
+from pipeline.infra import stage_table
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "pipeline"
+LAYERS = ("maths", "infra", "stages")
+# (importer, imported) stage modules: the figures draw aggregate's growth fit exactly as
+# growth.json holds it; embed rebuilds the model from train's checkpoint and config.
+STAGE_EDGES = {("figures", "aggregate"), ("embed", "train")}
+
+
+def modules() -> dict[str, Path]:
+    """Every module of the package, by dotted name."""
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def imports_of(path: Path) -> set[str]:
+    """Dotted names of the pipeline modules ``path`` imports (a name imported from a package
+    counts as its submodule when there is one)."""
+    names = set(modules())
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("pipeline")}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pipeline"):
+            for alias in node.names:
+                sub = f"{node.module}.{alias.name}"
+                found.add(sub if sub in names else node.module)
+    return found
+
+
+def layer_of(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in LAYERS else None
+
+
+def test_every_module_lies_in_a_layer():
+    loose = [m for m in modules() if layer_of(m) is None
+             and m not in ("pipeline", "pipeline.__main__", *(f"pipeline.{x}" for x in LAYERS))]
+    assert loose == []
+
+
+@pytest.mark.parametrize("module", [m for m in modules() if layer_of(m) == "maths"])
+def test_maths_imports_no_other_layer(module):
+    outside = {m for m in imports_of(modules()[module]) if layer_of(m) != "maths"}
+    assert outside == set(), f"{module} imports {sorted(outside)}"
+
+
+@pytest.mark.parametrize("module", [m for m in modules() if layer_of(m) == "infra"])
+def test_infrastructure_imports_no_stage(module):
+    stages = {m for m in imports_of(modules()[module]) if layer_of(m) == "stages"}
+    assert stages == set(), f"{module} imports {sorted(stages)}"
+
+
+def test_stages_use_each_other_only_along_the_listed_edges():
+    edges = set()
+    for module, path in modules().items():
+        if layer_of(module) == "stages" and module != "pipeline.stages":
+            for imported in imports_of(path):
+                if layer_of(imported) == "stages" and imported != "pipeline.stages":
+                    edges.add((module.split(".")[-1], imported.split(".")[-1]))
+    assert edges == STAGE_EDGES
+
+
+def test_the_layer_check_sees_a_violation(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f():\n    from pipeline.infra.io import write_parquet\n")
+    assert imports_of(bad) == {"pipeline.infra.io"}
+    bad.write_text("from pipeline.infra import stage_table, io\nimport pipeline.maths.losses\n")
+    assert imports_of(bad) == {"pipeline.infra.stage_table", "pipeline.infra.io",
+                               "pipeline.maths.losses"}
+
+
+@pytest.mark.parametrize("stage", stage_table.STAGES, ids=lambda s: s.name)
+def test_each_stage_has_one_name_everywhere(stage):
+    name = stage.name
+    assert stage.module == f"pipeline.stages.{name}"
+    assert callable(getattr(importlib.import_module(stage.module), stage.entry))
+    rule_file = ROOT / "rules" / f"{name}.smk"
+    assert re.findall(r"^rule (\w+):", rule_file.read_text(), re.M) == [name]
+    assert (ROOT / "tests" / f"test_{name}.py").is_file()
+    assert stage.log.startswith(f"logs/{name}/")
+
+
+def test_no_module_rule_file_or_stage_without_the_others():
+    stage_names = {s.name for s in stage_table.STAGES}
+    stage_modules = {p.stem for p in (PACKAGE / "stages").glob("*.py")} - {"__init__"}
+    rule_files = {p.stem for p in (ROOT / "rules").glob("*.smk")} - {"common"}
+    assert stage_modules == stage_names
+    assert rule_files == stage_names
+    snakefile = (ROOT / "Snakefile").read_text()
+    assert set(re.findall(r'include: "rules/(\w+)\.smk"', snakefile)) == stage_names | {"common"}
