@@ -82,7 +82,7 @@ def test_figure_lineage_reaches_the_raw_data_with_lock_md5s_params_and_commit(pr
         assert link["params"] == recorded["params"]["params.yaml"]
         assert link["code_version"] == {
             "commit": head(project), "introduced": head(project), "state": "HEAD", "dirty": []
-        }  # fmt: skip
+        }
         for item in link["inputs"]:
             for producer in item["from"]:
                 outs = {o["path"]: o["md5"] for o in lock[producer]["outs"]}
@@ -107,7 +107,7 @@ def test_text_lineage_names_every_stage_family_and_the_raw_file(project):
     assert f"HEAD {head(project)}, working tree clean" in text
     # Breadth first: aggregate reads the training logs as well as the geometry.
     assert "chain      22 stages: figures, aggregate, geometry x6, train x6, embed x6, " \
-        "noisy_labels x2; raw data: digits" in text  # fmt: skip
+        "noisy_labels x2; raw data: digits" in text
     assert f"digits  sklearn/datasets/data/digits.csv.gz  {md5(_digits_csv())}" in text
     for line in ("in       data/summary/runs.parquet", "code     commit " + head(project)[:12]):
         assert line in text
@@ -123,7 +123,7 @@ def test_geometry_figure_follows_only_the_runs_it_shows(project):
     figures = doc["links"][0]
     (geometry_dir,) = [i for i in figures["inputs"] if i["path"] == "data/geometry"]
     shown = {job["model"] for job in stage_table.grid_jobs(stage_table.GEOMETRY, GRID)
-             if float(job["noise"]) == 0.0}  # fmt: skip
+             if float(job["noise"]) == 0.0}
     assert geometry_dir["read"] == sorted(
         f"data/geometry/digits/{m}/none/noise0.0-seed0/cosines.parquet" for m in shown
     )
@@ -141,7 +141,7 @@ def test_geometry_figure_follows_only_the_runs_it_shows(project):
          {"geometry", "embed", "train", "noisy_labels"}),
         ("train@digits-ce-none-0.0-0", {"train", "noisy_labels"}),
     ],
-)  # fmt: skip
+)
 def test_lineage_of_per_run_artifacts_follows_their_own_run(project, artifact, families):
     doc = lineage_json(project, artifact, "--verify")
     names = [link["stage"] for link in doc["links"]]
@@ -153,7 +153,7 @@ def test_lineage_of_per_run_artifacts_follows_their_own_run(project, artifact, f
 def test_unknown_artifact_is_an_error_naming_it(project):
     result = lineage(project, "data/nothing/here.parquet", code=2)
     assert f"{project}/data/nothing/here.parquet: not an output of any stage in {project}/" \
-        "dvc.lock" in result.stderr  # fmt: skip
+        "dvc.lock" in result.stderr
 
 
 def test_verify_names_a_tampered_output_and_every_stale_consumer(private):
@@ -197,7 +197,7 @@ def test_verify_names_stale_params_and_code_and_flags_the_dirty_tree(private):
     changed = md5(private / "pipeline/stages/aggregate.py")
     for stage in ("aggregate", "figures"):  # figures runs aggregate.fit_power_law
         expected.add(("stale", stage, f"code changed: md5 is {changed} (recorded "
-                      f"{md5(ROOT / 'pipeline/stages/aggregate.py')})"))  # fmt: skip
+                      f"{md5(ROOT / 'pipeline/stages/aggregate.py')})"))
     assert found == expected
     (aggregate,) = [link for link in doc["links"] if link["stage"] == "aggregate"]
     assert aggregate["code_version"]["dirty"] == ["pipeline/stages/aggregate.py"]
@@ -218,7 +218,7 @@ def test_a_pasted_figure_is_traced_from_its_embedded_provenance(project, tmp_pat
 
 def test_figure_provenance_round_trips_and_keeps_bytes_deterministic(tmp_path):
     record = {"schema": "supcon-geometry/figure-provenance/1", "params": {"odd": "a(b)\\c)"},
-              "inputs": {"x": "0" * 32}}  # fmt: skip
+              "inputs": {"x": "0" * 32}}
     saved = {}
     for run in ("a", "b"):
         fig = Figure(figsize=(2, 2))
@@ -263,7 +263,7 @@ def test_dvc_added_raw_data_ends_the_chain_and_is_verified(tmp_path):
         {"datasets": {"cifar10": {"archive": archive, "md5": md5(root / archive)}}}))
     (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"prep": {
         "cmd": "sh prep.sh", "deps": ["prep.sh", archive], "params": ["datasets.cifar10"],
-        "outs": ["data/prep.bin"]}}}))  # fmt: skip
+        "outs": ["data/prep.bin"]}}}))
     sh("dvc", "repro", "-q", cwd=root)
     doc = lineage_json(root, "data/prep.bin", "--verify")
     assert [link["stage"] for link in doc["links"]] == ["prep"]
@@ -272,7 +272,7 @@ def test_dvc_added_raw_data_ends_the_chain_and_is_verified(tmp_path):
         {"path": archive, "md5": checksum, "tracked_by": f"{archive}.dvc", "used_by": ["prep"]},
         {"dataset": "cifar10", "used_by": ["prep"], "path": archive, "md5": checksum,
          "published_md5": checksum, "tracked_by": f"{archive}.dvc", "recorded_md5": checksum},
-    ]  # fmt: skip
+    ]
     assert doc["links"][0]["code"] == [{"path": "prep.sh", "md5": md5(root / "prep.sh")}]
     (root / "data/raw/archive.bin").write_bytes(b"other bytes\n")
     doc = lineage_json(root, "data/prep.bin", "--verify", code=1)
@@ -291,7 +291,7 @@ def test_code_changed_in_a_later_commit_names_the_commits_that_held_it(private):
     (aggregate,) = [link for link in doc["links"] if link["stage"] == "aggregate"]
     assert aggregate["code_version"] == {
         "commit": made, "introduced": made, "state": "older commit", "dirty": []
-    }  # fmt: skip
+    }
     (geometry, *_) = [link for link in doc["links"] if link["stage"].startswith("geometry@")]
     assert geometry["code_version"]["commit"] == later  # untouched code: still HEAD's
     assert f"code of commit(s) {made[:12]}, changed since" in lineage(

@@ -26,7 +26,6 @@ scikit-learn without changing the digits file leaves the figures' bytes unchange
 from __future__ import annotations
 
 import json
-import re
 import sysconfig
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ from pipeline.infra.io import file_md5
 
 KEY = "Provenance"  # PNG text-chunk keyword and PDF info-dictionary key
 SCHEMA = "supcon-geometry/figure-provenance/1"
-PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # where the stage's code paths resolve
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the repository: stage code paths resolve here
 
 
 # ----------------------------------------------------------------------------- raw data
@@ -155,13 +154,18 @@ class NoProvenance(ValueError):
 def read_provenance(path: str | Path) -> dict:
     """The record embedded in a PNG or PDF figure; NoProvenance if there is none."""
     path = Path(path)
-    data = path.read_bytes()
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        text = _png_text(data).get(KEY)
-    elif data.startswith(b"%PDF"):
-        text = _pdf_info_string(data, KEY)
+    with open(path, "rb") as f:
+        magic = f.read(8)
+    if magic == b"\x89PNG\r\n\x1a\n":
+        read = _png_text
+    elif magic.startswith(b"%PDF"):
+        read = _pdf_info
     else:
         raise NoProvenance(f"{path}: neither a PNG nor a PDF file")
+    try:
+        text = read(path).get(KEY)
+    except (OSError, SyntaxError, ValueError) as e:  # what Pillow and pypdf raise on bad bytes
+        raise NoProvenance(f"{path}: unreadable metadata ({type(e).__name__}: {e})") from e
     if text is None:
         raise NoProvenance(f"{path}: no {KEY!r} entry in the file's metadata")
     try:
@@ -173,54 +177,25 @@ def read_provenance(path: str | Path) -> dict:
     return record
 
 
-def _png_text(data: bytes) -> dict[str, str]:
-    """The tEXt chunks of a PNG (the kind PIL writes for ASCII text)."""
-    texts: dict[str, str] = {}
-    pos = 8
-    while pos + 8 <= len(data):
-        length = int.from_bytes(data[pos : pos + 4], "big")
-        kind = data[pos + 4 : pos + 8]
-        body = data[pos + 8 : pos + 8 + length]
-        if kind == b"tEXt" and b"\0" in body:
-            keyword, _, value = body.partition(b"\0")
-            texts[keyword.decode("latin-1")] = value.decode("latin-1")
-        if kind == b"IEND":
-            break
-        pos += 12 + length  # length, type, body, CRC
-    return texts
+# Pillow and pypdf are imported in the readers, not at the top: the figures stage imports
+# this module to build records (matplotlib's savefig writes them), and needs neither parser.
 
 
-def _pdf_info_string(data: bytes, key: str) -> str | None:
-    """A literal-string value of ``/key`` in a PDF (as matplotlib writes the info dict:
-    uncompressed, with backslash escapes)."""
-    match = re.search(rb"/" + re.escape(key.encode()) + rb"\s*\(", data)
-    if match is None:
-        return None
-    out = bytearray()
-    depth, i = 0, match.end()
-    escapes = {ord("n"): b"\n", ord("r"): b"\r", ord("t"): b"\t", ord("b"): b"\b",
-               ord("f"): b"\f"}  # fmt: skip
-    while i < len(data):
-        c = data[i]
-        if c == ord("\\"):
-            nxt = data[i + 1]
-            if nxt in escapes:
-                out += escapes[nxt]
-                i += 2
-            elif chr(nxt) in "01234567":
-                digits = re.match(rb"[0-7]{1,3}", data[i + 1 : i + 4]).group()
-                out.append(int(digits, 8) & 0xFF)
-                i += 1 + len(digits)
-            else:
-                out.append(nxt)
-                i += 2
-            continue
-        if c == ord(")") and depth == 0:
-            return out.decode("latin-1")
-        depth += {ord("("): 1, ord(")"): -1}.get(c, 0)
-        out.append(c)
-        i += 1
-    return None
+def _png_text(path: Path) -> dict[str, str]:
+    """The text chunks of a PNG (tEXt, zTXt, iTXt), as Pillow reads them."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return dict(getattr(image, "text", {}))  # PngImageFile.text: every chunk, even after IDAT
+
+
+def _pdf_info(path: Path) -> dict[str, str]:
+    """The text entries of a PDF's document-information dictionary, as pypdf reads them (the
+    string escapes decoded), by key without its slash."""
+    from pypdf import PdfReader
+
+    info = PdfReader(path).metadata or {}
+    return {key.removeprefix("/"): info[key] for key in info if isinstance(info[key], str)}
 
 
 def numerics_record(path: str | Path) -> dict | None:
