@@ -26,7 +26,7 @@ METRICS = f"data/geometry/{RUN}/metrics.json"
 COSINES = f"data/geometry/{RUN}/cosines.parquet"
 GEOMETRY_STAGE = "geometry@digits-ce-none-0.0-0"
 UPSTREAM_OF_METRICS = {"noisy_labels@digits-0.0-0", "train@digits-ce-none-0.0-0",
-                       "embed@digits-ce-none-0.0-0"}  # fmt: skip
+                       "embed@digits-ce-none-0.0-0"}
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def private(tmp_path_factory, tmp_path) -> Path:
 def audit(root: Path, *args, code=0, tmp: Path | None = None):
     env = os.environ | ({"TMPDIR": str(tmp)} if tmp else {})
     result = sh(sys.executable, "-m", "pipeline", "audit", *args, "--jobs", "2", cwd=root,
-                check=False, env=env)  # fmt: skip
+                check=False, env=env)
     assert result.returncode == code, result.stdout + result.stderr
     return result
 
@@ -72,22 +72,22 @@ def cache_objects(root: Path) -> set[str]:
 def lock_outputs(root: Path, artifact: str) -> set[str]:
     """Every file lineage says the artifact's chain produced (directories expanded)."""
     doc = json.loads(sh(sys.executable, "-m", "pipeline", "lineage", artifact, "--json",
-                        cwd=root).stdout)  # fmt: skip
+                        cwd=root).stdout)
     files = set()
     for link in doc["links"]:
         for out in link["outs"]:
             if out["md5"].endswith(".dir"):
                 files |= {f"{out['path']}/{p.name}" for p in (root / out["path"]).iterdir()
-                          if not p.name.startswith(".")}  # fmt: skip
+                          if not p.name.startswith(".")}
             else:
                 files.add(out["path"])
     return files
 
 
 @pytest.mark.parametrize(("artifact", "n_stages", "keep"), [(FIGURE, 22, False),
-                                                            (CHECKPOINT, 2, True)])  # fmt: skip
+                                                            (CHECKPOINT, 2, True)])
 def test_audit_of_the_clean_project_reproduces_every_link(clean, tmp_path, artifact, n_stages,
-                                                          keep):  # fmt: skip
+                                                          keep):
     before = cache_objects(clean)
     text = audit(clean, artifact, *(["--keep"] if keep else []), tmp=tmp_path).stdout
     found = rows(text)
@@ -133,10 +133,10 @@ def test_a_code_change_recorded_without_a_rerun_is_found_and_located(private):
     assert found[checkpoint] == ("train@digits-ce-none-0.0-0", "identical")
     assert {found[path] for path in (METRICS, COSINES)} == {(GEOMETRY_STAGE, "DIFFERS")}
     assert {stage for stage, verdict in found.values() if verdict == "identical"} \
-        == UPSTREAM_OF_METRICS  # fmt: skip
+        == UPSTREAM_OF_METRICS
     # 45 class-mean pairs of 10 classes, each cosine moved by exactly the shift
     assert f"  {GEOMETRY_STAGE}: {COSINES}: differs: column 'value': max |diff| 0.125 " \
-        "(45 of " in text  # fmt: skip
+        "(45 of " in text
     assert f"  {GEOMETRY_STAGE}: {METRICS}: differs: key 'class_mean_cosine_" in text
     assert "audit: 2 difference(s) in 1 stage(s)" in text
 
@@ -145,7 +145,7 @@ def test_a_dirty_tree_or_a_stale_lock_is_refused_before_anything_runs(private, t
     (private / "NOTES.md").write_text("not committed\n")
     result = audit(private, METRICS, code=audit_module.EXIT_DIRTY, tmp=tmp_path)
     assert result.stderr == "audit: refused: the git working tree is dirty (1 paths: NOTES.md); " \
-        "the audit reruns HEAD: commit or stash first\n"  # fmt: skip
+        "the audit reruns HEAD: commit or stash first\n"
     assert result.stdout == "" and clones(tmp_path) == []
     (private / "NOTES.md").unlink()
     params = (private / "params.yaml").read_text()
@@ -159,7 +159,7 @@ def test_a_dirty_tree_or_a_stale_lock_is_refused_before_anything_runs(private, t
 
 def test_a_native_link_is_compared_by_its_numbers_and_says_so(private):
     sh("dvc", "repro", "-q", "--force", "--single-item", GEOMETRY_STAGE, cwd=private,
-       env=os.environ | {"PIPELINE_NUMERICS": "native"})  # fmt: skip
+       env=os.environ | {"PIPELINE_NUMERICS": "native"})
     git_commit(private, "geometry of one run redone without the portable numerics")
     assert '"mode": "native"' in (private / METRICS).read_text()
     text = audit(private, METRICS).stdout
@@ -169,7 +169,7 @@ def test_a_native_link_is_compared_by_its_numbers_and_says_so(private):
     (note,) = [line for line in text.splitlines() if line.startswith(GEOMETRY_STAGE)]
     assert "(numerics native on " in note and "metrics compared as numbers" in note
     assert {stage for stage, verdict in found.values() if verdict == "identical"} \
-        == UPSTREAM_OF_METRICS  # fmt: skip
+        == UPSTREAM_OF_METRICS
     assert "without a seed spread (one seed, or constant): rel. tolerance" in text
     assert "(1 compared as numbers, 1 not judged: numerics bound to a machine)" in text
 
@@ -188,7 +188,7 @@ def test_numbers_are_judged_by_the_recorded_seed_spread():
     ok, text = judge(0.53)
     assert not ok and "worst nc1: 0.5 -> 0.53 (|diff| 0.03, seed spread 0.02)" in text
     ok, _ = audit_module.compare_numbers(recorded, {"nc1": (None, point, "nc1")},
-                                         lambda m, p: None)  # fmt: skip
+                                         lambda m, p: None)
     assert not ok  # a metric gone is a difference
 
 
@@ -198,4 +198,4 @@ def test_checkpoints_differ_by_their_first_differing_tensor(tmp_path):
     weights["layer.bias"] = torch.tensor([0.0, 0.5])
     torch.save({"config": {"seed": 0}, "state_dict": weights}, tmp_path / "b.pt")
     assert audit_module.describe(tmp_path / "a.pt", tmp_path / "b.pt") == \
-        "tensor 'state_dict.layer.bias': max |diff| 0.5 (1 of 2 values differ)"  # fmt: skip
+        "tensor 'state_dict.layer.bias': max |diff| 0.5 (1 of 2 values differ)"

@@ -13,22 +13,24 @@ from hypothesis import strategies as st
 
 from pipeline.infra.config import ParamsError, validate_params
 from pipeline.maths import theory
-from pipeline.maths.losses import supcon_loss
-from pipeline.stages.free_features import (
-    TABLE_SCHEMA,
+from pipeline.maths.free_features import (
     Run,
     batch_losses,
-    check_section,
-    free_features,
-    grid_runs,
     multiset_experiment,
     multisets,
     optimise,
 )
+from pipeline.maths.losses import supcon_loss
+from pipeline.stages.free_features import (
+    TABLE_SCHEMA,
+    adam_settings,
+    check_section,
+    free_features,
+    grid_runs,
+    multiset_settings,
+)
 
 DEFAULTS = default_params()["free_features"]
-
-
 
 
 def section(**changes) -> dict:
@@ -149,7 +151,7 @@ def test_multisets_are_all_distinct_multisets():
     ids=lambda r: r.label,
 )
 def test_free_features_reach_the_closed_form_and_the_simplex(run):
-    rows, _ = optimise(run, section(iterations=1000, log_every=1000), seed=1)
+    rows, _ = optimise(run, **adam_settings(section(iterations=1000, log_every=1000)), seed=1)
     first, final = rows[0], rows[-1]
     assert first["relative_gap"] > 1e-2  # the start is far from the optimum
     assert abs(final["relative_gap"]) <= 1e-4
@@ -161,7 +163,8 @@ def test_free_features_reach_the_closed_form_and_the_simplex(run):
 
 def test_mini_batch_supcon_approaches_the_expected_optimum():
     run = Run("supcon", 3, 2, 8, 32, 0.5)
-    rows, _ = optimise(run, section(iterations=1500, log_every=500, eval_batches=256), seed=0)
+    settings = adam_settings(section(iterations=1500, log_every=500, eval_batches=256))
+    rows, _ = optimise(run, **settings, seed=0)
     final = rows[-1]
     assert final["optimum"] == theory.expected_supcon_optimum([1 / 3] * 3, 32, 0.5, 1.0)
     assert final["eval_optimum"] == pytest.approx(final["optimum"], rel=2e-2)  # 256 batches
@@ -172,7 +175,8 @@ def test_mini_batch_supcon_approaches_the_expected_optimum():
 def test_small_temperature_reaches_the_loss_long_before_the_angles():
     # tau = 0.1: the loss barely depends on the angles between collapsed classes (terms of
     # order exp(-rho^2 K / (tau (K-1))) = 3e-7), so the gap closes while the angles lag.
-    rows, _ = optimise(Run("supcon", 3, 2, 8, None, 0.1), section(iterations=600), seed=0)
+    run = Run("supcon", 3, 2, 8, None, 0.1)
+    rows, _ = optimise(run, **adam_settings(section(iterations=600)), seed=0)
     final = rows[-1]
     assert abs(final["relative_gap"]) < 1e-2
     assert final["class_mean_cosine_deviation"] > 1e-2
@@ -181,7 +185,7 @@ def test_small_temperature_reaches_the_loss_long_before_the_angles():
 def test_multiset_total_meets_the_closed_form_single_batches_go_below():
     # 3,003 multisets of b = 6 from 9 samples (the default, b = 9, has 24,310: 5 s).
     cfg = {**DEFAULTS["multiset"], "batch_size": 6}
-    result = multiset_experiment(section(multiset=cfg), seed=0)
+    result = multiset_experiment(**multiset_settings(section(multiset=cfg)), seed=0)
     assert abs(result.rows[-1]["gap"]) < 1e-12
     assert result.rows[0]["gap"] > 0.1
     closed, single = result.closed_form, result.single_batch_minimum
