@@ -119,3 +119,11 @@ def params() -> dict:
 @pytest.fixture
 def small_params() -> dict:
     return tiny_params()
+
+
+@pytest.fixture
+def multiview_params(small_params) -> dict:
+    """``small_params`` plus the multi-view supcon model (two shifted views per image)."""
+    small_params["train"]["models"]["supcon_mv"] = {"learning_rate": 0.1,
+                                                    "view_augmentation": "shift"}
+    return small_params

@@ -32,42 +32,42 @@ def runs_table(noise=(0.0, 0.5), seeds=(0, 1, 2)) -> pd.DataFrame:
                     # the gap grows with p and accuracy falls: a negative rank correlation
                     "final_loss_gap": 0.01 + p + 0.001 * seed,
                     "test_accuracy_class_mean": 0.95 - p - 0.001 * seed,
-                })  # fmt: skip
+                })
     return pd.DataFrame(rows)
 
 
 def free_table() -> pa.Table:
     rows = []
     for loss, tau, gap, dev in (("supcon", 0.5, 1e-15, 1e-10), ("supcon", 0.1, 3e-4, 0.7),
-                                ("ce_fixed", None, 1e-16, 1e-16)):  # fmt: skip
+                                ("ce_fixed", None, 1e-16, 1e-16)):
         rows.append({"experiment": "grid", "loss_name": loss, "num_classes": 3, "dim": 2,
                      "full_batch": True, "temperature": tau, "iteration": 100,
-                     "relative_gap": gap, "class_mean_cosine_deviation": dev})  # fmt: skip
+                     "relative_gap": gap, "class_mean_cosine_deviation": dev})
     return pa.Table.from_pylist(rows)
 
 
 @pytest.fixture
 def table(tmp_path):
     write_parquet(pa.Table.from_pandas(runs_table(), preserve_index=False),
-                  tmp_path / "runs.parquet")  # fmt: skip
+                  tmp_path / "runs.parquet")
     growth = {"digits": {"none": {
         "supcon": {"exponent": 1.6, "exponent_ci95": [1.2, 2.0], "runs_used": 3,
                    "runs_not_fit": 1},
         "ce": {"exponent": 0.9, "exponent_ci95": [0.7, 1.1], "runs_used": 3, "runs_not_fit": 0},
-    }}}  # fmt: skip
+    }}}
     write_json(growth, tmp_path / "growth.json")
     write_parquet(free_table(), tmp_path / "free.parquet")
     out = {"table": tmp_path / "claims.csv", "markdown_table": tmp_path / "claims.md",
-           "verdicts": tmp_path / "verdicts.json"}  # fmt: skip
+           "verdicts": tmp_path / "verdicts.json"}
     frame = claims.tabulate_claims({"claims": TOLERANCES}, runs=tmp_path / "runs.parquet",
                                    growth=tmp_path / "growth.json",
-                                   free_features=tmp_path / "free.parquet", **out)  # fmt: skip
+                                   free_features=tmp_path / "free.parquet", **out)
     return frame, out
 
 
 def verdict_of(frame, claim, model, measure_start):
     rows = frame[(frame.claim == claim) & (frame.model == model)
-                 & frame.measure.str.startswith(measure_start)]  # fmt: skip
+                 & frame.measure.str.startswith(measure_start)]
     assert len(rows) == 1, (claim, model, measure_start)
     return rows.iloc[0]
 
@@ -103,7 +103,7 @@ def test_generalisation_and_growth_verdicts(table):
 @pytest.mark.parametrize(("ci", "above", "expected"), [
     ((1.1, 1.5), True, "replicates"), ((0.2, 0.9), True, "does not"),
     ((0.9, 1.2), True, "inconclusive"), ((0.2, 0.9), False, "replicates"),
-    (None, True, "inconclusive")])  # fmt: skip
+    (None, True, "inconclusive")])
 def test_verdict_from_interval(ci, above, expected):
     assert claims.verdict(ci, 1.0, claim_above=above) == expected
 

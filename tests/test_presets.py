@@ -5,9 +5,10 @@ from __future__ import annotations
 import itertools
 import sys
 
+import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, copy_project, sh
+from conftest import ROOT, copy_project, sh, tiny_params
 from tiny_cifar import write_tiny_cifar
 
 from pipeline.infra import stage_table
@@ -101,3 +102,59 @@ def test_paper_preset_cut_to_a_few_iterations_runs_end_to_end(tmp_path):
     for dataset in ("cifar10", "cifar100"):
         assert f"geometry_{dataset}.png" in figures
         assert f"geometry_{dataset}-standard.png" in figures
+
+
+# ----------------------------------------------------------------------------- multiview
+
+MULTIVIEW = ROOT / "presets" / "multiview.yaml"
+
+
+def test_multiview_preset_applies_the_switch():
+    params = load_params(MULTIVIEW)
+    grid = params["grid"]
+    assert grid["datasets"] == ["digits"]
+    assert {"supcon", "supcon_mv"} <= set(grid["models"])
+    assert grid["noise_fractions"] == [0.0, 0.4, 0.8] and grid["seeds"] == [0, 1, 2]
+    assert params["train"]["models"]["supcon_mv"]["view_augmentation"] == "shift"  # 8x8 images
+    jobs = stage_table.grid_jobs(stage_table.TRAIN, grid)
+    assert len(jobs) == len(grid["models"]) * 3 * 3  # one product: every model, p and seed
+
+
+def test_multiview_preset_is_params_yaml_but_for_the_grid_and_the_new_model():
+    """Like for like with the default run: same data, encoder, optimiser, supcon and ce."""
+    preset, default = load_params(MULTIVIEW), load_params(ROOT / "params.yaml")
+    assert preset["train"]["models"].pop("supcon_mv")["learning_rate"] == (
+        default["train"]["models"]["supcon"]["learning_rate"]
+    )
+    assert {k: v for k, v in preset.items() if k != "grid"} == (
+        {k: v for k, v in default.items() if k != "grid"}
+    )
+
+
+def test_multiview_preset_states_its_measured_run_time():
+    import re
+
+    assert re.search(r"Measured: .*\d+ min .*--cores 1", MULTIVIEW.read_text())
+
+
+@pytest.mark.e2e
+def test_multiview_preset_cut_to_a_few_iterations_runs_end_to_end(tmp_path):
+    """The real Snakefile on the preset, cut to a few SGD steps, one seed and the tiny free
+    features: supcon_mv gets summary rows, claims rows (ii, iii, iv) and a panel beside supcon."""
+    project = copy_project(tmp_path / "project")
+    preset = yaml.safe_load(MULTIVIEW.read_text())
+    preset["grid"].update(seeds=[0])
+    preset["train"]["common"].update(iterations=20, eval_every=10, batch_size=32,
+                                     hidden_dims=[16])
+    preset["free_features"] = tiny_params()["free_features"]
+    cut = project / "multiview-cut.yaml"
+    cut.write_text(yaml.safe_dump(preset))
+    sh(sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", str(cut), cwd=project)
+    summary = pd.read_csv(project / "data/summary/summary.csv")
+    assert sorted(summary.loc[summary.model == "supcon_mv", "noise_fraction"]) == [0.0, 0.4, 0.8]
+    claims = pd.read_csv(project / "data/claims/claims.csv")
+    assert set(claims.loc[claims.model == "supcon_mv", "claim"]) == {"ii", "iii", "iv"}
+    growth = claims[(claims.claim == "iv") & (claims.model == "supcon_mv")].iloc[0]
+    assert growth.criterion == "> 1"  # held to supcon's claim
+    figures = {p.name for p in (project / "data/figures").iterdir()}
+    assert {"geometry_digits.png", "iterations_to_fit_digits.png"} <= figures

@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 from scipy.stats import multinomial
 
 from pipeline.maths import theory
+from pipeline.maths.free_features import batch_losses
 from pipeline.maths.losses import cross_entropy_loss, supcon_loss
 from pipeline.maths.simplex import regular_simplex
-from pipeline.stages.free_features import batch_losses
 
 
 def simplex_batch(counts, k, h, rho, rng):
@@ -195,9 +195,18 @@ def test_perturbing_the_collapsed_simplex_never_lowers_the_total_loss(
     assert float(moved.mean()) >= float(at_simplex.mean()) - slack  # uniform over multisets
 
 
-def minimise_total(y: torch.Tensor, b: int, tau: float, h: int, seed: int = 0) -> float:
-    """L-BFGS on free features of the expected loss under i.i.d. sampling, all multisets."""
+def view_batches(batches: torch.Tensor, n: int, views: int) -> torch.Tensor:
+    """(M, b) sample indices -> (M, views * b) indices of their views into a (views * n)
+    feature table whose row u * n + i is view u of sample i (views = 1: unchanged)."""
+    return torch.cat([batches + u * n for u in range(views)], dim=1)
+
+
+def minimise_total(y: torch.Tensor, b: int, tau: float, h: int, seed: int = 0,
+                   views: int = 1) -> float:
+    """L-BFGS on free features of the expected loss under i.i.d. sampling, all multisets;
+    with ``views`` > 1, of the multi-view loss, every view of every sample its own feature."""
     batches, weights = all_multisets(len(y), b)
+    batches, y = view_batches(batches, len(y), views), y.repeat(views)
     v = torch.randn(
         len(y), h, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
     ).requires_grad_()
@@ -233,6 +242,146 @@ def test_closed_form_is_not_a_bound_for_imbalanced_classes():
     best = minimise_total(y, 4, 0.5, 2)
     at_simplex = theory.expected_supcon_optimum([4 / 6, 1 / 6, 1 / 6], 4, 0.5, 1.0)
     assert best < at_simplex - 1e-3
+
+
+# ----------------------------------------------------------------------------- multi-view
+
+
+def multiview_enumeration(p, b, tau, rho, views):
+    """E over image class counts n ~ Multinomial(b, p) of the loss at the collapsed simplex of
+    the batch of views, whose class counts are views * n (batch size views * b)."""
+    k = len(p)
+    total = 0.0
+    for counts in itertools.product(range(b + 1), repeat=k):
+        if sum(counts) == b:
+            weight = multinomial.pmf(counts, b, p)
+            view_counts = views * np.array(counts)
+            total += weight * theory.supcon_at_simplex(view_counts, views * b, k, tau, rho)
+    return total
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    k=st.integers(2, 4),
+    b=st.integers(1, 8),
+    views=st.integers(2, 4),
+    tau=st.floats(0.05, 3.0),
+    rho=st.floats(0.3, 2.0),
+    raw=st.lists(st.floats(0.0, 1.0), min_size=4, max_size=4),
+)
+def test_multiview_expected_optimum_equals_multinomial_enumeration(k, b, views, tau, rho, raw):
+    p = np.array(raw[:k])
+    assume(p.sum() > 0.05)
+    p = p / p.sum()
+    expected = theory.expected_supcon_optimum(p, b, tau, rho, views=views)
+    assert expected == pytest.approx(multiview_enumeration(p, b, tau, rho, views), rel=1e-10,
+                                     abs=1e-14)
+
+
+def test_multiview_expected_optimum_by_hand():
+    e = theory.negative_weight(2, 0.1, 1.0)
+    # One image: its views are each other's only positives and there is no negative.
+    assert theory.expected_supcon_optimum([0.5, 0.5], 1, 0.1, 1.0, views=2) == 0.0  # log 1
+    assert theory.expected_supcon_optimum([0.5, 0.5], 1, 0.1, 1.0, views=3) == pytest.approx(
+        math.log(2), rel=1e-14
+    )
+    # Two images, two views: same class (prob. 1/2): 3 positives, no negative; else one
+    # positive (the own other view) and two negatives.
+    assert theory.expected_supcon_optimum([0.5, 0.5], 2, 0.1, 1.0, views=2) == pytest.approx(
+        0.5 * math.log(3) + 0.5 * math.log(1 + 2 * e), rel=1e-14
+    )
+    with pytest.raises(ValueError, match="views must be an integer >= 1, got 0"):
+        theory.expected_supcon_optimum([0.5, 0.5], 4, 0.1, 1.0, views=0)
+    with pytest.raises(ValueError, match="views must be an integer >= 1, got 1.5"):
+        theory.expected_supcon_optimum([0.5, 0.5], 4, 0.1, 1.0, views=1.5)
+
+
+def test_multiview_expected_optimum_agrees_with_the_single_view_one_where_it_must():
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(10))
+    # views = 1 is the single-view formula itself, to the bit
+    assert (theory.expected_supcon_optimum(p, 256, 0.1, 1.0, views=1)
+            == theory.expected_supcon_optimum(p, 256, 0.1, 1.0))
+    # One class: every view has all 2b - 1 others as positives, as in a single-view batch of 2b.
+    one = [1.0, 0.0, 0.0]
+    assert theory.expected_supcon_optimum(one, 7, 0.1, 1.0, views=2) == pytest.approx(
+        theory.expected_supcon_optimum(one, 14, 0.1, 1.0), rel=1e-14
+    )
+    # Huge b: 2M + 1 positives and 2(b - 1 - M) negatives against M' ~ Bin(2b - 1, p) and
+    # 2b - 1 - M' of a single-view batch of 2b: the same to O(1/b).
+    b = 10**6
+    two = theory.expected_supcon_optimum(p, b, 0.1, 1.0, views=2)
+    assert two == pytest.approx(theory.expected_supcon_optimum(p, 2 * b, 0.1, 1.0), rel=1e-5)
+    # Small b: different (a singleton image still has its other view as a positive).
+    assert theory.expected_supcon_optimum(p, 8, 0.1, 1.0, views=2) != pytest.approx(
+        theory.expected_supcon_optimum(p, 16, 0.1, 1.0), rel=1e-3
+    )
+
+
+def test_multiview_expected_optimum_equals_the_loss_averaged_over_the_sampler():
+    """Monte Carlo over the training sampler itself: b i.i.d. indices into an imbalanced label
+    vector (torch.randint, as the trainer draws them), two views per image, features of every
+    view at its class's simplex vertex, the multi-view loss of each batch."""
+    from pipeline.maths.losses import multiview_supcon_loss
+
+    k, b, tau = 10, 32, 0.5
+    labels = torch.tensor(np.random.default_rng(1).integers(0, k, size=500))
+    p = theory.class_frequencies(labels.numpy(), k)
+    simplex = torch.tensor(regular_simplex(k, k + 2, 1.0))
+    g = torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(3000):
+        y = labels[torch.randint(len(labels), (b,), generator=g)]
+        losses.append(multiview_supcon_loss(simplex[y].expand(2, b, k + 2), y, tau).item())
+    losses = np.array(losses)
+    error = 4 * losses.std() / math.sqrt(len(losses))
+    assert abs(theory.expected_supcon_optimum(p, b, tau, 1.0, views=2) - losses.mean()) < error
+    # ... and not the single-view value of b images, nor of 2b images drawn independently
+    assert abs(theory.expected_supcon_optimum(p, b, tau, 1.0) - losses.mean()) > 10 * error
+    assert abs(theory.expected_supcon_optimum(p, 2 * b, tau, 1.0) - losses.mean()) > 10 * error
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    k=st.integers(2, 4),
+    per_class=st.integers(1, 2),
+    b=st.integers(1, 3),
+    extra_dims=st.integers(0, 2),
+    tau=st.floats(0.1, 2.0),
+    scale=st.floats(1e-3, 2.0),
+    seed=st.integers(0, 2**31),
+)
+def test_perturbing_the_collapsed_simplex_never_lowers_the_multiview_total(
+    k, per_class, b, extra_dims, tau, scale, seed
+):
+    # Balanced classes, two views per drawn sample, each view its own free feature: the
+    # sampler-weighted total over all multisets is minimal at the collapsed simplex.
+    h = k - 1 + extra_dims
+    y = torch.arange(k).repeat_interleave(per_class)
+    n = len(y)
+    multisets, weights = all_multisets(n, b)
+    batches, y_views = view_batches(multisets, n, 2), y.repeat(2)
+    simplex = torch.tensor(regular_simplex(k, h, 1.0))[y_views]  # (2n, h)
+    at_simplex = batched_supcon(simplex, y_views, batches, tau)
+    assert float(weights @ at_simplex) == pytest.approx(
+        theory.expected_supcon_optimum(np.full(k, 1 / k), b, tau, 1.0, views=2),
+        rel=1e-10, abs=1e-13,
+    )
+    noise = torch.randn(simplex.shape, generator=torch.Generator().manual_seed(seed),
+                        dtype=torch.float64)
+    moved = torch.nn.functional.normalize(simplex + scale * noise, dim=1)
+    slack = 1e-12 * (1 + float(at_simplex.abs().max()))
+    assert float(weights @ batched_supcon(moved, y_views, batches, tau)) >= (
+        float(weights @ at_simplex) - slack
+    )
+
+
+def test_optimised_multiview_total_meets_its_expected_optimum_for_balanced_classes():
+    y = torch.tensor([0, 0, 1, 1, 2, 2])
+    best = minimise_total(y, 3, 0.5, 2, views=2)
+    assert best == pytest.approx(
+        theory.expected_supcon_optimum([1 / 3] * 3, 3, 0.5, 1.0, views=2), rel=1e-8
+    )
 
 
 # ----------------------------------------------------------------------------- ce

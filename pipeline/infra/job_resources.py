@@ -25,6 +25,11 @@ FORWARD_SHARE = 1 / 3
 # Training images + test images per dataset (digits: 1,797 split 70/30).
 IMAGES = {"digits": 1_797, "cifar10": 60_000, "cifar100": 60_000}
 MARGIN = 2.0  # wall time asked for / wall time estimated: queues lose less than a TIMEOUT
+# Views per sampled image of the multi-view models: their encoder sees that many inputs per
+# image, so a step costs that many times as much. The same table as pipeline/maths/models.py's
+# MULTIVIEW_MODELS (tests/test_multiview.py checks it), not imported from there: that would
+# load torch into every Snakemake start, which reads this module.
+VIEWS = {"supcon_mv": 2}
 STARTUP_MINUTES = 3  # interpreter, torch and CUDA start; torch.compile adds COMPILE_MINUTES
 COMPILE_MINUTES = 5
 
@@ -46,14 +51,15 @@ CPU_STAGES = {
 }
 
 
-def training_minutes(common: dict, datasets: list[str]) -> int:
-    """Wall time (minutes) to ask for one training run of ``train.common``."""
+def training_minutes(common: dict, datasets: list[str], views: int = 1) -> int:
+    """Wall time (minutes) to ask for one training run of ``train.common`` whose steps see
+    ``views`` inputs per sampled image."""
     encoder = common["encoder"]
     step = SECONDS_PER_STEP[encoder] * common["batch_size"] / 256
     images = max(IMAGES.get(d, IMAGES["cifar10"]) for d in datasets)
     evaluations = common["iterations"] / common["eval_every"]
-    evaluation = images / common["batch_size"] * FORWARD_SHARE * step
-    seconds = common["iterations"] * step + evaluations * evaluation
+    evaluation = images / common["batch_size"] * FORWARD_SHARE * step  # one view per image
+    seconds = common["iterations"] * step * views + evaluations * evaluation
     startup = STARTUP_MINUTES + (COMPILE_MINUTES if common.get("compile") else 0)
     return math.ceil(MARGIN * seconds / 60) + startup
 
@@ -68,7 +74,10 @@ def job_resources(stage: str, params: dict) -> dict[str, int]:
     encoder = common["encoder"]
     if encoder not in SECONDS_PER_STEP:
         raise KeyError(f"train.common.encoder: no resources defined for {encoder!r}")
-    # embed: one forward pass over every image, minutes at most
-    runtime = training_minutes(common, params["grid"]["datasets"]) if stage == "train" else 15
+    # embed: one forward pass over every image, minutes at most. One request for every run
+    # of the stage: sized for the grid's dearest model.
+    views = max(VIEWS.get(model, 1) for model in params["grid"]["models"])
+    runtime = (training_minutes(common, params["grid"]["datasets"], views) if stage == "train"
+               else 15)
     return {"gpu": 1, "cpus_per_task": CPUS[encoder], "mem_mb": MEMORY_MB[encoder],
             "runtime": runtime}

@@ -38,6 +38,23 @@ def supcon_loss(features: torch.Tensor, labels: torch.Tensor, temperature: float
     return _SupCon.apply(features, labels, float(temperature))
 
 
+def multiview_supcon_loss(views: torch.Tensor, labels: torch.Tensor,
+                          temperature: float) -> torch.Tensor:
+    """Multi-view supcon (Khosla et al. 2020): ``views`` (v, b, h) on the sphere, view u of
+    sampled image j at ``views[u, j]``, ``labels`` (b,) the images' labels.
+
+    Every one of the v b views is an anchor; its positives are all other views of its class
+    (the other views of its own image included), its denominator runs over all other views:
+    exactly :func:`supcon_loss` on the (v b, h) batch of views with the labels repeated v
+    times, normalised by v b. That is the whole definition, so it is computed that way.
+    """
+    v, b, h = views.shape
+    if labels.shape != (b,):
+        raise ValueError(f"multiview supcon: labels have shape {tuple(labels.shape)}, the "
+                         f"views {tuple(views.shape)} need ({b},)")
+    return supcon_loss(views.reshape(v * b, h), labels.repeat(v), temperature)
+
+
 class _SupCon(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -1,6 +1,8 @@
-"""Encoders and heads of the three models: supcon, ce and ce_fixed.
+"""Encoders and heads of the models: supcon, supcon_mv, ce and ce_fixed.
 
 - ``supcon``: encoder output projected onto the unit sphere; no head.
+- ``supcon_mv``: the same network as supcon; it differs in what it is trained on (two
+  augmented views of every sampled image, multi-view supcon: pipeline/stages/train.py).
 - ``ce``: raw encoder output, bias-free learned linear head.
 - ``ce_fixed``: as ce, but the head is a fixed regular simplex of row norm ``head_norm``
   (a buffer, not a parameter: it is never trained and is stored with the checkpoint).
@@ -16,7 +18,11 @@ from torch import nn
 
 from pipeline.maths.simplex import regular_simplex
 
-MODELS = ("supcon", "ce", "ce_fixed")
+MODELS = ("supcon", "supcon_mv", "ce", "ce_fixed")
+# Models whose representation is the encoder output on the unit sphere, with no head.
+SPHERE_MODELS = ("supcon", "supcon_mv")
+# Models trained on several augmented views of each sampled image, and how many views.
+MULTIVIEW_MODELS = {"supcon_mv": 2}
 
 
 @dataclass(frozen=True)
@@ -115,9 +121,9 @@ class Model(nn.Module):
         return self.head is not None
 
     def represent(self, x: torch.Tensor) -> torch.Tensor:
-        """The representation the loss sees: on the unit sphere for supcon, raw for ce."""
+        """The representation the loss sees: on the unit sphere for supcon(_mv), raw for ce."""
         z = self.encoder(x)
-        return F.normalize(z, dim=1) if self.config.model == "supcon" else z
+        return F.normalize(z, dim=1) if self.config.model in SPHERE_MODELS else z
 
     def logits(self, z: torch.Tensor) -> torch.Tensor:
         return z @ self.head.T  # (B, h) @ (h, K) -> (B, K); bias-free

@@ -8,8 +8,10 @@ numbers or numpy arrays; values are float64.
   class sits on one vertex of the rho-sphere regular simplex.
 - :func:`expected_supcon_optimum`: its exact expectation under the training sampler (b i.i.d.
   draws with replacement, class probabilities = training label frequencies), by binomial
-  sums. The minimum of the expected loss for balanced classes; for imbalanced ones the value
-  at the simplex (an upper bound on the minimum; see docs/theory.md).
+  sums; with ``views`` = v > 1, of the multi-view loss over the v b views of the b draws
+  (every class count multiplied by v). The minimum of the expected loss for balanced
+  classes; for imbalanced ones the value at the simplex (an upper bound on the minimum; see
+  docs/theory.md).
 - :func:`ce_fixed_optimum`: the CE minimum with a fixed regular-simplex head of row norm r_W
   and |z| <= rho, per sample (so for every batch and every sampler).
 - :func:`ce_learned_head_bound`: a lower bound on the expected CE with a learned bias-free head
@@ -125,15 +127,20 @@ def class_frequencies(labels, num_classes: int) -> np.ndarray:
     return np.bincount(labels.ravel(), minlength=k) / labels.size
 
 
-def expected_supcon_optimum(class_probs, b: int, tau: float, rho: float) -> float:
-    """E[supcon_at_simplex(counts)] for counts of b i.i.d. draws with class probabilities p.
+def expected_supcon_optimum(class_probs, b: int, tau: float, rho: float,
+                            views: int = 1) -> float:
+    """E[supcon_at_simplex(v counts, v b)] for counts of b i.i.d. draws with class
+    probabilities p, each draw seen as ``views`` = v views (v = 1: the single-view batch).
 
-    By exchangeability the expected batch loss is the expected loss of one anchor: its class
-    is c with probability p_c, and given that, the other b - 1 draws hold M ~ Binomial(b-1, p_c)
-    more of class c, so
-        E = sum_c p_c sum_{m=1}^{b-1} P(M = m) log(m + (b - 1 - m) e),
+    By exchangeability the expected batch loss is the expected loss of one anchor (a view):
+    its image has class c with probability p_c, and given that, the other b - 1 draws hold
+    M ~ Binomial(b-1, p_c) more images of class c. The anchor then has v (M + 1) - 1
+    positives (the other views of its own image among them) and v (b - 1 - M) negatives, so
+        E = sum_c p_c sum_m P(M = m) [v (m+1) - 1 >= 1] log(v (m+1) - 1 + v (b-1-m) e),
     e = :func:`negative_weight` with K = len(p) (every class owns a vertex, also one with
-    p_c = 0). Exact up to the binomial tails beyond 40 standard deviations (< 1e-300).
+    p_c = 0). For v = 1 the sum starts at m = 1 (an anchor alone in its class adds 0); for
+    v >= 2 every anchor has a positive and it starts at m = 0 (docs/theory.md, section 2).
+    Exact up to the binomial tails beyond 40 standard deviations (< 1e-300).
     """
     p = np.asarray(class_probs, dtype=np.float64)
     if p.ndim != 1:
@@ -143,25 +150,31 @@ def expected_supcon_optimum(class_probs, b: int, tau: float, rho: float) -> floa
         raise ValueError(f"theory: class_probs must be >= 0 and sum to 1, got {p} (sum {p.sum()})")
     if int(b) != b or b < 1:
         raise ValueError(f"theory: batch size b must be an integer >= 1, got {b}")
+    if isinstance(views, bool) or int(views) != views or views < 1:
+        raise ValueError(f"theory: views must be an integer >= 1, got {views!r}")
+    v = int(views)
     e = negative_weight(k, tau, rho)
     trials = int(b) - 1
-    if trials == 0:
+    first = 1 if v == 1 else 0  # fewest other draws of its class that give an anchor a positive
+    if trials < first:
         return 0.0
     total = 0.0
     # Classes share probabilities often (balanced data: all): one pmf per distinct value.
-    # A class with p_c < 1e-300 adds less than p_c log(b) < 1e-297: left out (and scipy's
+    # A class with p_c < 1e-300 adds less than p_c log(v b) < 1e-297: left out (and scipy's
     # binomial pmf raises an overflow error near p = 1e-308).
     values, multiplicity = np.unique(p[p > _NEGLIGIBLE_PROBABILITY], return_counts=True)
     for pc, mult in zip(values, multiplicity, strict=True):
         mean = trials * pc
         sd = math.sqrt(trials * pc * (1.0 - pc))
-        lo = max(1, math.floor(mean - _TAIL_SDS * (sd + 1.0)))
+        lo = max(first, math.floor(mean - _TAIL_SDS * (sd + 1.0)))
         hi = min(trials, math.ceil(mean + _TAIL_SDS * (sd + 1.0)))
         if lo > hi:
             continue
         m = np.arange(lo, hi + 1, dtype=np.float64)  # other draws of the anchor's class
         pmf = binomial_pmf(m, trials, float(pc))
-        total += mult * pc * float(pmf @ _log_positives_plus_negatives(m, trials - m, e))
+        # v = 1: positives m, negatives trials - m (integers: exact in float64)
+        positives, negatives = v * (m + 1.0) - 1.0, v * (trials - m)
+        total += mult * pc * float(pmf @ _log_positives_plus_negatives(positives, negatives, e))
     return float(total)
 
 

@@ -9,6 +9,8 @@ verdict computed from them (docs/paper.md says what each claim is).
     optimum (bound, for CE) against test accuracy over all runs of a loss;
 (iv) supcon's iterations-to-fit grow superlinearly in the noise fraction, CE's about
     linearly: the censored growth exponent and its bootstrap interval (growth.json).
+    Multi-view supcon (supcon_mv) minimises the same loss over views, so it is held to
+    supcon's criterion.
 
 Verdicts: "replicates" when the interval lies wholly on the claim's side of its criterion,
 "does not" when wholly on the other side, "inconclusive" otherwise; the criteria's
@@ -34,8 +36,9 @@ from pipeline.maths import statistics
 log = logging.getLogger(__name__)
 
 COLUMNS = ("claim", "dataset", "augmentation", "model", "measure", "value", "ci_low",
-           "ci_high", "criterion", "verdict")  # fmt: skip
+           "ci_high", "criterion", "verdict")
 CE_MODELS = ("ce", "ce_fixed")
+SUPCON_MODELS = ("supcon", "supcon_mv")  # claim (iv): superlinear growth expected
 
 
 def verdict(ci, threshold: float, claim_above: bool) -> str:
@@ -62,7 +65,7 @@ def mean_ci(values, resamples: int = statistics.RESAMPLES, seed: int = statistic
 def _row(claim, dataset, augmentation, model, measure, value, ci, criterion, result) -> dict:
     return dict(zip(COLUMNS, (claim, dataset, augmentation, model, measure, value,
                               None if ci is None else ci[0], None if ci is None else ci[1],
-                              criterion, result), strict=True))  # fmt: skip
+                              criterion, result), strict=True))
 
 
 def free_feature_claims(free: pd.DataFrame, tol: dict) -> list[dict]:
@@ -71,7 +74,7 @@ def free_feature_claims(free: pd.DataFrame, tol: dict) -> list[dict]:
     rows = []
     grid = free[(free.experiment == "grid") & free.full_batch]
     last = grid.loc[grid.groupby(["loss_name", "num_classes", "dim", "temperature"],
-                                 dropna=False)["iteration"].idxmax()]  # fmt: skip
+                                 dropna=False)["iteration"].idxmax()]
     for (loss, tau), group in last.groupby(["loss_name", "temperature"], dropna=False):
         name = loss if pd.isna(tau) else f"{loss} (tau = {tau:g})"
         gap = float(group["relative_gap"].abs().max())
@@ -90,19 +93,19 @@ def simplex_claims(runs: pd.DataFrame, tol: dict) -> list[dict]:
     rows = []
     at = runs[runs.noise_fraction == runs.noise_fraction.min()]
     for (dataset, augmentation, model), group in at.groupby(
-            ["dataset", "augmentation", "model"], sort=False):  # fmt: skip
+            ["dataset", "augmentation", "model"], sort=False):
         measures = [
             ("class means: mean |cos + 1/(K-1)| (NC2)", "nc2_simplex_angle_deviation",
              tol["simplex_cosine_deviation"], False),
             ("sample-to-class-mean cosine", "sample_cosine_mean", tol["collapse_cosine"], True),
             ("NC1 tr(Sw Sb+)/K", "nc1", tol["nc1"], False),
-        ]  # fmt: skip
+        ]
         if model in CE_MODELS:
             measures += [
                 ("NC3 ||W/|W| - M/|M|||", "nc3_self_duality", tol["self_duality"], False),
                 ("NC4 head = nearest class mean", "nc4_head_ncm_agreement",
                  tol["ncm_agreement"], True),
-            ]  # fmt: skip
+            ]
         for label, column, threshold, above in measures:
             value, ci = mean_ci(group[column]) if column in group else (None, None)
             sign = ">" if above else "<"
@@ -115,26 +118,27 @@ def generalisation_claims(runs: pd.DataFrame) -> list[dict]:
     """(iii): Spearman's rho of the final gap against test accuracy, per loss."""
     rows = []
     for (dataset, augmentation, model), group in runs.groupby(
-            ["dataset", "augmentation", "model"], sort=False):  # fmt: skip
+            ["dataset", "augmentation", "model"], sort=False):
         gap = group["final_loss_gap"].to_numpy(np.float64)
         accuracy = group["test_accuracy_class_mean"].to_numpy(np.float64)
         keep = np.isfinite(gap) & np.isfinite(accuracy)
         rho, ci = (statistics.spearman_ci(gap[keep], accuracy[keep]) if keep.sum() >= 3
-                   else (None, None))  # fmt: skip
+                   else (None, None))
         rows.append(_row("iii", dataset, augmentation, model,
                          "Spearman rho(final gap, test accuracy)", rho, ci, "< 0",
-                         verdict(ci, 0.0, claim_above=False)))  # fmt: skip
+                         verdict(ci, 0.0, claim_above=False)))
     return rows
 
 
 def growth_claims(growth: dict) -> list[dict]:
-    """(iv): supcon superlinear (a > 1); the CE models about linear (1 inside the interval)."""
+    """(iv): supcon (single- and multi-view) superlinear (a > 1); the CE models about linear
+    (1 inside the interval)."""
     rows = []
     for dataset, by_aug in growth.items():
         for augmentation, by_model in by_aug.items():
             for model, fit in by_model.items():
                 ci = None if fit["exponent_ci95"] is None else tuple(fit["exponent_ci95"])
-                if model == "supcon":
+                if model in SUPCON_MODELS:
                     criterion, result = "> 1", verdict(ci, 1.0, claim_above=True)
                 else:
                     criterion = "interval contains 1"
@@ -143,7 +147,7 @@ def growth_claims(growth: dict) -> list[dict]:
                 rows.append(_row("iv", dataset, augmentation, model,
                                  f"growth exponent a ({fit['runs_not_fit']} of "
                                  f"{fit['runs_used']} runs never fit)",
-                                 fit["exponent"], ci, criterion, result))  # fmt: skip
+                                 fit["exponent"], ci, criterion, result))
     return rows
 
 
@@ -178,7 +182,7 @@ def tabulate_claims(params: dict, *, runs: Path, growth: Path, free_features: Pa
     fits.pop("numerics", None)
     rows = (free_feature_claims(pq.read_table(free_features).to_pandas(), tol)
             + simplex_claims(run_table, tol) + generalisation_claims(run_table)
-            + growth_claims(fits))  # fmt: skip
+            + growth_claims(fits))
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
     with atomic_path(table) as tmp:
         frame.to_csv(tmp, index=False, float_format="%.6g", na_rep="", lineterminator="\n")

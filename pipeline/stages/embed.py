@@ -2,7 +2,8 @@
 
 Writes one row per sample (schema ``schemas.embeddings``) with the producing run's typed
 config in the file's key-value metadata, and the head's rows (``schemas.head``; none for
-supcon) to a second file, so the geometry stage needs neither torch nor the checkpoint.
+supcon and supcon_mv) to a second file, so the geometry stage needs neither torch nor the
+checkpoint.
 """
 
 from __future__ import annotations

@@ -41,7 +41,8 @@ from pipeline.stages.aggregate import growth_of, load_train_logs, run_identity
 
 log = logging.getLogger(__name__)
 
-MODEL_NAMES = {"supcon": "SupCon", "ce": "CE", "ce_fixed": "CE (fixed simplex head)"}
+MODEL_NAMES = {"supcon": "SupCon", "supcon_mv": "SupCon, two views", "ce": "CE",
+               "ce_fixed": "CE (fixed simplex head)"}
 COSINE_KINDS = schemas.COSINE_KINDS
 COSINE_LABELS = {
     "class_means": "across\nclass means",
@@ -231,7 +232,7 @@ ACCURACIES = (
 
 
 def plot_collapse(runs: pd.DataFrame, *, dataset: str, num_classes: int,
-                  models: list[str]) -> Figure:  # fmt: skip
+                  models: list[str]) -> Figure:
     """NC1-NC4 (pipeline.stages.geometry, pipeline.maths.collapse) and the three test accuracies
     (class-mean classifier, head, linear probe) against the noise fraction, mean over seeds."""
     runs = runs[runs["dataset"] == dataset]
@@ -245,7 +246,7 @@ def plot_collapse(runs: pd.DataFrame, *, dataset: str, num_classes: int,
                     continue
                 mean = of_model.groupby("noise_fraction")[column].mean()
                 ax.plot(mean.index, mean.to_numpy(), marker="o", color=f"C{i}",
-                        label=model_name(model))  # fmt: skip
+                        label=model_name(model))
             if log_scale:
                 ax.set_yscale("log")
             ax.set_ylabel(label)
@@ -263,7 +264,7 @@ def plot_collapse(runs: pd.DataFrame, *, dataset: str, num_classes: int,
         ax.set_ylabel("test accuracy (%)")
         ax.set_xlabel("noise fraction p")
         fig.suptitle(f"{dataset} (K = {num_classes}): neural collapse NC1-NC4 and test "
-                     "accuracies, mean over seeds")  # fmt: skip
+                     "accuracies, mean over seeds")
     return fig
 
 
@@ -313,7 +314,7 @@ def _plot_model_iterations(
     fit = growth_of(runs)
     label = model_name(model) + (": a = n/a" if fit.exponent is None else
                                  f": a = {fit.exponent:.2f} (iters ~ {fit.coefficient:.3g} "
-                                 f"p^{fit.exponent:.2f})")  # fmt: skip
+                                 f"p^{fit.exponent:.2f})")
     if fit.ci95 is not None:
         label += f", 95% CI [{fit.ci95[0]:.2f}, {fit.ci95[1]:.2f}]"
     p = stats["noise_fraction"].to_numpy()
@@ -479,7 +480,7 @@ def draw_figures(
             read = figure_inputs(
                 grid, dataset, augmentation, noise, runs=runs, geometry_dir=geometry_dir,
                 train_log_dir=train_log_dir,
-            )  # fmt: skip
+            )
             for stem, fig in drawn.items():
                 kind = stem.removesuffix(f"_{label}")
                 record = provenance.figure_provenance(stage_table.FIGURES, params, stem, read[kind])

@@ -4,6 +4,14 @@ Training semantics follow docs/paper.md: batches drawn i.i.d. with replacement, 
 and weight decay, per-iteration schedule ``exponential`` lr_i = lr ((T-i)/T)^5 or ``cosine``,
 supcon on unit-sphere features at temperature tau, bias-free heads, ce_fixed head a fixed
 regular simplex. Every ``eval_every`` iterations one row goes to the training log.
+
+Multi-view supcon (``supcon_mv``, Khosla et al. 2020): each step draws ``batch_size`` = b
+images exactly as supcon does (b i.i.d. indices from the run's sampler generator), makes two
+independently augmented views of each (the model's ``view_augmentation``, drawn from the same
+CPU generator), passes the 2b views through the encoder as one batch and takes the supcon
+loss over them, labels repeated: every view is an anchor, its positives are all other views
+of its class, its own image's other view included (``multiview_supcon_loss``). So
+``batch_size`` counts images, not views: the encoder sees 2b inputs per step.
 """
 
 from __future__ import annotations
@@ -25,8 +33,8 @@ from pipeline.infra import datasets, numerics, schemas
 from pipeline.infra.devices import pick_device
 from pipeline.infra.io import atomic_path, read_parquet, write_parquet
 from pipeline.maths.batches import DeviceImages, channel_statistics
-from pipeline.maths.losses import cross_entropy_loss, supcon_loss
-from pipeline.maths.models import Model, ModelConfig
+from pipeline.maths.losses import cross_entropy_loss, multiview_supcon_loss, supcon_loss
+from pipeline.maths.models import MULTIVIEW_MODELS, Model, ModelConfig
 from pipeline.maths.optim import SGD
 from pipeline.maths.theory import ce_bound_at_norms, class_frequencies, expected_supcon_optimum
 
@@ -58,6 +66,9 @@ class TrainConfig:
     compile: bool  # torch.compile the encoder (speed only; the math is unchanged)
     deterministic: bool  # CUDA: deterministic kernels only (CPU runs always are)
     model: ModelConfig
+    # Multi-view models only ("shift" or "standard"); None otherwise, and then left out of
+    # to_dict, so single-view configs, checkpoints and logs keep the bytes they had.
+    view_augmentation: str | None = None
 
     @classmethod
     def from_params(cls, params: dict, dataset: str, model: str, noise: float, seed: int,
@@ -89,16 +100,32 @@ class TrainConfig:
                 num_classes=ds.num_classes,
                 head_norm=float(specific.get("head_norm", 1.0)),
             ),
+            view_augmentation=specific.get("view_augmentation"),
         )
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["model"] = self.model.to_dict()
+        if d["view_augmentation"] is None:
+            del d["view_augmentation"]
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         return cls(**{**d, "model": ModelConfig.from_dict(d["model"])})
+
+    @property
+    def views(self) -> int:
+        """Views per sampled image the loss sees: 2 for supcon_mv, else 1."""
+        return MULTIVIEW_MODELS.get(self.model.model, 1)
+
+    @property
+    def view_augmentations(self) -> tuple[str, ...]:
+        """What each view of a multi-view model goes through, in order: the run's augmentation
+        (the grid axis, as every model's batch gets it), then the view augmentation; each one
+        once, so a ``standard`` run with ``standard`` views crops and flips each view once."""
+        chain = (a for a in (self.augmentation, self.view_augmentation) if a not in (None, "none"))
+        return tuple(dict.fromkeys(chain))
 
     @property
     def run_name(self) -> str:
@@ -231,13 +258,17 @@ class Trainer:
         cfg = self.cfg
         n = len(self.train_images)
         idx = torch.randint(n, (cfg.batch_size,), generator=self.sampler)  # with replacement
-        x = self.train_images.batch(idx, cfg.augmentation, self.sampler)
+        if cfg.views > 1:  # (views * b, C, H, W), view-major; the b labels once
+            x = self.train_images.views(idx, cfg.view_augmentations, cfg.views, self.sampler)
+        else:
+            x = self.train_images.batch(idx, cfg.augmentation, self.sampler)
         return self.update(x, self.y_noisy[idx.to(self.device)], step)
 
     def update(self, x: torch.Tensor, y: torch.Tensor, step: int):
         """The SGD step proper on a given batch (normalised images ``x``, labels ``y``);
         returns (loss, supcon loss or None, CE bound at the batch's norms or None), on the
-        device. A ce model's supcon loss is only tracked on :func:`tracks_supcon` steps."""
+        device. A ce model's supcon loss is only tracked on :func:`tracks_supcon` steps.
+        A multi-view model's ``x`` holds ``views`` rows per label (view-major)."""
         cfg = self.cfg
         self.optimizer.lr = learning_rate(cfg, step)
         with autocast(self.device):
@@ -250,6 +281,11 @@ class Trainer:
                     tracked = supcon_loss(torch.nn.functional.normalize(z, dim=1), y,
                                           cfg.temperature)
                 bound = ce_bound_at_norms(z, y, self.net.head)
+        elif cfg.views > 1:
+            # (views * b, h) -> (views, b, h): row v * b + j is view v of image j
+            loss = multiview_supcon_loss(z.reshape(cfg.views, -1, z.shape[1]), y, cfg.temperature)
+            tracked = loss.detach()
+            bound = None
         else:
             loss = supcon_loss(z, y, cfg.temperature)
             tracked = loss.detach()
@@ -316,9 +352,11 @@ def train(
         log.info("run %s: resuming after iteration %d from %s", cfg.run_name, start, resume)
     last_save = time.monotonic()
     # The gap column's reference: the supcon optimum expected under this run's sampler
-    # (b i.i.d. draws from the noisy label frequencies), on the unit sphere (rho = 1).
+    # (b i.i.d. draws from the noisy label frequencies; for supcon_mv, their 2b views), on the
+    # unit sphere (rho = 1).
     frequencies = class_frequencies(label_table["noisy_label"].to_numpy(), cfg.model.num_classes)
-    supcon_optimum = expected_supcon_optimum(frequencies, cfg.batch_size, cfg.temperature, 1.0)
+    supcon_optimum = expected_supcon_optimum(frequencies, cfg.batch_size, cfg.temperature, 1.0,
+                                             views=cfg.views)
     window_losses = torch.zeros(cfg.eval_every, device=device)
     window_supcon = torch.zeros(cfg.eval_every, device=device)
     window_bound = torch.zeros(cfg.eval_every, device=device)
