@@ -24,12 +24,12 @@ include: "rules/claims.smk"
 
 
 rule all:
+    default_target: True
     input:
         S.SUMMARY_CSV,
         S.FIGURES_DIR,
         S.FREE_FEATURES_TABLE,
         S.CLAIMS_CSV,
-    default_target: True
 
 
 onsuccess:

@@ -36,9 +36,9 @@ SETTINGS = {
     "native": {numerics.MODE_VARIABLE: "native"},
     "portable (shipped)": {numerics.MODE_VARIABLE: "portable"},
     "portable, ATen default": {numerics.MODE_VARIABLE: "native", **PORTABLE,
-                               "ATEN_CPU_CAPABILITY": "default"},  # fmt: skip
+                               "ATEN_CPU_CAPABILITY": "default"},
     "MKL AVX2 branch (Intel only)": {numerics.MODE_VARIABLE: "native", **PORTABLE,
-                                     "MKL_CBWR": "AVX2,STRICT"},  # fmt: skip
+                                     "MKL_CBWR": "AVX2,STRICT"},
 }
 RUN = ["--dataset", "digits", "--noise", "0.2", "--seed", "0"]
 
@@ -54,7 +54,7 @@ def stage_commands(d: Path, model: str) -> list[tuple[str, list[str]]]:
         ("geometry", [*full, "--embeddings", d / "emb.parquet", "--head", d / "head.parquet",
                       "--train-log", d / "log.parquet", "--metrics", d / "metrics.json",
                       "--cosines", d / "cosines.parquet"]),
-    ]  # fmt: skip
+    ]
 
 
 def time_stages(env: dict[str, str], model: str) -> dict[str, float]:
@@ -66,7 +66,7 @@ def time_stages(env: dict[str, str], model: str) -> dict[str, float]:
             start = time.perf_counter()
             subprocess.run([sys.executable, "-m", "pipeline", stage, "--params",
                             str(ROOT / "params.yaml"), *map(str, args)], cwd=ROOT,
-                           env={**base, **env}, check=True, capture_output=True)  # fmt: skip
+                           env={**base, **env}, check=True, capture_output=True)
             times[stage] = time.perf_counter() - start
     return times
 
@@ -87,7 +87,7 @@ def main() -> None:
     for (model, name), times in results.items():
         native = sum(results[(model, "native")].values())
         lines.append(f"{model:<7} {name:<30}" + "".join(f"{times[s]:>12.2f}s" for s in stages)
-                     + f"  {sum(times.values()) / native:>8.2f}x")  # fmt: skip
+                     + f"  {sum(times.values()) / native:>8.2f}x")
     lines.append(f"cpu: {numerics.cpu_model()}; repeat {args.repeat}; torch "
                  f"{numerics.record().get('torch')}; times include each job's start-up")
     print("\n".join(lines))
@@ -96,7 +96,7 @@ def main() -> None:
 
         write_measurement(ROOT / "README.md", "numerics",
                           f"python benchmarks/bench_numerics.py --repeat {args.repeat} "
-                          "--write-doc", "\n".join(lines))  # fmt: skip
+                          "--write-doc", "\n".join(lines))
 
 
 if __name__ == "__main__":

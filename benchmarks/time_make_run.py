@@ -47,7 +47,7 @@ def main() -> None:
         install = timed(["make", "install"], clone, env)
         pipeline = timed(["make", "run"], clone, env)
         status = subprocess.run(["git", "status", "--porcelain"], cwd=clone, check=True,
-                                capture_output=True, text=True).stdout.strip()  # fmt: skip
+                                capture_output=True, text=True).stdout.strip()
         rerun = timed(["make", "run"], clone, env)  # everything up to date: the fixed cost
         test = timed(["make", "test"], clone, env) if args.with_test else None
     except SystemExit:
@@ -76,7 +76,7 @@ def main() -> None:
         flags = " --with-test" if args.with_test else ""
         write_measurement(args.repo / "docs/design.md", "make",
                           f"python benchmarks/time_make_run.py{flags} --write-doc",
-                          out.getvalue())  # fmt: skip
+                          out.getvalue())
 
 
 if __name__ == "__main__":

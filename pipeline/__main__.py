@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--check", action="store_true",
                    help="write nothing; exit 1 naming any drift from the committed text or "
-                   "dvc.lock")  # fmt: skip
+                   "dvc.lock")
     p = sub.add_parser("dvc-yaml", help="render dvc.yaml from pipeline/infra/stage_table.py")
     p.add_argument("--check", action="store_true", help="exit 1 if dvc.yaml is out of date")
     p.add_argument("--output", type=Path, default=Path("dvc.yaml"))

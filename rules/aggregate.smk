@@ -15,4 +15,3 @@ rule aggregate:
         code=get_code_digest(S.AGGREGATE),
     shell:
         get_shell(S.AGGREGATE)
-

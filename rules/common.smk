@@ -34,9 +34,7 @@ def get_grid_files(stage, name):
     """All per-run files behind a directory input of a grid-wide stage."""
     dep = stage.deps[name]
     return sorted(
-        S.fill(pattern, **job)
-        for pattern in dep.patterns
-        for job in S.grid_jobs(S.GEOMETRY, GRID)
+        S.fill(pattern, **job) for pattern in dep.patterns for job in S.grid_jobs(S.GEOMETRY, GRID)
     )
 
 

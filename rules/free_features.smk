@@ -3,9 +3,6 @@
 
 
 rule free_features:
-    # One ~40 s job beside thirty short ones: start it first, so it never runs alone at the
-    # end with a core idle.
-    priority: 50
     input:
         **get_inputs(S.FREE_FEATURES),
     output:
@@ -19,6 +16,9 @@ rule free_features:
         ),
     log:
         S.FREE_FEATURES.log,
+    # One ~45 s job beside a hundred short ones: start it first, so it never runs alone at the
+    # end with a core idle.
+    priority: 50
     resources:
         **get_resources(S.FREE_FEATURES),
     params:

@@ -18,7 +18,7 @@ from pipeline.stages.aggregate import aggregate_runs
 
 # Model order deliberately not alphabetical: the outputs must keep the grid's order.
 GRID = {"datasets": ["digits"], "models": ["supcon", "ce"], "augmentations": ["none"],
-        "noise_fractions": [0.0, 0.5, 1.0], "seeds": [0, 1]}  # fmt: skip
+        "noise_fractions": [0.0, 0.5, 1.0], "seeds": [0, 1]}
 PARAMS = {"grid": GRID}
 # iterations_to_fit per (model, noise) for seeds 0 and 1; None = never fit.
 ITERATIONS = {
@@ -102,7 +102,7 @@ def aggregate(tmp_path, params=PARAMS):
     return aggregate_runs(
         params, geometry_dir=tmp_path / "geometry", train_log_dir=tmp_path / "train_logs",
         **outputs(tmp_path),
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture
@@ -140,7 +140,7 @@ def test_summary_means_stds_and_fit_counts(tmp_path, geometry_dir):
                                          "n_seeds", "n_fit"]
     assert list(zip(summary["model"], summary["noise_fraction"], strict=True)) == [
         ("supcon", 0.0), ("supcon", 0.5), ("supcon", 1.0), ("ce", 0.0), ("ce", 0.5), ("ce", 1.0),
-    ]  # fmt: skip
+    ]
     by = summary.set_index(["model", "noise_fraction"])
     assert (summary["n_seeds"] == 2).all()
     # final_loss at (ce, 0.5): seeds 1.5 and 1.6 -> mean 1.55, sample std 0.1/sqrt(2).
@@ -257,7 +257,7 @@ def test_growth_exponents_count_the_runs_that_never_fit(tmp_path):
     # fit equals censored_power_law on those four runs and is steeper than dropping the run.
     ce = growth["digits"]["none"]["ce"]
     c, a, sigma = censored_power_law([0.5, 0.5, 1.0, 1.0], [500, 700, 900, 3000],
-                                     [False, False, False, True])  # fmt: skip
+                                     [False, False, False, True])
     assert (ce["exponent"], ce["coefficient"], ce["sigma"]) == (
         pytest.approx(a, rel=1e-9), pytest.approx(c, rel=1e-9), pytest.approx(sigma, rel=1e-9))
     dropped = np.polyfit(np.log([0.5, 0.5, 1.0]), np.log([500, 700, 900]), 1)[0]
@@ -280,7 +280,7 @@ def test_training_curves_stack_every_log_of_the_grid_in_grid_order(tmp_path, geo
     identity = ["dataset", "model", "augmentation", "noise_fraction", "seed"]
     assert list(curves.columns) == identity + [f.name for f in schemas.TRAIN_LOG]
     runs = [(j["model"], float(j["noise"]), int(j["seed"]))
-            for j in stage_table.grid_jobs(stage_table.TRAIN, GRID)]  # fmt: skip
+            for j in stage_table.grid_jobs(stage_table.TRAIN, GRID)]
     assert list(zip(curves["model"], curves["noise_fraction"], curves["seed"], strict=True)) == [
         run for run in runs for _ in range(2)
     ]

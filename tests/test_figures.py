@@ -27,7 +27,7 @@ from pipeline.stages.figures import (
 K = 10
 DPI = 40  # small: fast, and the PNG size in pixels is checked against it
 GRID = {"datasets": ["digits"], "models": ["supcon", "ce"], "augmentations": ["none"],
-        "noise_fractions": [0.0, 0.5, 1.0], "seeds": [0, 1]}  # fmt: skip
+        "noise_fractions": [0.0, 0.5, 1.0], "seeds": [0, 1]}
 PARAMS = {"grid": GRID, "figures": {"dpi": DPI, "geometry_noise": 0.5}}
 STEMS = (
     "geometry_digits", "iterations_to_fit_digits", "gap_vs_accuracy_digits",

@@ -530,7 +530,7 @@ def test_embeddings_of_another_run_are_refused(tmp_path):
 def test_collapse_measures_vanish_on_a_collapsed_simplex_with_its_head(tmp_path):
     vertices, z, labels = simplex_run(4, 5)
     m, _ = run_stage(tmp_path, write_run(tmp_path, train_z=z, train_noisy=labels,
-                                         head=2.5 * vertices, model="ce"))  # fmt: skip
+                                         head=2.5 * vertices, model="ce"))
     for key in ("nc2_equinorm_cv", "nc2_equiangular_std", "nc2_simplex_angle_deviation",
                 "nc2_head_equinorm_cv", "nc3_self_duality"):
         assert m[key] == pytest.approx(0.0, abs=1e-6), key  # embeddings are stored float32
@@ -574,7 +574,7 @@ def test_nc4_counts_disagreement_between_head_and_class_means(tmp_path):
     labels = np.array([0, 0, 0, 1, 1, 1])  # means: (-0.6, 0) and (1.267, 0)
     head = np.array([[-1.0, 0.0], [1.0, 0.0]])  # argmax: class 1 iff x > 0
     m, _ = run_stage(tmp_path, write_run(tmp_path, train_z=z, train_noisy=labels, head=head,
-                                         model="ce"))  # fmt: skip
+                                         model="ce"))
     # NCM boundary at (-0.6 + 1.267) / 2 = 0.333: x = 0.2 is class 0 for NCM, 1 for the head.
     assert m["nc4_head_ncm_agreement"] == pytest.approx(5 / 6, rel=1e-12)
 
@@ -587,7 +587,7 @@ def test_probe_matches_scikit_learn_fitted_by_hand(tmp_path):
     z = rng.normal(size=(90, 4)) + np.eye(3, 4)[labels]  # overlapping classes
     test_z = rng.normal(size=(30, 4)) + np.eye(3, 4)[np.repeat(np.arange(3), 10)]
     paths = write_run(tmp_path, train_z=z, train_noisy=labels, model="supcon",
-                      test_z=test_z, test_labels=np.repeat(np.arange(3), 10))  # fmt: skip
+                      test_z=test_z, test_labels=np.repeat(np.arange(3), 10))
     m, _ = run_stage(tmp_path, paths)
     z, test_z = (a.astype(np.float32).astype(np.float64) for a in (z, test_z))  # as stored
     reference = LogisticRegression(C=1.0, max_iter=1000, tol=1e-8).fit(z, labels)

@@ -97,7 +97,7 @@ def test_shrinking_the_grid_with_dvc_drops_its_runs_everywhere(private, tmp_path
     # the committed one, which lineage finds in git history.
     git_commit(private, "shrink the grid")
     result = sh(sys.executable, "-m", "pipeline", "lineage", str(old_figure), "--json",
-                cwd=private)  # fmt: skip
+                cwd=private)
     doc = json.loads(result.stdout)
     assert doc["lock"] == f"dvc.lock at commit {first_commit}"
     assert "figures@" not in {link["stage"] for link in doc["links"]}

@@ -1,4 +1,4 @@
-"""Static checks: Snakemake's linter on the workflow, ruff on the Python code."""
+"""Static checks: Snakemake's linter and snakefmt on the workflow, ruff on the Python code."""
 
 import re
 import subprocess
@@ -27,6 +27,14 @@ def test_snakemake_lint_has_no_unaccepted_findings():
 def test_ruff_is_clean():
     result = subprocess.run(
         [BIN / "ruff", "check", "pipeline", "tests", "benchmarks"],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_workflow_is_snakefmt_formatted():
+    result = subprocess.run(
+        [BIN / "snakefmt", "--check", "Snakefile", "rules"],
         cwd=ROOT, capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -32,7 +32,7 @@ AVX2_MACHINE = {
     "GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX512F,-AVX512DQ,-AVX512BW,-AVX512VL,-AVX512CD",
 }
 OUTPUTS = ("labels.parquet", "model.pt", "log.parquet", "embeddings.parquet", "head.parquet",
-           "metrics.json", "cosines.parquet")  # fmt: skip
+           "metrics.json", "cosines.parquet")
 
 
 def has_avx512() -> bool:
@@ -60,12 +60,12 @@ def run_chain(out: Path, params: Path, env: dict[str, str], model: str = "supcon
         ("geometry", [*full, "--embeddings", out / "embeddings.parquet", "--head",
                       out / "head.parquet", "--train-log", out / "log.parquet",
                       "--metrics", out / "metrics.json", "--cosines", out / "cosines.parquet"]),
-    ):  # fmt: skip
+    ):
         sh(*py, stage, "--params", params, *args, cwd=ROOT, env=full_env)
         if stage == last:
             break
     return {name: hashlib.md5((out / name).read_bytes()).hexdigest()
-            for name in OUTPUTS if (out / name).exists()}  # fmt: skip
+            for name in OUTPUTS if (out / name).exists()}
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ def test_native_bytes_differ_between_isa_levels(tmp_path, params_file):
     here = run_chain(tmp_path / "here", params_file, {**env, "ATEN_CPU_CAPABILITY": "avx512"},
                      last="train")
     avx2 = run_chain(tmp_path / "avx2", params_file, {**env, "ATEN_CPU_CAPABILITY": "avx2",
-                                                       **AVX2_MACHINE}, last="train")  # fmt: skip
+                                                       **AVX2_MACHINE}, last="train")
     assert here["model.pt"] != avx2["model.pt"]
     record = numerics_record(tmp_path / "here" / "model.pt")
     assert record["mode"] == "native" and record["machine"] == "x86_64"
@@ -109,7 +109,7 @@ def test_unknown_mode_is_a_named_error(tmp_path, params_file):
     result = sh(sys.executable, "-m", "pipeline", "noisy_labels", "--params", params_file,
                 "--dataset", "digits", "--noise", "0.3", "--seed", "0",
                 "--labels", tmp_path / "labels.parquet", cwd=ROOT, check=False,
-                env={**os.environ, numerics.MODE_VARIABLE: "fast"})  # fmt: skip
+                env={**os.environ, numerics.MODE_VARIABLE: "fast"})
     assert result.returncode != 0
     assert "PIPELINE_NUMERICS: expected one of portable, native, got 'fast'" in result.stderr
     assert not (tmp_path / "labels.parquet").exists()

@@ -73,7 +73,7 @@ CHROMIUM_FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run",
     "--virtual-time-budget=60000",
-)  # fmt: skip
+)
 
 
 @pytest.fixture(scope="module")
@@ -97,19 +97,19 @@ def test_report_registers_every_figure_with_caption_and_category(project, report
     text = report.read_text()
     results = json.loads(re.search(r"var results = (\{.*?\});\n", text).group(1))
     figures = sorted(p.relative_to(project).as_posix()
-                     for p in (project / stage_table.FIGURES_DIR).glob("*.png"))  # fmt: skip
+                     for p in (project / stage_table.FIGURES_DIR).glob("*.png"))
     assert len(figures) == len(CATEGORIES) and set(figures) <= set(results)
     categories = json.loads(re.search(r"var categories = (\{.*?\});\n", text).group(1))
     for kind, category in CATEGORIES.items():
         assert categories[category] == {"digits": [f"{stage_table.FIGURES_DIR}/{kind}_digits.png"]}
     filed = {path for subcategories in categories.values() for paths in subcategories.values()
-             for path in paths}  # fmt: skip
+             for path in paths}
     assert filed == set(results)  # every registered result has a category
     assert categories[CLAIMS_CATEGORY] == {"Other": [stage_table.CLAIMS_CSV]}  # the claims table
     free = sorted(p.relative_to(project).as_posix()
-                  for p in (project / stage_table.FREE_FEATURES_FIGURES).glob("*.png"))  # fmt: skip
+                  for p in (project / stage_table.FREE_FEATURES_FIGURES).glob("*.png"))
     assert free and set(free) <= {path for paths in categories[FREE_FEATURES_CATEGORY].values()
-                                  for path in paths}  # fmt: skip
+                                  for path in paths}
     for path, result in results.items():
         assert result["caption"].strip(), f"{path} has no caption"
     for path in figures:
@@ -131,12 +131,12 @@ def test_report_shows_every_figure_in_headless_chromium(project, report, tmp_pat
         [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
          probed.as_uri()],
         capture_output=True, text=True, timeout=180, check=True,
-    ).stdout  # fmt: skip
+    ).stdout
     probe = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
     assert probe, "the report's app did not finish loading in Chromium"
     data = json.loads(html.unescape(probe.group(1)))
     figures = {f"{stage_table.FIGURES_DIR}/{p.name}": png_size(p)
-               for p in (project / stage_table.FIGURES_DIR).glob("*.png")}  # fmt: skip
+               for p in (project / stage_table.FIGURES_DIR).glob("*.png")}
     shown = {item["path"]: item for item in data["shown"]}
     images = {path for path in data["results"] if path.endswith(".png")}  # claims.csv: a table
     assert set(shown) == images and set(figures) <= set(shown)
@@ -153,7 +153,7 @@ def test_dvc_metrics_show_lists_every_run_of_the_grid_and_the_growth_fits(projec
     files = shown[""]["data"]
     grid = yaml.safe_load((project / "params.yaml").read_text())["grid"]
     expected = {stage_table.fill(stage_table.GEOMETRY_METRICS, **j)
-                for j in stage_table.grid_jobs(stage_table.GEOMETRY, grid)}  # fmt: skip
+                for j in stage_table.grid_jobs(stage_table.GEOMETRY, grid)}
     assert set(files) == expected | {stage_table.GROWTH_METRICS, stage_table.CLAIMS_METRICS}
     growth = files.pop(stage_table.GROWTH_METRICS)["data"]
     assert set(growth["digits"]["none"]) == set(grid["models"])

@@ -7,6 +7,7 @@ import itertools
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import ROOT, default_params
 
 from pipeline.infra import stage_table
@@ -143,3 +144,18 @@ def test_dvc_stops_a_stage_when_dvc_yaml_lists_another_grids_jobs(tmp_path, monk
     check_dvc_yaml_grid(Path(tmp_path / "other.yaml"), grid)  # another params file: no check
     (tmp_path / "dvc.yaml").write_text(f"# Jobs of the grid with digest {digest(grid)}\n")
     check_dvc_yaml_grid(tmp_path / "params.yaml", grid)
+
+
+def test_dvc_yaml_drops_the_lock_entries_of_stages_the_grid_no_longer_has(tmp_path):
+    from pipeline.infra.frontends import prune_lock, stage_names
+
+    grid = default_params()["grid"]
+    kept = sorted(stage_names(grid))[:2]
+    gone = "train@digits-ce_fixed-none-0.2-0"  # ce_fixed's run set has no p = 0.2
+    assert gone not in stage_names(grid) and "aggregate" in stage_names(grid)
+    lock = tmp_path / "dvc.lock"
+    lock.write_text("schema: '2.0'\nstages:\n" + "".join(
+        f"  {name}:\n    cmd: python -m pipeline x\n" for name in [*kept, gone]))
+    assert prune_lock(grid, lock) == [gone]
+    assert list(yaml.safe_load(lock.read_text())["stages"]) == kept
+    assert prune_lock(grid, lock) == []  # nothing left to drop

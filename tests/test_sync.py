@@ -63,7 +63,7 @@ def test_sync_refuses_while_dvc_sees_stale_stages_and_touches_nothing(private):
     before, lock = geometry_files(private), (private / "dvc.lock").read_bytes()
     stale = sorted(json.loads(sh("dvc", "status", "--json", cwd=private).stdout))
     assert stale == [f"{stage_table.GEOMETRY.name}@digits-{m}-none-{p}-0"
-                     for m in ("ce", "ce_fixed", "supcon") for p in ("0.0", "0.3")]  # fmt: skip
+                     for m in ("ce", "ce_fixed", "supcon") for p in ("0.0", "0.3")]
     result = sync(private)
     assert result.returncode == 1
     shown = ", ".join(stale[:5])

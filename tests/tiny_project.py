@@ -22,7 +22,7 @@ _BUILT: dict[str, Path] = {}
 def git_commit(root: Path, message: str) -> str:
     sh("git", "add", "-A", cwd=root)
     sh("git", "-c", "user.name=test", "-c", "user.email=test@example.invalid", "commit", "-q",
-       "-m", message, cwd=root)  # fmt: skip
+       "-m", message, cwd=root)
     return sh("git", "rev-parse", "HEAD", cwd=root).stdout.strip()
 
 

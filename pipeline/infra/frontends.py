@@ -94,8 +94,39 @@ def render(params_file: str | Path = stage_table.PARAMS_FILE) -> str:
     return HEADER + stamp + jobs + yaml.safe_dump(doc, sort_keys=False, width=1000)
 
 
+def stage_names(grid: dict) -> set[str]:
+    """DVC's name of every stage dvc.yaml lists for ``grid`` (``train@digits-ce-none-0.0-0``)."""
+    lists = job_lists(grid)
+    names = set()
+    for stage in stage_table.STAGES:
+        if stage.matrix:
+            names |= {f"{stage.name}@{key}" for key in lists[jobs_var(stage)]}
+        else:
+            names.add(stage.name)
+    return names
+
+
+def prune_lock(grid: dict, lock: Path = Path(stage_table.LOCK_FILE)) -> list[str]:
+    """Drop the dvc.lock entries of stages dvc.yaml no longer lists for ``grid``; returns
+    their names. DVC updates the entries of the stages it runs or commits and keeps every
+    other one, so a run or noise fraction dropped from the grid would stay "recorded" with
+    outputs no stage makes. Edited with DVC's own round-trip YAML, so the rest of the file
+    keeps DVC's formatting."""
+    from dvc.utils.serialize import modify_yaml
+
+    if not lock.exists():
+        return []
+    wanted = stage_names(grid)
+    with modify_yaml(lock) as data:
+        stale = [name for name in data.get("stages", {}) if name not in wanted]
+        for name in stale:
+            del data["stages"][name]
+    return stale
+
+
 def write_dvc_yaml(path: Path, check: bool = False) -> int:
-    """Render dvc.yaml for ./params.yaml, the file DVC reads (or check it is current)."""
+    """Render dvc.yaml for ./params.yaml, the file DVC reads (or check it is current), and
+    drop the dvc.lock entries of stages it no longer lists."""
     text = render()
     if check:
         if not path.exists() or path.read_text() != text:
@@ -103,6 +134,10 @@ def write_dvc_yaml(path: Path, check: bool = False) -> int:
             return 1
         return 0
     path.write_text(text)
+    stale = prune_lock(load_params(stage_table.PARAMS_FILE)["grid"], path.with_name("dvc.lock"))
+    if stale:
+        print(f"dvc.lock: dropped {len(stale)} entries of stages the grid no longer has "
+              f"(e.g. {stale[0]})", file=sys.stderr)
     return 0
 
 
@@ -116,15 +151,7 @@ def record() -> int:
     write_dvc_yaml(path)
     if path.read_text() != before:
         print(f"{path}: re-rendered for the grid of {stage_table.PARAMS_FILE}", file=sys.stderr)
-    # From an empty lock: `dvc commit` keeps the entries of stages dvc.yaml no longer lists
-    # (a noise fraction or run set dropped from the grid), and dvc.lock must record this
-    # pipeline's stages only. The old lock comes back if the commit fails.
-    lock = Path(stage_table.LOCK_FILE)
-    saved = lock.read_bytes() if lock.exists() else None
-    lock.unlink(missing_ok=True)
     result = subprocess.run(["dvc", "commit", "--force", "--quiet"], check=False)
-    if result.returncode != 0 and saved is not None:
-        lock.write_bytes(saved)
     if result.returncode != 0:
         print(
             "warning: `dvc commit` failed, so dvc.lock does not record this run (were all "

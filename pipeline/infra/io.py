@@ -132,17 +132,24 @@ def write_parquet(table: pa.Table, path: str | Path, metadata: dict | None = Non
         pq.write_table(table, tmp, compression="zstd")
 
 
-def read_parquet(path: str | Path, columns: dict[str, pa.DataType] | None = None) -> pa.Table:
-    """Read a Parquet file, checking it is complete and has ``columns`` with these types."""
-    path = Path(path)
-    if not path.exists():
+@contextmanager
+def parquet_errors(path: str | Path) -> Iterator[None]:
+    """Reading Parquet at ``path`` inside: a missing file, or pyarrow's error on an
+    unreadable or truncated one, becomes an InputError naming the file."""
+    if not Path(path).exists():
         raise InputError(f"{path}: missing input file")
     try:
+        yield
+    except (pa.ArrowInvalid, OSError) as e:
+        raise InputError(f"{path}: unreadable or truncated Parquet file ({e})") from e
+
+
+def read_parquet(path: str | Path, columns: dict[str, pa.DataType] | None = None) -> pa.Table:
+    """Read a Parquet file, checking it is complete and has ``columns`` with these types."""
+    with parquet_errors(path):
         # ParquetFile, not pq.read_table: the latter imports pyarrow.dataset and with it
         # pandas, 0.37 s of every job's start-up for a feature (datasets) never used here.
         table = pq.ParquetFile(path).read()
-    except (pa.ArrowInvalid, OSError) as e:
-        raise InputError(f"{path}: unreadable or truncated Parquet file ({e})") from e
     check_columns(table.schema, columns or {}, path)
     return table
 

@@ -71,14 +71,14 @@ class Outputs:
     def groups(self):
         """(dataset, augmentation) pairs in grid order."""
         return list(dict.fromkeys(zip(self.summary["dataset"], self.summary["augmentation"],
-                                      strict=True)))  # fmt: skip
+                                      strict=True)))
 
     def cosines(self, dataset, model, augmentation, noise) -> pd.DataFrame:
         """Every seed's cosines.parquet of one (dataset, model, augmentation, noise), stacked."""
         frames = []
         rows = self.runs[(self.runs.dataset == dataset) & (self.runs.model == model)
                          & (self.runs.augmentation == augmentation)
-                         & (self.runs.noise_fraction == noise)]  # fmt: skip
+                         & (self.runs.noise_fraction == noise)]
         for seed in rows["seed"]:
             path = self.root / stage_table.fill(stage_table.COSINES, dataset=dataset, model=model,
                                            augmentation=augmentation, noise=noise, seed=seed)
@@ -111,17 +111,17 @@ def iterations_table(out: Outputs, dataset: str, augmentation: str) -> str:
 
 def accuracy_table(out: Outputs, dataset: str, augmentation: str, noise: float) -> str:
     s = out.summary[(out.summary.dataset == dataset) & (out.summary.augmentation == augmentation)
-                    & (out.summary.noise_fraction == noise)]  # fmt: skip
+                    & (out.summary.noise_fraction == noise)]
     rows = [[r.model, _pct(r.test_accuracy_class_mean_mean), _pct(r.test_accuracy_head_mean),
              _pct(getattr(r, "probe_test_accuracy_mean", None)),
-             _pct(r.train_accuracy_noisy_mean)] for r in s.itertuples()]  # fmt: skip
+             _pct(r.train_accuracy_noisy_mean)] for r in s.itertuples()]
     return _table(["model", "test: class-mean classifier", "test: head", "test: linear probe",
-                   "train (labels trained on)"], rows)  # fmt: skip
+                   "train (labels trained on)"], rows)
 
 
 def geometry_table(out: Outputs, dataset: str, augmentation: str, noise: float) -> str:
     s = out.summary[(out.summary.dataset == dataset) & (out.summary.augmentation == augmentation)
-                    & (out.summary.noise_fraction == noise)]  # fmt: skip
+                    & (out.summary.noise_fraction == noise)]
     rows = []
     for r in s.itertuples():
         cos = out.cosines(dataset, r.model, augmentation, noise)
@@ -139,15 +139,15 @@ def geometry_table(out: Outputs, dataset: str, augmentation: str, noise: float) 
         ])
     return _table(["model", "class-mean cosines: mean ± std (min, max)", "target −1/(K−1)",
                    "sample-to-own-mean cosine: mean ± std (min)", "head cosines",
-                   "NC1", "Gram distance to simplex"], rows)  # fmt: skip
+                   "NC1", "Gram distance to simplex"], rows)
 
 
 def gap_table(out: Outputs, dataset: str, augmentation: str) -> str:
     s = out.summary[(out.summary.dataset == dataset) & (out.summary.augmentation == augmentation)
-                    & (out.summary.model == "supcon")]  # fmt: skip
+                    & (out.summary.model == "supcon")]
     rows = [[f"{r.noise_fraction:g}", f"{r.supcon_optimum_mean:.4f}",
              f"{r.final_supcon_gap_mean:.4f} ± {r.final_supcon_gap_std:.4f}",
-             _pct(r.test_accuracy_class_mean_mean)] for r in s.itertuples()]  # fmt: skip
+             _pct(r.test_accuracy_class_mean_mean)] for r in s.itertuples()]
     return _table(["noise p", "sampler-expected optimum (nats)",
                    "final gap: mean ± std over seeds (nats)", "test accuracy"], rows)
 
@@ -164,12 +164,12 @@ def free_features_table(out: Outputs) -> str:
                      f"{r.relative_gap:.1e}", f"{r.class_mean_cosine_deviation:.1e}"])
     multiset = out.free[out.free.experiment == "multiset"]
     table = _table(["loss", "K", "h", "batch", "τ", "relative gap (loss − optimum)/optimum",
-                    "max over pairs of \\|cos + 1/(K−1)\\|"], rows)  # fmt: skip
+                    "max over pairs of \\|cos + 1/(K−1)\\|"], rows)
     if len(multiset):
         last = multiset.loc[multiset["iteration"].idxmax()]
         table += (f"\n\nAll multiset batches (K = {last.num_classes}, b = {last.batch_size}): "
                   f"relative gap {last.relative_gap:.1e} against the closed form "
-                  f"{last.eval_optimum:.6f}.")  # fmt: skip
+                  f"{last.eval_optimum:.6f}.")
     return table
 
 
@@ -177,7 +177,7 @@ def render_doc(out: Outputs) -> str:
     parts = ["# Results of the default run", "",
              SOURCE_NOTE.format(summary=stage_table.SUMMARY_TABLE,
                                 growth=stage_table.GROWTH_METRICS,
-                                free=stage_table.FREE_FEATURES_TABLE), "",  # fmt: skip
+                                free=stage_table.FREE_FEATURES_TABLE), "",
              f"Numerics: `{json.dumps(out.numerics, sort_keys=True)}` "
              "(pipeline/infra/numerics.py).", ""]
     for dataset, augmentation in out.groups():
@@ -201,7 +201,7 @@ def render_doc(out: Outputs) -> str:
             geometry_table(out, dataset, augmentation, noise0), "",
             f"## {title}: supcon's final gap to its optimum against test accuracy", "",
             gap_table(out, dataset, augmentation), "",
-        ]  # fmt: skip
+        ]
     if out.free is not None:
         parts += ["## Free features (Section 5.1): final records", "",
                   free_features_table(out), ""]
@@ -210,7 +210,7 @@ def render_doc(out: Outputs) -> str:
                   f"From `{stage_table.CLAIMS_CSV}` (stage `claims`, "
                   "pipeline/stages/claims.py): each "
                   "verdict follows from the interval and the criterion (tolerances: "
-                  "`claims` in params.yaml).", "", out.claims]  # fmt: skip
+                  "`claims` in params.yaml).", "", out.claims]
     return "\n".join(parts)
 
 
@@ -239,7 +239,7 @@ def render_readme_block(out: Outputs) -> str:
         f"All tables: [docs/results.md]({DOC.as_posix()}) (generated by "
         "`python -m pipeline results`).",
         END,
-    ])  # fmt: skip
+    ])
 
 
 CLAIM_NAMES = {
@@ -259,7 +259,7 @@ def claims_in_words(table: pd.DataFrame) -> str:
             continue
         by = {v: [f"{r.model} ({r.measure})" if claim in ("i", "ii") else r.model
                   for r in rows[rows.verdict == v].itertuples()]
-              for v in ("replicates", "does not", "inconclusive")}  # fmt: skip
+              for v in ("replicates", "does not", "inconclusive")}
         parts = [f"{verdict}: {', '.join(items)}" for verdict, items in by.items() if items]
         lines.append(f"- {name}: " + "; ".join(parts) + ".")
     return "\n".join(lines)
@@ -312,7 +312,7 @@ def lock_drift(root: Path) -> list[str] | None:
     def outs(text):
         return {(name, o["path"]): o.get("md5") for name, stage in
                 (yaml.safe_load(text) or {}).get("stages", {}).items()
-                for o in stage.get("outs", [])}  # fmt: skip
+                for o in stage.get("outs", [])}
 
     was, now = outs(committed.stdout), outs((root / stage_table.LOCK_FILE).read_text())
     moved = [f"  {key[0]}: {key[1]}  committed {was.get(key)}, this run {now.get(key)}"
@@ -339,7 +339,7 @@ def main(root: Path = Path("."), check: bool = False) -> int:
         if check:
             diff = difflib.unified_diff(current.splitlines(), text.splitlines(),
                                         f"{path} (committed)", f"{path} (from the outputs)",
-                                        lineterm="", n=0)  # fmt: skip
+                                        lineterm="", n=0)
             drift.append("\n".join(list(diff)[:40]))
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -356,6 +356,6 @@ def main(root: Path = Path("."), check: bool = False) -> int:
     if drift:
         print("results: the committed text differs from what this run's outputs give "
               "(run `python -m pipeline results` and commit, or find why the run differs):\n"
-              + "\n".join(drift), file=sys.stderr)  # fmt: skip
+              + "\n".join(drift), file=sys.stderr)
         return 1
     return 0

@@ -261,6 +261,7 @@ FREE_FEATURES = Stage(
     params=("free_features",),
     code=(
         "pipeline/stages/free_features.py",
+        "pipeline/maths/free_features.py",
         "pipeline/maths/optim.py",
         "pipeline/maths/theory.py",
         "pipeline/maths/losses.py",

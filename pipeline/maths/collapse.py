@@ -101,7 +101,7 @@ def _probe_objective(theta, x, y, num_classes: int, inverse_regularisation: floa
 
 
 def linear_probe(z_train: np.ndarray, y_train: np.ndarray, num_classes: int,
-                 inverse_regularisation: float, max_iterations: int):  # fmt: skip
+                 inverse_regularisation: float, max_iterations: int):
     """Fit the probe by L-BFGS (scipy); returns (predict function, iterations, converged).
 
     The objective is scikit-learn's LogisticRegression (multinomial, with intercept, L2
@@ -118,7 +118,7 @@ def linear_probe(z_train: np.ndarray, y_train: np.ndarray, num_classes: int,
     result = minimize(_probe_objective, np.zeros(k * h + k), args=(x, y, k,
                       float(inverse_regularisation)), jac=True, method="L-BFGS-B",
                       options={"maxiter": int(max_iterations), "gtol": 1e-8,
-                               "ftol": 64 * np.finfo(float).eps})  # fmt: skip
+                               "ftol": 64 * np.finfo(float).eps})
     w = result.x[: k * h].reshape(k, h)
     b = result.x[k * h:]
 

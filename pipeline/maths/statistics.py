@@ -83,7 +83,7 @@ def censored_power_law(p, iterations, censored) -> tuple[float, float, float] | 
     result = minimize(_neg_log_likelihood, np.array([log_c0, a0, log_sigma0]),
                       args=(x, ly, cens), jac=True, method="L-BFGS-B",
                       bounds=[(None, None), (-MAX_EXPONENT, MAX_EXPONENT), (MIN_LOG_SIGMA, None)],
-                      options={"ftol": 1e-13, "gtol": 1e-9, "maxiter": 1000})  # fmt: skip
+                      options={"ftol": 1e-13, "gtol": 1e-9, "maxiter": 1000})
     log_c, a, log_sigma = result.x
     if abs(a) >= MAX_EXPONENT * (1 - 1e-9):
         return None  # the likelihood keeps growing with a: not identified by these runs
@@ -91,7 +91,7 @@ def censored_power_law(p, iterations, censored) -> tuple[float, float, float] | 
 
 
 def growth_fit(p, iterations, censored, resamples: int = RESAMPLES, seed: int = SEED,
-               band_points: int = 50) -> GrowthFit:  # fmt: skip
+               band_points: int = 50) -> GrowthFit:
     """The censored fit, its stratified percentile bootstrap interval (module doc), and the
     pointwise 95% band of the fitted curve c p^a over ``band_points`` values of p."""
     p = np.asarray(p, dtype=np.float64)

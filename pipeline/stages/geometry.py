@@ -55,6 +55,7 @@ from pipeline.infra import schemas
 from pipeline.infra.io import (
     InputError,
     check_columns,
+    parquet_errors,
     read_metadata,
     read_parquet,
     write_json,
@@ -66,7 +67,7 @@ from pipeline.maths.metrics import GeometryAccumulator, iterations_to_fit
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 8192  # rows per record batch: ~ 8192 * 512 * 8 B = 32 MiB of float64 at h=512
-HEAD_MODELS = ("ce", "ce_fixed")  # models with a linear head; supcon has none
+HEAD_MODELS = ("ce", "ce_fixed")  # models with a linear head; supcon and supcon_mv have none
 
 COSINE_KINDS = schemas.COSINE_KINDS
 
@@ -75,12 +76,8 @@ COSINE_KINDS = schemas.COSINE_KINDS
 
 
 def _schema(path: Path) -> pa.Schema:
-    if not path.exists():
-        raise InputError(f"{path}: missing input file")
-    try:
+    with parquet_errors(path):
         return pq.read_schema(path)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise InputError(f"{path}: unreadable or truncated Parquet file ({e})") from e
 
 
 def _vector_dim(schema: pa.Schema, column: str, path: Path) -> int:
@@ -138,7 +135,7 @@ def _batches(path: Path, dim: int, num_classes: int, batch_size: int) -> Iterato
     """Yield (is_train, z, noisy, clean) per record batch: masks and labels as numpy arrays,
     z (n, h) float64; every value checked (split, labels in range, finite embeddings)."""
     columns = ["split", "clean_label", "noisy_label", "embedding"]
-    try:
+    with parquet_errors(path):
         for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns):
             split = batch.column("split")
             is_train = pc.fill_null(pc.equal(split, "train"), False).to_numpy(
@@ -166,8 +163,6 @@ def _batches(path: Path, dim: int, num_classes: int, batch_size: int) -> Iterato
                         f"values in {values.min()}..{values.max()} (null read as -1)"
                     )
             yield is_train, z, noisy, clean
-    except (pa.ArrowInvalid, OSError) as e:
-        raise InputError(f"{path}: unreadable or truncated Parquet file ({e})") from e
 
 
 def _read_train_log(path: Path) -> dict:
@@ -213,7 +208,7 @@ def cosines_table(cosines: dict[str, np.ndarray]) -> pa.Table:
 
 
 def probe_accuracies(embeddings: Path, dim: int, num_classes: int, batch_size: int,
-                     settings: dict) -> dict:  # fmt: skip
+                     settings: dict) -> dict:
     """The linear probe (pipeline.maths.collapse.linear_probe) of one run: fit on the training
     embeddings with the labels trained on; accuracy on train (noisy and clean) and test.
 
