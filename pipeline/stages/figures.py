@@ -8,6 +8,9 @@
   against the noise fraction p per model, with every seed shown, runs that never fit marked at
   the top, the censored growth fit c * p^a with its exponent, 95% bootstrap interval and
   band (aggregate.growth_of, the fit growth.json holds).
+- ``gap_vs_accuracy_{dataset}``: claim (iii), one point per run: the final supcon gap to its
+  sampler-expected optimum (tracked for ce models) and each model's own loss gap, against
+  test accuracy.
 - ``collapse_{dataset}``: NC1-NC4 and the test accuracies of the class-mean classifier, the
   head and the linear probe against the noise fraction, mean over seeds.
 - ``training_curves_{dataset}``: loss, train accuracy on the labels trained on, and test
