@@ -17,25 +17,30 @@ def _model(seed: int) -> torch.nn.Module:
     )
 
 
-@pytest.mark.parametrize(("momentum", "weight_decay"), [(0.9, 5e-4), (0.0, 0.0), (0.5, 0.0)])
-def test_matches_torch_sgd_bit_for_bit(momentum, weight_decay):
-    ours, ref = _model(0), _model(0)
-    ours_opt = SGD(ours.parameters(), lr=0.1, momentum=momentum, weight_decay=weight_decay)
-    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=momentum,
-                              weight_decay=weight_decay)
-    gen = torch.Generator().manual_seed(1)
-    for step in range(7):
+def _train_both(ours, ours_opt, ref, ref_opt, rates: list[float], seed: int) -> None:
+    """The same steps on both models, with a new lr every step (as training sets it), then
+    the parameters must be equal bit for bit."""
+    gen = torch.Generator().manual_seed(seed)
+    for rate in rates:
         x = torch.randn(16, 6, generator=gen)
-        lr = 0.1 * ((7 - step) / 7) ** 5  # a new lr every step, as training sets it
-        ours_opt.lr = lr
+        ours_opt.lr = rate
         for group in ref_opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = rate
         for net, opt in ((ours, ours_opt), (ref, ref_opt)):
             opt.zero_grad()
             net(x).square().mean().backward()
             opt.step()
     for a, b in zip(ours.parameters(), ref.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(("momentum", "weight_decay"), [(0.9, 5e-4), (0.0, 0.0), (0.5, 0.0)])
+def test_matches_torch_sgd_bit_for_bit(momentum, weight_decay):
+    ours, ref = _model(0), _model(0)
+    ours_opt = SGD(ours.parameters(), lr=0.1, momentum=momentum, weight_decay=weight_decay)
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=momentum,
+                              weight_decay=weight_decay)
+    _train_both(ours, ours_opt, ref, ref_opt, [0.1 * ((7 - i) / 7) ** 5 for i in range(7)], 1)
 
 
 def test_state_round_trip_continues_identically():
@@ -68,17 +73,6 @@ def test_adam_matches_torch_adam_bit_for_bit(lr):
     ours, ref = _model(4), _model(4)
     ours_opt = Adam(ours.parameters(), lr=lr)
     ref_opt = torch.optim.Adam(ref.parameters(), lr=lr)
-    gen = torch.Generator().manual_seed(5)
-    for step in range(9):
-        x = torch.randn(16, 6, generator=gen)
-        rate = lr * 0.5 * (1 + math.cos(math.pi * step / 9))  # a new lr every step
-        ours_opt.lr = rate
-        for group in ref_opt.param_groups:
-            group["lr"] = rate
-        for net, opt in ((ours, ours_opt), (ref, ref_opt)):
-            opt.zero_grad()
-            net(x).square().mean().backward()
-            opt.step()
-    for a, b in zip(ours.parameters(), ref.parameters(), strict=True):
-        assert torch.equal(a, b)
+    cosine = [lr * 0.5 * (1 + math.cos(math.pi * i / 9)) for i in range(9)]
+    _train_both(ours, ours_opt, ref, ref_opt, cosine, 5)
     assert not torch.equal(ours[0].weight, _model(4)[0].weight)  # it moved
