@@ -28,9 +28,8 @@ from pathlib import Path
 from pipeline.stages.geometry import measure_geometry
 d = Path(sys.argv[1])
 probe = {"inverse_regularisation": 1.0, "max_iterations": 1000}
-measure_geometry({"geometry": {"fit_threshold": 1.0, "probe": probe}}, dataset="synthetic",
-                 model="ce",
-                 augmentation="none", noise=0.0, seed=0, embeddings=d / "emb.parquet",
+measure_geometry({"geometry": {"fit_threshold": 1.0, "probe": probe}},
+                 run=Run("synthetic", "ce", "none", 0.0, 0), embeddings=d / "emb.parquet",
                  head=d / "head.parquet", train_log=d / "log.parquet", metrics=d / "metrics.json",
                  cosines=d / "cosines.parquet")
 """

@@ -40,7 +40,7 @@ SETTINGS = {
     "MKL AVX2 branch (Intel only)": {numerics.MODE_VARIABLE: "native", **PORTABLE,
                                      "MKL_CBWR": "AVX2,STRICT"},
 }
-RUN = ["--dataset", "digits", "--noise", "0.2", "--seed", "0"]
+RUN = ["--dataset", "digits", "--noise-fraction", "0.2", "--seed", "0"]
 
 
 def stage_commands(d: Path, model: str) -> list[tuple[str, list[str]]]:

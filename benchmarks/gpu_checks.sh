@@ -67,19 +67,19 @@ yaml.safe_dump(p, open(work / "params.yaml", "w"))
 PY
 export PIPELINE_DEVICE=cuda PIPELINE_LOCK_DIR=$work/locks
 run() { python3 -m pipeline "$@" --params "$work/params.yaml"; }
-run noisy_labels --dataset cifar10 --noise 0.0 --seed 0 --labels $work/labels.parquet
+run noisy_labels --dataset cifar10 --noise-fraction 0.0 --seed 0 --labels $work/labels.parquet
 start=$(date +%s%N)
 for m in supcon ce; do
-  run train --dataset cifar10 --model $m --augmentation standard --noise 0.0 --seed 0 --labels $work/labels.parquet \
+  run train --dataset cifar10 --model $m --augmentation standard --noise-fraction 0.0 --seed 0 --labels $work/labels.parquet \
     --checkpoint $work/$m.pt --train-log $work/$m-log.parquet --log $work/$m-train.log &
 done
 wait
 echo "two 300-step runs through one GPU slot: $(( ($(date +%s%N) - start) / 1000000 )) ms"
 grep -h -E "busy|using GPU|done" $work/*-train.log
 for m in supcon ce; do
-  run embed --dataset cifar10 --model $m --augmentation standard --noise 0.0 --seed 0 --labels $work/labels.parquet \
+  run embed --dataset cifar10 --model $m --augmentation standard --noise-fraction 0.0 --seed 0 --labels $work/labels.parquet \
     --checkpoint $work/$m.pt --embeddings $work/$m-emb.parquet --head $work/$m-head.parquet
-  run geometry --dataset cifar10 --model $m --augmentation standard --noise 0.0 --seed 0 --embeddings $work/$m-emb.parquet \
+  run geometry --dataset cifar10 --model $m --augmentation standard --noise-fraction 0.0 --seed 0 --embeddings $work/$m-emb.parquet \
     --head $work/$m-head.parquet --train-log $work/$m-log.parquet --metrics $work/$m.json \
     --cosines $work/$m-cos.parquet
   python3 -c "import json; m = json.load(open('$work/$m.json')); print('$m', {k: m[k] for k in ('train_accuracy_noisy', 'class_mean_cosine_mean', 'sample_cosine_mean', 'iterations_to_fit')})"
@@ -100,7 +100,7 @@ PY
     for m in supcon ce; do
       start=$(date +%s%N)
       python3 -m pipeline train --params "$work/params-det-$det.yaml" --dataset cifar10 --model $m \
-        --augmentation standard --noise 0.0 --seed 0 --labels $work/labels.parquet \
+        --augmentation standard --noise-fraction 0.0 --seed 0 --labels $work/labels.parquet \
         --checkpoint $work/det-$det-$rep-$m.pt --train-log $work/det-$det-$rep-$m-log.parquet 2>/dev/null
       echo "deterministic=$det run $rep $m: $(( ($(date +%s%N) - start) / 1000000 )) ms, checkpoint md5 $(md5sum < $work/det-$det-$rep-$m.pt | cut -c1-12), log md5 $(md5sum < $work/det-$det-$rep-$m-log.parquet | cut -c1-12)"
     done
@@ -123,13 +123,13 @@ p["train"]["common"].update(iterations=2000, eval_every=500)
 yaml.safe_dump(p, open(f"{work}/params-2000.yaml", "w"))
 PY
 long=(--params "$work/params-2000.yaml" --dataset cifar10 --model supcon --augmentation standard
-      --noise 0.0 --seed 0 --labels "$work/labels.parquet")
+      --noise-fraction 0.0 --seed 0 --labels "$work/labels.parquet")
 python3 benchmarks/gpu_job.py train "${long[@]}" --checkpoint "$work/long.pt" \
   --train-log "$work/long-log.parquet" --log "$work/long-train.log" | tee "$work/long.json"
 python3 -m pipeline embed "${long[@]}" --checkpoint "$work/long.pt" \
   --embeddings "$work/long-emb.parquet" --head "$work/long-head.parquet"
 python3 -m pipeline geometry --params "$work/params-2000.yaml" --dataset cifar10 --model supcon \
-  --augmentation standard --noise 0.0 --seed 0 --embeddings "$work/long-emb.parquet" \
+  --augmentation standard --noise-fraction 0.0 --seed 0 --embeddings "$work/long-emb.parquet" \
   --head "$work/long-head.parquet" --train-log "$work/long-log.parquet" \
   --metrics "$work/long-metrics.json" --cosines "$work/long-cos.parquet"
 python3 - "$work" <<'PY'

@@ -80,7 +80,7 @@ def run_jobs(k: int, params: Path, labels: Path, work: Path, model: str) -> tupl
     for i in range(k):
         cmd = [sys.executable, str(HERE / "gpu_job.py"), "train", "--params", str(params),
                "--dataset", dataset, "--model", model, "--augmentation", augmentation,
-               "--noise", "0.0", "--seed", str(i), "--labels", str(labels),
+               "--noise-fraction", "0.0", "--seed", str(i), "--labels", str(labels),
                "--checkpoint", str(work / f"k{k}-{i}.pt"),
                "--train-log", str(work / f"k{k}-{i}-log.parquet")]
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True))

@@ -16,6 +16,7 @@ from pathlib import Path
 from pipeline.infra import numerics, stage_table
 from pipeline.infra.config import ParamsError, load_params, select
 from pipeline.infra.io import output_locks
+from pipeline.infra.runs import COLUMNS, Run
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,7 +26,8 @@ def _parser() -> argparse.ArgumentParser:
         p = sub.add_parser(stage.name, help=f"run stage {stage.name}")
         p.add_argument("--params", default=stage_table.PARAMS_FILE, help="params file")
         for w in stage.matrix:
-            p.add_argument(f"--{w}", required=True, type=stage_table.WILDCARD_TYPES[w])
+            p.add_argument(f"--{w.replace('_', '-')}", dest=w, required=True,
+                           type=stage_table.WILDCARD_TYPES[w])
         for name in [*stage.deps, *stage.outs]:
             p.add_argument(f"--{name.replace('_', '-')}", dest=name, required=True, type=Path)
         p.add_argument("--log", type=Path, help="also write the log to this file")
@@ -90,8 +92,10 @@ def run_stage(stage: stage_table.Stage, args: argparse.Namespace) -> object:
     keys = [key.format(**{w: str(v) for w, v in wildcards.items()}) for key in stage.params]
     fn = getattr(importlib.import_module(stage.module), stage.entry)
     files = {name: getattr(args, name) for name in [*stage.deps, *stage.outs]}
+    # A per-run stage takes the run as one value; the others their wildcards by name.
+    identity = {"run": Run.of(wildcards)} if set(stage.matrix) == set(COLUMNS) else wildcards
     with output_locks(getattr(args, name) for name in stage.outs):
-        return fn(select(params, keys, args.params), **wildcards, **files)
+        return fn(select(params, keys, args.params), **identity, **files)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from pipeline.infra.runs import Run
 from pipeline.stages.noisy_labels import make_noisy_labels
 from pipeline.stages.train import train
 
@@ -12,12 +13,12 @@ from pipeline.stages.train import train
 @pytest.fixture
 def labels(tmp_path, small_params):
     path = tmp_path / "labels.parquet"
-    make_noisy_labels(small_params, dataset="digits", noise=0.3, seed=0, labels=path)
+    make_noisy_labels(small_params, dataset="digits", noise_fraction=0.3, seed=0, labels=path)
     return path
 
 
 def run(tmp_path, params, labels, model, tag="a"):
     paths = {"checkpoint": tmp_path / f"{tag}.pt", "train_log": tmp_path / f"{tag}.parquet"}
-    table = train(params, dataset="digits", model=model, augmentation="none", noise=0.3, seed=0,
+    table = train(params, run=Run("digits", model, "none", 0.3, 0),
                   labels=labels, **paths)
     return table, paths

@@ -57,7 +57,7 @@ def write_run(geometry_dir, metrics: dict, noise_text: str | None = None) -> Non
         "dataset": metrics["dataset"],
         "model": metrics["model"],
         "augmentation": metrics["augmentation"],
-        "noise": noise_text or str(metrics["noise_fraction"]),
+        "noise_fraction": noise_text or str(metrics["noise_fraction"]),
         "seed": str(metrics["seed"]),
     }
     path = stage_table.run_file(stage_table.GEOMETRY_METRICS, geometry_dir, **job)
@@ -79,9 +79,9 @@ def log_for(noise: float, seed: int) -> pa.Table:
 def write_grid(geometry_dir, grid=GRID) -> None:
     """Every run's geometry metrics, and its training log in the sibling train_logs/."""
     for job in stage_table.grid_jobs(stage_table.GEOMETRY, grid):
-        noise, seed = float(job["noise"]), int(job["seed"])
+        noise, seed = float(job["noise_fraction"]), int(job["seed"])
         metrics = metrics_for(job["dataset"], job["model"], noise, seed)
-        write_run(geometry_dir, metrics, job["noise"])
+        write_run(geometry_dir, metrics, job["noise_fraction"])
         log = stage_table.run_file(stage_table.TRAIN_LOG, geometry_dir.parent / "train_logs", **job)
         write_parquet(log_for(noise, seed), log)
 
@@ -205,7 +205,7 @@ def test_missing_run_is_an_error_naming_its_path(tmp_path, geometry_dir):
     missing = stage_table.run_file(
         stage_table.GEOMETRY_METRICS, geometry_dir, dataset="digits", model="ce",
         augmentation="none",
-        noise="1.0", seed="0"
+        noise_fraction="1.0", seed="0"
     )
     missing.unlink()
     with pytest.raises(InputError, match=re.escape(str(missing))):
@@ -217,7 +217,7 @@ def test_run_identity_must_match_its_path(tmp_path, geometry_dir):
     path = stage_table.run_file(
         stage_table.GEOMETRY_METRICS, geometry_dir, dataset="digits", model="ce",
         augmentation="none",
-        noise="0.5", seed="1"
+        noise_fraction="0.5", seed="1"
     )
     path.write_text(json.dumps(metrics_for("digits", "ce", 0.5, 0)))  # says seed 0
     with pytest.raises(InputError, match=re.escape(f"{path}: seed is 0 but the path says 1")):
@@ -228,7 +228,7 @@ def test_truncated_json_is_an_error_naming_its_path(tmp_path, geometry_dir):
     path = stage_table.run_file(
         stage_table.GEOMETRY_METRICS, geometry_dir, dataset="digits", model="ce",
         augmentation="none",
-        noise="0.0", seed="0"
+        noise_fraction="0.0", seed="0"
     )
     path.write_text(path.read_text()[:20])
     with pytest.raises(InputError, match=re.escape(str(path))):
@@ -279,7 +279,7 @@ def test_training_curves_stack_every_log_of_the_grid_in_grid_order(tmp_path, geo
     curves = pd.read_csv(paths["curves"])
     identity = ["dataset", "model", "augmentation", "noise_fraction", "seed"]
     assert list(curves.columns) == identity + [f.name for f in schemas.TRAIN_LOG]
-    runs = [(j["model"], float(j["noise"]), int(j["seed"]))
+    runs = [(j["model"], float(j["noise_fraction"]), int(j["seed"]))
             for j in stage_table.grid_jobs(stage_table.TRAIN, GRID)]
     assert list(zip(curves["model"], curves["noise_fraction"], curves["seed"], strict=True)) == [
         run for run in runs for _ in range(2)
@@ -290,7 +290,8 @@ def test_training_curves_stack_every_log_of_the_grid_in_grid_order(tmp_path, geo
 
 
 def test_a_missing_training_log_is_an_error_naming_its_path(tmp_path, geometry_dir):
-    job = {"dataset": "digits", "model": "ce", "augmentation": "none", "noise": "0.5", "seed": "1"}
+    job = {"dataset": "digits", "model": "ce", "augmentation": "none", "noise_fraction": "0.5",
+           "seed": "1"}
     missing = stage_table.run_file(stage_table.TRAIN_LOG, tmp_path / "train_logs", **job)
     missing.unlink()
     with pytest.raises(InputError, match=re.escape(str(missing))):

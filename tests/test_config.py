@@ -81,7 +81,7 @@ def test_cli_rejects_bad_params_without_writing(tmp_path, params):
     out = tmp_path / "labels.parquet"
     result = subprocess.run(
         [sys.executable, "-m", "pipeline", "noisy_labels", "--params", str(path),
-         "--dataset", "digits", "--noise", "0.0", "--seed", "0", "--labels", str(out)],
+         "--dataset", "digits", "--noise-fraction", "0.0", "--seed", "0", "--labels", str(out)],
         capture_output=True, text=True, check=False,
     )
     assert result.returncode == 1

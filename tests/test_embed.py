@@ -7,6 +7,7 @@ from runs import run
 
 from pipeline.infra import schemas
 from pipeline.infra.io import read_metadata
+from pipeline.infra.runs import Run
 from pipeline.stages.embed import extract_embeddings
 
 
@@ -15,8 +16,7 @@ def test_embed_writes_every_sample_and_the_head(tmp_path, small_params, labels, 
     _, paths = run(tmp_path, small_params, labels, model)
     out = {"embeddings": tmp_path / "emb.parquet", "head": tmp_path / "head.parquet"}
     extract_embeddings(
-        small_params, dataset="digits", model=model, augmentation="none", noise=0.3,
-        seed=0,
+        small_params, run=Run("digits", model, "none", 0.3, 0),
         labels=labels, checkpoint=paths["checkpoint"], **out,
     )
     h = small_params["train"]["common"]["representation_dim"]
@@ -37,8 +37,7 @@ def test_embed_writes_every_sample_and_the_head(tmp_path, small_params, labels, 
     assert head.num_rows == (0 if model == "supcon" else 10)
     first = out["embeddings"].read_bytes()
     extract_embeddings(
-        small_params, dataset="digits", model=model, augmentation="none", noise=0.3,
-        seed=0,
+        small_params, run=Run("digits", model, "none", 0.3, 0),
         labels=labels, checkpoint=paths["checkpoint"], **out,
     )
     assert out["embeddings"].read_bytes() == first
@@ -48,8 +47,7 @@ def test_embed_refuses_a_checkpoint_of_another_run(tmp_path, small_params, label
     _, paths = run(tmp_path, small_params, labels, "ce")
     with pytest.raises(ValueError, match=r"made for .*'ce'.*expected .*'supcon'"):
         extract_embeddings(
-            small_params, dataset="digits", model="supcon", augmentation="none", noise=0.3,
-            seed=0, labels=labels,
+            small_params, run=Run("digits", "supcon", "none", 0.3, 0), labels=labels,
             checkpoint=paths["checkpoint"], embeddings=tmp_path / "e", head=tmp_path / "h",
         )
 
@@ -60,7 +58,7 @@ def test_embed_refuses_a_checkpoint_made_with_another_config(tmp_path, small_par
     with pytest.raises(ValueError, match=r"different config .*model.representation_dim: 32 in "
                        r"the checkpoint vs 16 now"):
         extract_embeddings(
-            small_params, dataset="digits", model="ce", augmentation="none", noise=0.3, seed=0,
+            small_params, run=Run("digits", "ce", "none", 0.3, 0),
             labels=labels,
             checkpoint=paths["checkpoint"], embeddings=tmp_path / "e", head=tmp_path / "h",
         )

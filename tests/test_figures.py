@@ -44,7 +44,7 @@ def iterations_to_fit(model: str, noise: float, seed: int) -> int | None:
 
 
 def write_run(dirs, job: dict[str, str]) -> None:
-    model, noise, seed = job["model"], float(job["noise"]), int(job["seed"])
+    model, noise, seed = job["model"], float(job["noise_fraction"]), int(job["seed"])
     metrics = {
         "dataset": job["dataset"],
         "model": model,
@@ -143,7 +143,7 @@ def test_missing_cosines_is_an_error_naming_its_path(tmp_path, inputs):
     path = stage_table.run_file(
         stage_table.COSINES, inputs["geometry_dir"], dataset="digits", model="ce",
         augmentation="none",
-        noise="0.5", seed="1"
+        noise_fraction="0.5", seed="1"
     )
     path.unlink()
     with pytest.raises(InputError, match=re.escape(str(path))):
@@ -184,7 +184,7 @@ def test_geometry_figure_has_reference_lines_and_no_head_for_supcon(inputs):
     cosines = load_cosines(inputs["geometry_dir"], GRID, 0.5)
     assert set(cosines["seed"]) == {0, 1}  # pooled over seeds
     fig = plot_geometry(
-        cosines, dataset="digits", num_classes=K, models=["supcon", "ce"], noise=0.5
+        cosines, dataset="digits", num_classes=K, models=["supcon", "ce"], noise_fraction=0.5
     )
     supcon_ax, ce_ax = fig.axes
     for ax in (supcon_ax, ce_ax):

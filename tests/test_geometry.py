@@ -3,6 +3,7 @@ a hand-computed noisy-label case) and against naive loops on random data."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -12,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.infra import io, numerics, schemas
+from pipeline.infra.runs import Run
 from pipeline.maths import metrics
 from pipeline.maths.simplex import regular_simplex, simplex_gram
 from pipeline.stages import geometry
@@ -103,11 +105,11 @@ def write_run(
 
 
 def identity(paths) -> dict:
-    """The run identity (the stage's wildcards) that the embeddings' metadata names."""
+    """The run (the stage's wildcards) that the embeddings' metadata names, as the stage's
+    ``run`` argument."""
     cfg = io.read_metadata(paths["embeddings"])["train_config"]
-    return {"dataset": cfg["dataset"], "model": cfg["model"]["model"],
-            "augmentation": cfg["augmentation"],
-            "noise": cfg["noise_fraction"], "seed": cfg["seed"]}
+    return {"run": Run(cfg["dataset"], cfg["model"]["model"], cfg["augmentation"],
+                       cfg["noise_fraction"], cfg["seed"])}
 
 
 def run_stage(tmp_path, paths, threshold=1.0, name="out", batch_size=geometry.BATCH_SIZE):
@@ -449,8 +451,7 @@ def _stage(tmp_path, paths):
     try:
         ident = identity(paths)
     except (KeyError, TypeError, OSError):  # broken or missing file: the stage must name it
-        ident = {"dataset": "synthetic", "model": "ce", "augmentation": "none", "noise": 0.0,
-                 "seed": 0}
+        ident = {"run": Run("synthetic", "ce", "none", 0.0, 0)}
     return geometry.measure_geometry(
         {"geometry": {"fit_threshold": 1.0, "probe": PROBE}}, **ident, **paths, **out
     )
@@ -517,8 +518,9 @@ def test_embeddings_of_another_run_are_refused(tmp_path):
     _, z, labels = simplex_run(3, 4)
     paths = write_run(tmp_path, train_z=z, train_noisy=labels, model="supcon")
     out = {"metrics": tmp_path / "o" / "m.json", "cosines": tmp_path / "o" / "c.pq"}
-    wrong = {**identity(paths), "seed": 99}
-    with pytest.raises(io.InputError, match=r"embeddings.parquet: made by run .* expected"):
+    wrong = {"run": dataclasses.replace(identity(paths)["run"], seed=99)}
+    with pytest.raises(io.InputError, match=r"embeddings.parquet: made by Run\(.*seed=7\), "
+                                            r"expected Run\(.*seed=99\)"):
         geometry.measure_geometry({"geometry": {"fit_threshold": 1.0, "probe": PROBE}}, **wrong,
                                   **paths, **out)
     assert not out["metrics"].exists()

@@ -40,7 +40,8 @@ def expected_inputs(params: dict, augmentation: str = "none") -> dict[str, set[s
     """Per figure kind, the files it must be drawn from: exactly the grid's runs."""
     jobs = [j for j in stage_table.grid_jobs(stage_table.TRAIN, params["grid"])
             if j["augmentation"] == augmentation]
-    at_noise = [j for j in jobs if float(j["noise"]) == params["figures"]["geometry_noise"]]
+    noise = params["figures"]["geometry_noise"]
+    at_noise = [j for j in jobs if float(j["noise_fraction"]) == noise]
     table = {stage_table.RUNS_TABLE}
     return {
         "geometry": table | {stage_table.fill(stage_table.COSINES, **j) for j in at_noise},
@@ -52,14 +53,14 @@ def expected_inputs(params: dict, augmentation: str = "none") -> dict[str, set[s
 def check_results_cover_exactly_the_grid(root: Path, params: dict) -> None:
     grid = params["grid"]
     jobs = stage_table.grid_jobs(stage_table.TRAIN, grid)  # the union of the run sets, if any
-    runs = {(j["model"], j["augmentation"], float(j["noise"])) for j in jobs}
+    runs = {(j["model"], j["augmentation"], float(j["noise_fraction"])) for j in jobs}
     with open(root / stage_table.SUMMARY_CSV) as f:
         summary = {(row["model"], row["augmentation"], float(row["noise_fraction"]))
                    for row in csv.DictReader(f)}
     assert summary == runs
     table = pq.read_table(root / stage_table.RUNS_TABLE).to_pylist()
     assert {(r["model"], r["augmentation"], r["noise_fraction"], r["seed"]) for r in table} == {
-        (j["model"], j["augmentation"], float(j["noise"]), int(j["seed"])) for j in jobs
+        (j["model"], j["augmentation"], float(j["noise_fraction"]), int(j["seed"])) for j in jobs
     }
     for augmentation in grid["augmentations"]:
         label = "digits" if augmentation == "none" else f"digits-{augmentation}"

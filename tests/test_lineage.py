@@ -123,7 +123,7 @@ def test_geometry_figure_follows_only_the_runs_it_shows(project):
     figures = doc["links"][0]
     (geometry_dir,) = [i for i in figures["inputs"] if i["path"] == "data/geometry"]
     shown = {job["model"] for job in stage_table.grid_jobs(stage_table.GEOMETRY, GRID)
-             if float(job["noise"]) == 0.0}
+             if float(job["noise_fraction"]) == 0.0}
     assert geometry_dir["read"] == sorted(
         f"data/geometry/digits/{m}/none/noise0.0-seed0/cosines.parquet" for m in shown
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import sys
+from dataclasses import astuple
 
 import pandas as pd
 import pytest
@@ -14,6 +15,7 @@ from tiny_cifar import write_tiny_cifar
 from pipeline.infra import stage_table
 from pipeline.infra.config import load_params
 from pipeline.infra.datasets import CIFAR
+from pipeline.infra.runs import Run
 
 PRESET = ROOT / "presets" / "paper.yaml"
 
@@ -66,8 +68,7 @@ def paper_runs() -> set[tuple]:
 
 def test_paper_preset_runs_exactly_the_protocols_216_runs():
     jobs = stage_table.grid_jobs(stage_table.TRAIN, load_params(PRESET)["grid"])
-    runs = [(j["dataset"], j["model"], j["augmentation"], float(j["noise"]), int(j["seed"]))
-            for j in jobs]
+    runs = [astuple(Run.of(j)) for j in jobs]
     assert len(runs) == len(set(runs)) == 216
     assert set(runs) == paper_runs()
     # every run's noisy labels once: the geometry study reuses the noise study's p = 0 labels

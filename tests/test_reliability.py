@@ -28,12 +28,12 @@ def write_params(tmp_path, params):
 
 def labels_args(params_file, labels, dataset="digits"):
     return ["noisy_labels", "--params", params_file, "--dataset", dataset,
-            "--noise", "0.0", "--seed", "0", "--labels", labels]
+            "--noise-fraction", "0.0", "--seed", "0", "--labels", labels]
 
 
 def train_args(params_file, labels, out, dataset="digits"):
     return ["train", "--params", params_file, "--dataset", dataset, "--model", "supcon",
-            "--augmentation", "none", "--noise", "0.0", "--seed", "0", "--labels", labels,
+            "--augmentation", "none", "--noise-fraction", "0.0", "--seed", "0", "--labels", labels,
             "--checkpoint", out / "m.pt", "--train-log", out / "log.parquet"]
 
 
@@ -56,7 +56,7 @@ def test_bad_params_stop_the_stage_with_a_named_error_and_write_nothing(
 ):
     params = tiny_params()
     labels = tmp_path / "labels.parquet"
-    make_noisy_labels(params, dataset="digits", noise=0.0, seed=0, labels=labels)
+    make_noisy_labels(params, dataset="digits", noise_fraction=0.0, seed=0, labels=labels)
     bad = write_params(tmp_path, with_value(params, dotted, value))
     out = tmp_path / "out"
     result = cli(*train_args(bad, labels, out))
@@ -79,7 +79,7 @@ def test_truncated_or_mismatched_upstream_parquet_is_named(tmp_path, damage):
     params = tiny_params()
     params_file = write_params(tmp_path, params)
     labels = tmp_path / "labels.parquet"
-    make_noisy_labels(params, dataset="digits", noise=0.0, seed=0, labels=labels)
+    make_noisy_labels(params, dataset="digits", noise_fraction=0.0, seed=0, labels=labels)
     if damage == "truncate":
         labels.write_bytes(labels.read_bytes()[:-100])
         expected = "labels.parquet: unreadable or truncated Parquet file"

@@ -21,7 +21,7 @@ from pipeline.stages.train import resume_path
 def command(params_file, labels, out):
     return [sys.executable, "-m", "pipeline", "train", "--params", str(params_file),
             "--dataset", "digits", "--model", "supcon", "--augmentation", "none",
-            "--noise", "0.3", "--seed", "0",
+            "--noise-fraction", "0.3", "--seed", "0",
             "--labels", str(labels), "--checkpoint", str(out / "model.pt"),
             "--train-log", str(out / "log.parquet")]
 
@@ -33,7 +33,7 @@ def setup(tmp_path):
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(params))
     labels = tmp_path / "labels.parquet"
-    make_noisy_labels(params, dataset="digits", noise=0.3, seed=0, labels=labels)
+    make_noisy_labels(params, dataset="digits", noise_fraction=0.3, seed=0, labels=labels)
     env = {**os.environ, "PIPELINE_CHECKPOINT_SECONDS": "0"}  # a resume point every eval
     return params_file, labels, env
 

@@ -63,14 +63,15 @@ def test_the_union_has_each_run_once_in_the_axes_order_whatever_the_sets():
 
 def test_a_set_names_values_as_the_axis_spells_them():
     grid = with_run_sets({"clean": {"noise_fractions": [0]}})["grid"]  # int 0, axis 0.0
-    assert {job["noise"] for job in stage_table.grid_jobs(stage_table.TRAIN, grid)} == {"0.0"}
+    jobs = stage_table.grid_jobs(stage_table.TRAIN, grid)
+    assert {job["noise_fraction"] for job in jobs} == {"0.0"}
 
 
 def test_dvc_names_each_job_as_its_matrix_did():
     lists = job_lists(with_run_sets({"clean": {"noise_fractions": [0.0]}})["grid"])
     assert set(lists) == {"noisy_labels_jobs", "train_jobs"}
     assert lists["train_jobs"]["digits-ce_fixed-none-0.0-1"] == {
-        "dataset": "digits", "model": "ce_fixed", "augmentation": "none", "noise": "0.0",
+        "dataset": "digits", "model": "ce_fixed", "augmentation": "none", "noise_fraction": "0.0",
         "seed": "1",
     }
     assert list(lists["noisy_labels_jobs"]) == ["digits-0.0-0", "digits-0.0-1"]

@@ -10,6 +10,7 @@ from runs import run
 
 from pipeline.infra import schemas
 from pipeline.infra.io import read_metadata
+from pipeline.infra.runs import Run
 from pipeline.maths.simplex import regular_simplex
 from pipeline.stages.train import (
     DivergenceError,
@@ -22,7 +23,7 @@ from pipeline.stages.train import (
 
 
 def config(params, model="ce"):
-    return TrainConfig.from_params(params, "digits", model, 0.0, 0)
+    return TrainConfig.from_params(params, Run("digits", model, "none", 0.0, 0))
 
 
 def test_exponential_and_cosine_schedules(small_params):
@@ -54,9 +55,7 @@ def test_train_writes_log_and_checkpoint_deterministically(tmp_path, small_param
         assert (log["loss"] == log["supcon_loss"]).all()
 
     cfg, state = load_checkpoint(paths["checkpoint"])
-    assert cfg == config(small_params, model).__class__.from_params(
-        small_params, "digits", model, 0.3, 0
-    )
+    assert cfg == TrainConfig.from_params(small_params, Run("digits", model, "none", 0.3, 0))
     assert read_metadata(paths["train_log"])["train_config"] == cfg.to_dict()
     assert not any("bias" in k for k in state if k.startswith("head"))
     # same inputs and seed -> byte-identical artifacts

@@ -18,7 +18,7 @@ GRID_AXES: dict[str, str] = {
     "dataset": "grid.datasets",
     "model": "grid.models",
     "augmentation": "grid.augmentations",
-    "noise": "grid.noise_fractions",
+    "noise_fraction": "grid.noise_fractions",
     "seed": "grid.seeds",
 }
 

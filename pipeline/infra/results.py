@@ -80,8 +80,10 @@ class Outputs:
                          & (self.runs.augmentation == augmentation)
                          & (self.runs.noise_fraction == noise)]
         for seed in rows["seed"]:
-            path = self.root / stage_table.fill(stage_table.COSINES, dataset=dataset, model=model,
-                                           augmentation=augmentation, noise=noise, seed=seed)
+            path = self.root / stage_table.fill(
+                stage_table.COSINES, dataset=dataset, model=model, augmentation=augmentation,
+                noise_fraction=noise, seed=seed,
+            )
             frames.append(pq.read_table(path).to_pandas())
         return pd.concat(frames, ignore_index=True)
 

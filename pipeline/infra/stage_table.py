@@ -25,7 +25,7 @@ WILDCARDS: dict[str, tuple[str, type]] = {
     "dataset": (r"[a-z][a-z0-9_]*", str),
     "model": (r"[a-z][a-z0-9_]*", str),
     "augmentation": (r"[a-z]+", str),
-    "noise": (r"[0-9]+(\.[0-9]+)?(e-?[0-9]+)?", float),
+    "noise_fraction": (r"[0-9]+(\.[0-9]+)?(e-?[0-9]+)?", float),
     "seed": (r"[0-9]+", int),
 }
 WILDCARD_CONSTRAINTS: dict[str, str] = {w: regex for w, (regex, _) in WILDCARDS.items()}
@@ -35,9 +35,9 @@ PARAMS_FILE = "params.yaml"
 LOCK_FILE = "dvc.lock"  # DVC's record of every stage run: committed, the lineage of results
 
 # One training run's identity inside every per-run folder.
-RUN = "{dataset}/{model}/{augmentation}/noise{noise}-seed{seed}"
+RUN = "{dataset}/{model}/{augmentation}/noise{noise_fraction}-seed{seed}"
 
-LABELS = "data/labels/{dataset}/noise{noise}-seed{seed}.parquet"
+LABELS = "data/labels/{dataset}/noise{noise_fraction}-seed{seed}.parquet"
 MODEL = f"data/models/{RUN}.pt"
 TRAIN_LOG = f"data/train_logs/{RUN}.parquet"
 EMBEDDINGS = f"data/embeddings/{RUN}.parquet"
@@ -103,7 +103,7 @@ class Stage:
         ``out.<name>`` and ``log``. Front-ends pass their own spelling of each placeholder.
         """
         parts = ["python -m pipeline", self.name, "--params", params_file]
-        parts += [f"--{w} {values[w]}" for w in self.matrix]
+        parts += [f"--{_flag(w)} {values[w]}" for w in self.matrix]
         parts += [f"--{_flag(n)} {values['in.' + n]}" for n in self.deps]
         parts += [f"--{_flag(n)} {values['out.' + n]}" for n in self.outs]
         parts += [f"--log {values['log']}"]
@@ -129,6 +129,7 @@ def fill(pattern: str, **wildcards: object) -> str:
 # Every stage writes through these: a change to them may change any artifact's bytes
 # (numerics.py fixes the kernels every stage computes with, and io.py records its mode).
 _SHARED_CODE = ("pipeline/infra/io.py", "pipeline/infra/schemas.py", "pipeline/infra/numerics.py")
+_RUN_CODE = ("pipeline/infra/runs.py",)  # a run's identity, for every stage that names runs
 
 # What drawing a figure runs, in the figures stage and in free_features alike: the plotting
 # helpers and each figure's embedded provenance record (params digest, stage table, raw-data
@@ -154,13 +155,14 @@ _TRAIN_CODE = (
     "pipeline/maths/batches.py",
     "pipeline/infra/devices.py",
     "pipeline/maths/optim.py",
+    *_RUN_CODE,
     *_SHARED_CODE,
 )
 
 NOISY_LABELS = Stage(
     name="noisy_labels",
     entry="make_noisy_labels",
-    matrix=("dataset", "noise", "seed"),
+    matrix=("dataset", "noise_fraction", "seed"),
     deps={},
     outs={"labels": LABELS},
     params=("datasets.{dataset}", "noisy_labels"),
@@ -170,7 +172,7 @@ NOISY_LABELS = Stage(
 TRAIN = Stage(
     name="train",
     entry="train",
-    matrix=("dataset", "model", "augmentation", "noise", "seed"),
+    matrix=("dataset", "model", "augmentation", "noise_fraction", "seed"),
     deps={"labels": LABELS},
     outs={"checkpoint": MODEL, "train_log": TRAIN_LOG},
     params=("datasets.{dataset}", "train.common", "train.models.{model}"),
@@ -180,7 +182,7 @@ TRAIN = Stage(
 EMBED = Stage(
     name="embed",
     entry="extract_embeddings",
-    matrix=("dataset", "model", "augmentation", "noise", "seed"),
+    matrix=("dataset", "model", "augmentation", "noise_fraction", "seed"),
     deps={"labels": LABELS, "checkpoint": MODEL},
     outs={"embeddings": EMBEDDINGS, "head": HEAD},
     # the train keys too: the checkpoint must have been made with the current config
@@ -191,7 +193,7 @@ EMBED = Stage(
 GEOMETRY = Stage(
     name="geometry",
     entry="measure_geometry",
-    matrix=("dataset", "model", "augmentation", "noise", "seed"),
+    matrix=("dataset", "model", "augmentation", "noise_fraction", "seed"),
     deps={"embeddings": EMBEDDINGS, "head": HEAD, "train_log": TRAIN_LOG},
     outs={"metrics": GEOMETRY_METRICS, "cosines": COSINES},
     params=("geometry",),
@@ -200,6 +202,7 @@ GEOMETRY = Stage(
         "pipeline/maths/metrics.py",
         "pipeline/maths/collapse.py",
         "pipeline/maths/simplex.py",
+        *_RUN_CODE,
         *_SHARED_CODE,
     ),
     metrics=("metrics",),
@@ -226,6 +229,7 @@ AGGREGATE = Stage(
         "pipeline/maths/statistics.py",
         "pipeline/infra/stage_table.py",
         "pipeline/infra/grid.py",
+        *_RUN_CODE,
         *_SHARED_CODE,
     ),
     metrics=("growth",),
@@ -247,6 +251,7 @@ FIGURES = Stage(
         "pipeline/stages/figures.py",
         "pipeline/stages/aggregate.py",
         "pipeline/maths/statistics.py",
+        *_RUN_CODE,
         *_PLOTTING_CODE,
     ),
     directory_outs=("figures",),

@@ -35,10 +35,11 @@ import pyarrow as pa
 
 from pipeline.infra import schemas, stage_table
 from pipeline.infra.io import InputError, atomic_path, read_parquet, write_json, write_parquet
+from pipeline.infra.runs import COLUMNS, Run
 from pipeline.maths import statistics
 
 # Keys naming the run; the rest of metrics.json is metrics.
-ID_COLUMNS = ("dataset", "model", "augmentation", "noise_fraction", "seed")
+ID_COLUMNS = COLUMNS  # a run's identity (pipeline/infra/runs.py), first in every table
 GROUP_COLUMNS = ("dataset", "model", "augmentation", "noise_fraction")
 STRING_COLUMNS = ("dataset", "model", "augmentation")
 FIT_METRIC = "iterations_to_fit"  # null = never reached the fit threshold
@@ -61,17 +62,6 @@ def _kind(value: object) -> str:
     return "int" if isinstance(value, int) else "float"
 
 
-def run_identity(job: dict[str, str]) -> dict[str, object]:
-    """A grid job's wildcards (text) as the typed values of ID_COLUMNS."""
-    return {
-        "dataset": job["dataset"],
-        "model": job["model"],
-        "augmentation": job["augmentation"],
-        "noise_fraction": float(job["noise"]),
-        "seed": int(job["seed"]),
-    }
-
-
 def read_run_metrics(path: Path, job: dict[str, str]) -> dict:
     """One run's metrics.json, checked to be a JSON object naming the run ``job`` is."""
     if not path.exists():
@@ -85,7 +75,7 @@ def read_run_metrics(path: Path, job: dict[str, str]) -> dict:
     missing = [key for key in ID_COLUMNS if metrics.get(key) is None]
     if missing:
         raise InputError(f"{path}: missing key(s) {missing}")
-    for key, want in run_identity(job).items():
+    for key, want in Run.of(job).columns().items():
         got = metrics[key]
         same = got == want if isinstance(want, str) else _is_number(got) and got == want
         if not same:
@@ -206,7 +196,7 @@ def load_train_logs(train_log_dir: Path, grid: dict) -> pd.DataFrame:
     for job in stage_table.grid_jobs(stage_table.TRAIN, grid):
         path = stage_table.run_file(stage_table.TRAIN_LOG, train_log_dir, **job)
         frame = read_parquet(path, TRAIN_LOG_COLUMNS).to_pandas()
-        for position, (name, value) in enumerate(run_identity(job).items()):
+        for position, (name, value) in enumerate(Run.of(job).columns().items()):
             frame.insert(position, name, value)
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)

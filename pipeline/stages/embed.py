@@ -18,6 +18,7 @@ from pipeline.infra import datasets, numerics, schemas
 from pipeline.infra.devices import pick_device
 from pipeline.infra.io import write_parquet
 from pipeline.infra.nested import MISSING, differences
+from pipeline.infra.runs import Run
 from pipeline.maths.models import Model
 from pipeline.stages.train import (
     TrainConfig,
@@ -44,27 +45,13 @@ def _fixed_size_list(values: np.ndarray) -> pa.FixedSizeListArray:
 
 
 def extract_embeddings(
-    params: dict,
-    *,
-    dataset: str,
-    model: str,
-    augmentation: str,
-    noise: float,
-    seed: int,
-    labels: Path,
-    checkpoint: Path,
-    embeddings: Path,
-    head: Path,
+    params: dict, *, run: Run, labels: Path, checkpoint: Path, embeddings: Path, head: Path
 ) -> pa.Table:
     cfg, state = load_checkpoint(Path(checkpoint))
-    expected = (dataset, model, augmentation, float(noise), int(seed))
-    found = (cfg.dataset, cfg.model.model, cfg.augmentation, cfg.noise_fraction, cfg.seed)
-    if found != expected:
-        raise ValueError(
-            f"{checkpoint}: made for (dataset, model, augmentation, noise, seed) = {found}, "
-            f"expected {expected}"
-        )
-    current = TrainConfig.from_params(params, dataset, model, noise, seed, augmentation).to_dict()
+    if cfg.run != run:
+        raise ValueError(f"{checkpoint}: made for {cfg.run}, expected {run}")
+    dataset = run.dataset
+    current = TrainConfig.from_params(params, run).to_dict()
     differences = config_differences(cfg.to_dict(), current)
     if differences:
         raise ValueError(

@@ -40,7 +40,8 @@ from matplotlib.lines import Line2D
 from pipeline.infra import provenance, schemas, stage_table
 from pipeline.infra.io import InputError, atomic_dir, read_parquet
 from pipeline.infra.plotting import new_figure, save_figure, style
-from pipeline.stages.aggregate import growth_of, load_train_logs, run_identity
+from pipeline.infra.runs import Run
+from pipeline.stages.aggregate import growth_of, load_train_logs
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def load_runs_table(path: Path, grid: dict) -> pd.DataFrame:
     keys = list(table[list(RUNS_COLUMNS)].itertuples(index=False, name=None))
     wanted = {}
     for job in stage_table.grid_jobs(stage_table.GEOMETRY, grid):
-        wanted[tuple(run_identity(job).values())] = job
+        wanted[tuple(Run.of(job).columns().values())] = job
     present = set(keys)
     for key, job in wanted.items():
         if key not in present:
@@ -108,7 +109,7 @@ def _jobs_at_noise(grid: dict, noise_fraction: float) -> list[dict[str, str]]:
     jobs = [
         job
         for job in stage_table.grid_jobs(stage_table.GEOMETRY, grid)
-        if float(job["noise"]) == float(noise_fraction)
+        if float(job["noise_fraction"]) == float(noise_fraction)
     ]
     if not jobs:
         raise ValueError(
@@ -147,7 +148,8 @@ def iterations_by_noise(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot_geometry(
-    cosines: pd.DataFrame, *, dataset: str, num_classes: int, models: list[str], noise: float
+    cosines: pd.DataFrame, *, dataset: str, num_classes: int, models: list[str],
+    noise_fraction: float,
 ) -> Figure:
     """Section 5.2: one panel per model, a box per cosine kind (whiskers at min and max)."""
     simplex = -1.0 / (num_classes - 1)
@@ -177,7 +179,8 @@ def plot_geometry(
         handles, labels = axes[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside lower center", ncols=2)
         fig.suptitle(
-            f"{dataset} (K = {num_classes}): cosine similarities at noise fraction {noise:g}, "
+            f"{dataset} (K = {num_classes}): cosine similarities at noise fraction "
+            f"{noise_fraction:g}, "
             "pooled over seeds"
         )
     return fig
@@ -420,7 +423,7 @@ def figure_inputs(
         stage_table.fill(stage_table.COSINES, **job):
             stage_table.run_file(stage_table.COSINES, geometry_dir, **job)
         for job in of_dataset
-        if float(job["noise"]) == noise
+        if float(job["noise_fraction"]) == noise
     }
     logs = {
         stage_table.fill(stage_table.TRAIN_LOG, **job): stage_table.run_file(
@@ -461,7 +464,7 @@ def draw_figures(
             logs_of = logs[logs["augmentation"] == augmentation]
             drawn = {
                 f"geometry_{label}": plot_geometry(
-                    cosines_of, dataset=dataset, num_classes=k, models=models, noise=noise
+                    cosines_of, dataset=dataset, num_classes=k, models=models, noise_fraction=noise
                 ),
                 f"iterations_to_fit_{label}": plot_iterations_to_fit(
                     runs_of, dataset=dataset, num_classes=k, models=models

@@ -61,6 +61,7 @@ from pipeline.infra.io import (
     write_json,
     write_parquet,
 )
+from pipeline.infra.runs import Run
 from pipeline.maths.collapse import linear_probe
 from pipeline.maths.metrics import GeometryAccumulator, iterations_to_fit
 
@@ -238,11 +239,7 @@ def probe_accuracies(embeddings: Path, dim: int, num_classes: int, batch_size: i
 def measure_geometry(
     params: dict,
     *,
-    dataset: str,
-    model: str,
-    augmentation: str,
-    noise: float,
-    seed: int,
+    run: Run,
     embeddings: Path,
     head: Path,
     train_log: Path,
@@ -267,14 +264,11 @@ def measure_geometry(
     check_columns(schema, {f.name: f.type for f in schemas.embeddings(dim)}, embeddings)
     cfg = _train_config(embeddings)
     k = int(cfg["model"]["num_classes"])
-    expected = (dataset, model, augmentation, float(noise), int(seed))
-    found = (cfg["dataset"], cfg["model"]["model"], cfg.get("augmentation"),
-             float(cfg["noise_fraction"]), cfg["seed"])
-    if found != expected:
-        raise InputError(
-            f"{embeddings}: made by run (dataset, model, augmentation, noise, seed) = {found}, "
-            f"expected {expected}"
-        )
+    found = Run(cfg["dataset"], cfg["model"]["model"], cfg.get("augmentation"),
+                cfg["noise_fraction"], cfg["seed"])
+    if found != run:
+        raise InputError(f"{embeddings}: made by {found}, expected {run}")
+    model = run.model
     if cfg["model"]["representation_dim"] != dim:
         raise InputError(
             f"{embeddings}: embeddings have dimension {dim}, train_config says "
@@ -297,11 +291,7 @@ def measure_geometry(
     probe = probe_accuracies(embeddings, dim, k, batch_size, params["geometry"]["probe"])
 
     result = {
-        "dataset": cfg["dataset"],
-        "model": model,
-        "augmentation": augmentation,
-        "noise_fraction": float(cfg["noise_fraction"]),
-        "seed": int(cfg["seed"]),
+        **run.columns(),
         "num_classes": k,
         "representation_dim": dim,
         "fit_threshold": fit_threshold,

@@ -45,13 +45,14 @@ def corrupt_labels(
 
 
 def make_noisy_labels(
-    params: dict, *, dataset: str, noise: float, seed: int, labels: Path
+    params: dict, *, dataset: str, noise_fraction: float, seed: int, labels: Path
 ) -> pa.Table:
-    """Write the clean and noisy training labels of one (dataset, noise, seed) to ``labels``."""
+    """Write the clean and noisy training labels of one (dataset, noise fraction, seed) to
+    ``labels``."""
     data = datasets.load(dataset, params["datasets"][dataset])
     clean = data.train.labels
     scheme = params["noisy_labels"]["scheme"]
-    noisy = corrupt_labels(clean, data.num_classes, noise, scheme, seed)
+    noisy = corrupt_labels(clean, data.num_classes, noise_fraction, scheme, seed)
     table = pa.table(
         {
             "index": np.arange(clean.shape[0], dtype=np.int64),
@@ -61,6 +62,6 @@ def make_noisy_labels(
         },
         schema=SCHEMA,
     )
-    meta = {"dataset": dataset, "noise_fraction": noise, "seed": seed, "scheme": scheme}
+    meta = {"dataset": dataset, "noise_fraction": noise_fraction, "seed": seed, "scheme": scheme}
     write_parquet(table, labels, metadata={"noisy_labels": meta})
     return table

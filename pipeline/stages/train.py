@@ -32,6 +32,7 @@ import torch
 from pipeline.infra import datasets, numerics, schemas
 from pipeline.infra.devices import pick_device
 from pipeline.infra.io import atomic_path, read_parquet, write_parquet
+from pipeline.infra.runs import Run
 from pipeline.maths.batches import DeviceImages, channel_statistics
 from pipeline.maths.losses import cross_entropy_loss, multiview_supcon_loss, supcon_loss
 from pipeline.maths.models import MULTIVIEW_MODELS, Model, ModelConfig
@@ -71,15 +72,15 @@ class TrainConfig:
     view_augmentation: str | None = None
 
     @classmethod
-    def from_params(cls, params: dict, dataset: str, model: str, noise: float, seed: int,
-                    augmentation: str = "none"):
+    def from_params(cls, params: dict, run: Run):
         common = params["train"]["common"]
+        model, augmentation = run.model, run.augmentation
         specific = params["train"]["models"][model]
-        ds = datasets.spec(dataset)
+        ds = datasets.spec(run.dataset)
         return cls(
-            dataset=dataset,
-            noise_fraction=float(noise),
-            seed=int(seed),
+            dataset=run.dataset,
+            noise_fraction=run.noise_fraction,
+            seed=run.seed,
             batch_size=common["batch_size"],
             iterations=common["iterations"],
             schedule=common["schedule"],
@@ -128,9 +129,9 @@ class TrainConfig:
         return tuple(dict.fromkeys(chain))
 
     @property
-    def run_name(self) -> str:
-        return (f"{self.dataset}/{self.model.model}/{self.augmentation}/"
-                f"noise{self.noise_fraction}-seed{self.seed}")
+    def run(self) -> Run:
+        return Run(self.dataset, self.model.model, self.augmentation, self.noise_fraction,
+                   self.seed)
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
@@ -317,22 +318,12 @@ class Trainer:
         }
 
 
-def train(
-    params: dict,
-    *,
-    dataset: str,
-    model: str,
-    augmentation: str,
-    noise: float,
-    seed: int,
-    labels: Path,
-    checkpoint: Path,
-    train_log: Path,
-) -> pa.Table:
-    """Train one run; write its checkpoint to ``checkpoint`` and its log to ``train_log``."""
+def train(params: dict, *, run: Run, labels: Path, checkpoint: Path, train_log: Path) -> pa.Table:
+    """Train ``run``; write its checkpoint to ``checkpoint`` and its log to ``train_log``."""
     from tqdm import tqdm
 
-    cfg = TrainConfig.from_params(params, dataset, model, noise, seed, augmentation)
+    cfg = TrainConfig.from_params(params, run)
+    dataset = run.dataset
     # One thread (results then do not depend on the core count, and Snakemake can run one
     # training job per core) and the portable kernels' torch-side settings.
     numerics.configure_torch(torch)
@@ -349,7 +340,7 @@ def train(
     start, rows = (saved["step"], saved["rows"]) if saved else (0, [])
     if saved:
         trainer.load_state(saved["trainer"])
-        log.info("run %s: resuming after iteration %d from %s", cfg.run_name, start, resume)
+        log.info("run %s: resuming after iteration %d from %s", cfg.run.name, start, resume)
     last_save = time.monotonic()
     # The gap column's reference: the supcon optimum expected under this run's sampler
     # (b i.i.d. draws from the noisy label frequencies; for supcon_mv, their 2b views), on the
@@ -361,8 +352,8 @@ def train(
     window_supcon = torch.zeros(cfg.eval_every, device=device)
     window_bound = torch.zeros(cfg.eval_every, device=device)
     window = tracked_count = 0
-    log.info("run %s on %s: %d iterations", cfg.run_name, device, cfg.iterations)
-    bar = tqdm(total=cfg.iterations, initial=start, desc=cfg.run_name, disable=None,
+    log.info("run %s on %s: %d iterations", cfg.run.name, device, cfg.iterations)
+    bar = tqdm(total=cfg.iterations, initial=start, desc=cfg.run.name, disable=None,
                mininterval=1.0)
     for step in range(start, cfg.iterations):
         loss, tracked, bound = trainer.step(step)
@@ -382,7 +373,7 @@ def train(
             if len(bad):
                 first = int(bad[0])
                 raise DivergenceError(
-                    f"run {cfg.run_name}: loss is {losses[first].item()} at iteration "
+                    f"run {cfg.run.name}: loss is {losses[first].item()} at iteration "
                     f"{done - window + first + 1}; no outputs written"
                 )
             mean_loss = losses.mean().item()
@@ -417,7 +408,7 @@ def train(
     final = rows[-1]
     log.info(
         "run %s done: loss %.4f, train acc (noisy) %.4f, test acc (class mean) %.4f",
-        cfg.run_name, final["loss"], final["train_accuracy_noisy"],
+        cfg.run.name, final["loss"], final["train_accuracy_noisy"],
         final["test_accuracy_class_mean"],
     )
     table = pa.Table.from_pylist(rows, schema=LOG_SCHEMA)
