@@ -75,7 +75,7 @@ def refuse_if_stale(project: lineage.Project, links: list[lineage.Link]) -> None
 
 def _is_data(project: lineage.Project, path: str) -> bool:
     return (project.producer_of(path) is not None or project.dvc_tracked(path) is not None
-            or any(lineage._under(out.path, path) for _, out in project.outs))
+            or any(lineage.under(out.path, path) for _, out in project.outs))
 
 
 # ----------------------------------------------------------------------------- the rerun
@@ -87,7 +87,7 @@ def clone_head(project: lineage.Project, dest: Path, raw: list[dict]) -> None:
     git = ["git", "-c", "advice.detachedHead=false"]
     _run([*git, "clone", "--quiet", "--shared", "--no-checkout", str(project.root), str(dest)])
     _run([*git, "checkout", "--quiet", "--detach", project.git.head], cwd=dest)
-    cache = lineage._dvc_cache_dir(project.root).resolve()
+    cache = lineage.cache_dir(project.root).resolve()
     _run(["dvc", "config", "--local", "cache.dir", str(cache)], cwd=dest)
     for tracked in sorted({r["tracked_by"] for r in raw if "dataset" not in r}):  # .dvc files
         _run(["dvc", "checkout", "--quiet", tracked], cwd=dest)

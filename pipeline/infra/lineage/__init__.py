@@ -42,10 +42,6 @@ from pipeline.infra.lineage.project import Lineage, Link, Project
 from pipeline.infra.lineage.render import render_text
 from pipeline.infra.lineage.trace import PROVENANCE_STAGE, trace
 
-# The names pipeline/infra/audit uses from before the split into modules.
-_under = under
-_dvc_cache_dir = cache_dir
-
 __all__ = [
     "LOCK_FILE",
     "PROVENANCE_STAGE",
