@@ -17,8 +17,14 @@ from pipeline.infra.io import InputError, write_parquet
 from pipeline.stages.aggregate import aggregate_runs
 
 # Model order deliberately not alphabetical: the outputs must keep the grid's order.
-GRID = {"datasets": ["digits"], "models": ["supcon", "ce"], "augmentations": ["none"],
+GRID = {"datasets": ["digits"], "imbalance_ratios": [1], "models": ["supcon", "ce"],
+        "augmentations": ["none"], "temperatures": [0.1], "batch_sizes": [256],
         "noise_fractions": [0.0, 0.5, 1.0], "seeds": [0, 1]}
+SETTING = {"imbalance_ratio": 1.0, "temperature": 0.1, "batch_size": 256}  # GRID's one setting
+SETTING_TEXT = {"imbalance_ratio": "1", "temperature": "0.1", "batch_size": "256"}
+SETTING_NAME = "rho1-tau0.1-b256"
+IDENTITY = ["dataset", "imbalance_ratio", "model", "augmentation", "temperature", "batch_size",
+            "noise_fraction", "seed"]
 PARAMS = {"grid": GRID}
 # iterations_to_fit per (model, noise) for seeds 0 and 1; None = never fit.
 ITERATIONS = {
@@ -39,6 +45,7 @@ def metrics_for(dataset: str, model: str, noise: float, seed: int) -> dict:
         "dataset": dataset,
         "model": model,
         "augmentation": "none",
+        **SETTING,
         "noise_fraction": noise,
         "seed": seed,
         "num_classes": 10,
@@ -57,6 +64,7 @@ def write_run(geometry_dir, metrics: dict, noise_text: str | None = None) -> Non
         "dataset": metrics["dataset"],
         "model": metrics["model"],
         "augmentation": metrics["augmentation"],
+        **SETTING_TEXT,
         "noise_fraction": noise_text or str(metrics["noise_fraction"]),
         "seed": str(metrics["seed"]),
     }
@@ -117,8 +125,7 @@ def test_runs_table_has_one_row_per_grid_run_in_grid_order(tmp_path, geometry_di
     aggregate(tmp_path)
     runs = pq.read_table(paths["runs"]).to_pandas()
     assert len(runs) == 12
-    assert list(runs.columns[:5]) == ["dataset", "model", "augmentation", "noise_fraction",
-                                      "seed"]
+    assert list(runs.columns[:8]) == IDENTITY
     assert list(runs["model"]) == ["supcon"] * 6 + ["ce"] * 6
     assert list(runs["noise_fraction"][:6]) == [0.0, 0.0, 0.5, 0.5, 1.0, 1.0]
     assert list(runs["seed"][:6]) == [0, 1, 0, 1, 0, 1]
@@ -136,8 +143,7 @@ def test_summary_means_stds_and_fit_counts(tmp_path, geometry_dir):
     returned = aggregate(tmp_path)
     summary = pq.read_table(paths["summary"]).to_pandas()
     assert len(summary) == 6
-    assert list(summary.columns[:6]) == ["dataset", "model", "augmentation", "noise_fraction",
-                                         "n_seeds", "n_fit"]
+    assert list(summary.columns[:9]) == [*IDENTITY[:-1], "n_seeds", "n_fit"]
     assert list(zip(summary["model"], summary["noise_fraction"], strict=True)) == [
         ("supcon", 0.0), ("supcon", 0.5), ("supcon", 1.0), ("ce", 0.0), ("ce", 0.5), ("ce", 1.0),
     ]
@@ -172,7 +178,7 @@ def test_csv_matches_parquet_with_fixed_formatting(tmp_path, geometry_dir):
     header, first = text.splitlines()[:2]
     summary = pq.read_table(paths["summary"]).to_pandas()
     assert header.split(",") == list(summary.columns)
-    assert first.startswith("digits,supcon,none,0,2,2,")  # %.10g: 0.0 -> "0"
+    assert first.startswith("digits,1,supcon,none,0.1,256,0,2,2,")  # %.10g: 0.0 -> "0"
     assert "0.1111111111" in first  # -1/9 with 10 significant digits
     csv = pd.read_csv(paths["summary_csv"])
     np.testing.assert_allclose(csv["final_loss_mean"], summary["final_loss_mean"], rtol=1e-9)
@@ -204,7 +210,7 @@ def test_extra_runs_on_disk_are_ignored(tmp_path, geometry_dir):
 def test_missing_run_is_an_error_naming_its_path(tmp_path, geometry_dir):
     missing = stage_table.run_file(
         stage_table.GEOMETRY_METRICS, geometry_dir, dataset="digits", model="ce",
-        augmentation="none",
+        augmentation="none", **SETTING_TEXT,
         noise_fraction="1.0", seed="0"
     )
     missing.unlink()
@@ -216,7 +222,7 @@ def test_missing_run_is_an_error_naming_its_path(tmp_path, geometry_dir):
 def test_run_identity_must_match_its_path(tmp_path, geometry_dir):
     path = stage_table.run_file(
         stage_table.GEOMETRY_METRICS, geometry_dir, dataset="digits", model="ce",
-        augmentation="none",
+        augmentation="none", **SETTING_TEXT,
         noise_fraction="0.5", seed="1"
     )
     path.write_text(json.dumps(metrics_for("digits", "ce", 0.5, 0)))  # says seed 0
@@ -227,7 +233,7 @@ def test_run_identity_must_match_its_path(tmp_path, geometry_dir):
 def test_truncated_json_is_an_error_naming_its_path(tmp_path, geometry_dir):
     path = stage_table.run_file(
         stage_table.GEOMETRY_METRICS, geometry_dir, dataset="digits", model="ce",
-        augmentation="none",
+        augmentation="none", **SETTING_TEXT,
         noise_fraction="0.0", seed="0"
     )
     path.write_text(path.read_text()[:20])
@@ -255,7 +261,7 @@ def test_growth_exponents_count_the_runs_that_never_fit(tmp_path):
     growth = json.loads(paths["growth"].read_text())
     # ce: 500 and 700 at p = 0.5; 900 and one run censored at 3,000 at p = 1. The censored
     # fit equals censored_power_law on those four runs and is steeper than dropping the run.
-    ce = growth["digits"]["none"]["ce"]
+    ce = growth["digits"]["none"][SETTING_NAME]["ce"]
     c, a, sigma = censored_power_law([0.5, 0.5, 1.0, 1.0], [500, 700, 900, 3000],
                                      [False, False, False, True])
     assert (ce["exponent"], ce["coefficient"], ce["sigma"]) == (
@@ -267,18 +273,17 @@ def test_growth_exponents_count_the_runs_that_never_fit(tmp_path):
     assert lo <= ce["exponent"] <= hi
     assert ce["superlinear"] == ("yes" if lo > 1 else "no" if hi < 1 else "inconclusive")
     # supcon: 1,000 and one censored run at p = 0.5, both censored at p = 1: steeper than ce.
-    supcon = growth["digits"]["none"]["supcon"]
+    supcon = growth["digits"]["none"][SETTING_NAME]["supcon"]
     assert supcon["exponent"] > ce["exponent"]
     assert (supcon["runs_used"], supcon["runs_not_fit"]) == (4, 3)
-    assert list(growth["digits"]["none"]) == ["supcon", "ce"]  # the grid's order
+    assert list(growth["digits"]["none"][SETTING_NAME]) == ["supcon", "ce"]  # the grid's order
 
 
 def test_training_curves_stack_every_log_of_the_grid_in_grid_order(tmp_path, geometry_dir):
     paths = outputs(tmp_path)
     aggregate(tmp_path)
     curves = pd.read_csv(paths["curves"])
-    identity = ["dataset", "model", "augmentation", "noise_fraction", "seed"]
-    assert list(curves.columns) == identity + [f.name for f in schemas.TRAIN_LOG]
+    assert list(curves.columns) == IDENTITY + [f.name for f in schemas.TRAIN_LOG]
     runs = [(j["model"], float(j["noise_fraction"]), int(j["seed"]))
             for j in stage_table.grid_jobs(stage_table.TRAIN, GRID)]
     assert list(zip(curves["model"], curves["noise_fraction"], curves["seed"], strict=True)) == [
@@ -290,8 +295,8 @@ def test_training_curves_stack_every_log_of_the_grid_in_grid_order(tmp_path, geo
 
 
 def test_a_missing_training_log_is_an_error_naming_its_path(tmp_path, geometry_dir):
-    job = {"dataset": "digits", "model": "ce", "augmentation": "none", "noise_fraction": "0.5",
-           "seed": "1"}
+    job = {"dataset": "digits", "model": "ce", "augmentation": "none", **SETTING_TEXT,
+           "noise_fraction": "0.5", "seed": "1"}
     missing = stage_table.run_file(stage_table.TRAIN_LOG, tmp_path / "train_logs", **job)
     missing.unlink()
     with pytest.raises(InputError, match=re.escape(str(missing))):

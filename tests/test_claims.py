@@ -10,8 +10,10 @@ import pyarrow as pa
 import pytest
 import yaml
 from conftest import ROOT
+from scipy.stats import ConstantInputWarning, spearmanr
 
 from pipeline.infra.io import write_json, write_parquet
+from pipeline.infra.runs import SETTING, setting_name
 from pipeline.stages import claims
 
 TOLERANCES = yaml.safe_load((ROOT / "params.yaml").read_text())["claims"]
@@ -24,6 +26,7 @@ def runs_table(noise=(0.0, 0.5), seeds=(0, 1, 2)) -> pd.DataFrame:
             for seed in seeds:
                 rows.append({
                     "dataset": "digits", "model": model, "augmentation": "none",
+                    "imbalance_ratio": 1.0, "temperature": 0.1, "batch_size": 256,
                     "noise_fraction": p, "seed": seed,
                     "nc2_simplex_angle_deviation": deviation + 0.001 * seed,
                     "sample_cosine_mean": collapse, "nc1": 0.01,
@@ -46,23 +49,29 @@ def free_table() -> pa.Table:
     return pa.Table.from_pylist(rows)
 
 
+GROWTH = {"digits": {"none": {"rho1-tau0.1-b256": {
+    "supcon": {"exponent": 1.6, "exponent_ci95": [1.2, 2.0], "runs_used": 3, "runs_not_fit": 1},
+    "ce": {"exponent": 0.9, "exponent_ci95": [0.7, 1.1], "runs_used": 3, "runs_not_fit": 0},
+}}}}
+
+
+def tabulate(directory, runs: pd.DataFrame):
+    """Run the stage on ``runs`` (with GROWTH and free_table()); (frame, output paths)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    write_parquet(pa.Table.from_pandas(runs, preserve_index=False), directory / "runs.parquet")
+    write_json(GROWTH, directory / "growth.json")
+    write_parquet(free_table(), directory / "free.parquet")
+    out = {"table": directory / "claims.csv", "markdown_table": directory / "claims.md",
+           "verdicts": directory / "verdicts.json"}
+    frame = claims.tabulate_claims({"claims": TOLERANCES}, runs=directory / "runs.parquet",
+                                   growth=directory / "growth.json",
+                                   free_features=directory / "free.parquet", **out)
+    return frame, out
+
+
 @pytest.fixture
 def table(tmp_path):
-    write_parquet(pa.Table.from_pandas(runs_table(), preserve_index=False),
-                  tmp_path / "runs.parquet")
-    growth = {"digits": {"none": {
-        "supcon": {"exponent": 1.6, "exponent_ci95": [1.2, 2.0], "runs_used": 3,
-                   "runs_not_fit": 1},
-        "ce": {"exponent": 0.9, "exponent_ci95": [0.7, 1.1], "runs_used": 3, "runs_not_fit": 0},
-    }}}
-    write_json(growth, tmp_path / "growth.json")
-    write_parquet(free_table(), tmp_path / "free.parquet")
-    out = {"table": tmp_path / "claims.csv", "markdown_table": tmp_path / "claims.md",
-           "verdicts": tmp_path / "verdicts.json"}
-    frame = claims.tabulate_claims({"claims": TOLERANCES}, runs=tmp_path / "runs.parquet",
-                                   growth=tmp_path / "growth.json",
-                                   free_features=tmp_path / "free.parquet", **out)
-    return frame, out
+    return tabulate(tmp_path, runs_table())
 
 
 def verdict_of(frame, claim, model, measure_start):
@@ -114,6 +123,241 @@ def test_outputs_markdown_and_metrics(table):
     assert text.count("\n") == len(frame) + 2  # header, rule, one line per row
     assert r"max \|relative gap\|" in text  # pipes escaped: the row keeps its 8 cells
     verdicts = json.loads(out["verdicts"].read_text())
-    assert verdicts["iv/digits/none/supcon/growth exponent a (1 of 3 runs never fit)"] == {
-        "verdict": "replicates", "value": 1.6}
+    key = "iv/digits/none/rho1-tau0.1-b256/supcon/growth exponent a (1 of 3 runs never fit)"
+    assert verdicts[key] == {"verdict": "replicates", "value": 1.6}
+    assert pd.read_csv(out["table"]).shape == (len(frame), len(claims.COLUMNS))
+
+
+# ------------------------------------------------------- extensions T, B, R (issue 15)
+
+DEFAULT_SETTING = {"imbalance_ratio": 1.0, "temperature": 0.1, "batch_size": 256}
+BASE_METRICS = {"nc2_simplex_angle_deviation": 0.01, "sample_cosine_mean": 0.999, "nc1": 0.01,
+                "nc3_self_duality": np.nan, "nc4_head_ncm_agreement": np.nan,
+                "final_loss_gap": 0.01, "final_supcon_gap": 0.01,
+                "test_accuracy_class_mean": 0.9, "test_accuracy_majority": 0.9,
+                "test_accuracy_minority": 0.9, "head_cosine_minority": np.nan}
+THRESHOLD = TOLERANCES["simplex_cosine_deviation"]
+
+
+def sweep_runs(sweep: dict, metrics, models=("supcon",), seeds=(0, 1, 2),
+               noise=(0.0,)) -> pd.DataFrame:
+    """Runs over the product of ``sweep`` (axis -> values; the other axes at the default
+    setting); ``metrics(model, setting, seed, p)`` overrides BASE_METRICS per run."""
+    rows = []
+    axes = list(sweep)
+    for model in models:
+        for values in pd.MultiIndex.from_product(list(sweep.values())):
+            setting = {**DEFAULT_SETTING, **dict(zip(axes, values, strict=True))}
+            for p in noise:
+                for seed in seeds:
+                    rows.append({"dataset": "digits", "model": model, "augmentation": "none",
+                                 **setting, "noise_fraction": p, "seed": seed,
+                                 **BASE_METRICS, **metrics(model, setting, seed, p)})
+    return pd.DataFrame(rows)
+
+
+def rows_of(frame, claim, model=None):
+    return frame[(frame.claim == claim) & ((frame.model == model) if model else True)]
+
+
+def naive_spearman(runs: pd.DataFrame, axis: str, y) -> float:
+    """scipy's rho over the runs at the lowest noise fraction."""
+    at = runs[runs.noise_fraction == runs.noise_fraction.min()]
+    return spearmanr(at[axis], y(at) if callable(y) else at[y]).statistic
+
+
+def naive_threshold_verdict(values, threshold: float) -> str:
+    """A bootstrap interval of a mean lies within [min, max] of the values."""
+    values = np.asarray(values)
+    return ("replicates" if values.max() < threshold else
+            "does not" if values.min() > threshold else "inconclusive")
+
+
+def test_fixed_setting_spelling_is_setting_names(tmp_path):
+    for values in (DEFAULT_SETTING, {"imbalance_ratio": 12.5, "temperature": 0.05,
+                                     "batch_size": 32}):
+        full = setting_name(values)
+        assert "-".join(claims.SETTING_SPELLING[a](values[a]) for a in SETTING) == full
+        for axis in SETTING:  # the swept part left out, the rest as setting_name spells it
+            kept = [part for part, a in zip(full.split("-"), SETTING, strict=True) if a != axis]
+            assert claims.fixed_setting_name(values, axis) == "-".join(kept)
+    assert claims.fixed_setting_name(DEFAULT_SETTING, "temperature") == "rho1-b256"
+
+
+TAU_DEVIATIONS = {  # NC2 deviation at tau = 0.05, 0.1, 0.5 (plus 0.001 per seed)
+    "falls": ((0.4, 0.1, 0.01), "replicates"),
+    "rises": ((0.01, 0.1, 0.4), "does not"),
+    "v-shaped": ((0.1, 0.01, 0.1), "inconclusive"),  # rho exactly 0
+    "flat": ((0.02, 0.02, 0.02), "inconclusive"),  # no interval (constant seeds: NaN)
+}
+
+
+@pytest.mark.parametrize("pattern", list(TAU_DEVIATIONS))
+def test_temperature_claim_against_scipy(pattern):
+    levels, expected = TAU_DEVIATIONS[pattern]
+    taus = (0.05, 0.1, 0.5)
+    by_tau = dict(zip(taus, levels, strict=True))
+
+    def metrics(model, setting, seed, p):
+        jitter = 0.0 if pattern == "flat" else 0.001 * seed
+        # at p = 0.5 the opposite trend: only the lowest noise fraction may count
+        level = by_tau[setting["temperature"]] if p == 0 else 0.5 - by_tau[setting["temperature"]]
+        return {"nc2_simplex_angle_deviation": level + jitter}
+
+    runs = sweep_runs({"temperature": taus}, metrics, models=("supcon", "supcon_mv", "ce"),
+                      noise=(0.0, 0.5))
+    frame = pd.DataFrame(claims.temperature_claims(runs, TOLERANCES))
+    assert set(frame.model) == {"supcon", "supcon_mv"}  # CE does not use tau: no T rows
+    assert set(frame.setting) == {"rho1-b256"}
+    for model in ("supcon", "supcon_mv"):
+        rows = rows_of(frame, "T", model)
+        assert list(rows.measure) == [f"tau = {t:g}: {claims.NC2_LABEL}" for t in taus] + [
+            "Spearman rho(tau, NC2 mean |cos + 1/(K-1)|)"]
+        at = runs[(runs.model == model) & (runs.noise_fraction == 0)]
+        for tau, row in zip(taus, rows.iloc[:3].itertuples(), strict=True):
+            seeds = at.loc[at.temperature == tau, claims.NC2]
+            assert row.value == pytest.approx(seeds.mean())
+            assert row.criterion == f"< {THRESHOLD:g}"
+            assert row.verdict == naive_threshold_verdict(seeds, THRESHOLD)
+        rho = rows.iloc[-1]
+        assert rho.criterion == "< 0" and rho.verdict == expected
+        if pattern == "flat":  # undefined for scipy too
+            with pytest.warns(ConstantInputWarning):
+                assert np.isnan(naive_spearman(at, "temperature", claims.NC2))
+            assert pd.isna(rho.value) and pd.isna(rho.ci_low)
+        else:
+            assert rho.value == pytest.approx(naive_spearman(at, "temperature", claims.NC2),
+                                              abs=1e-12)
+            assert rho.ci_low <= rho.value <= rho.ci_high
+    if pattern == "falls":
+        assert rows_of(frame, "T", "supcon").iloc[:3].verdict.tolist() == [
+            "does not", "does not", "replicates"]  # 0.4, 0.1 > 0.05 > 0.01
+        assert rows_of(frame, "T", "supcon").iloc[-1].ci_high < 0
+
+
+def test_batch_size_claim_against_scipy():
+    bs = (32, 128, 512)
+    supcon_deviation = {32: 0.2, 128: 0.04, 512: 0.01}
+    gap = {32: 0.3, 128: 0.1, 512: 0.2}  # no direction predicted: reported, not judged
+
+    def metrics(model, setting, seed, p):
+        b = setting["batch_size"]
+        return {"nc2_simplex_angle_deviation": (supcon_deviation[b] if model == "supcon"
+                                                else 0.3) + 0.001 * seed,
+                "final_supcon_gap": gap[b] + 0.01 * seed}
+
+    runs = sweep_runs({"batch_size": bs}, metrics, models=("supcon", "ce"))
+    frame = pd.DataFrame(claims.batch_size_claims(runs, TOLERANCES))
+    assert set(frame.setting) == {"rho1-tau0.1"}
+    supcon, ce = rows_of(frame, "B", "supcon"), rows_of(frame, "B", "ce")
+    assert supcon.verdict.tolist()[:3] == ["does not", "replicates", "replicates"]
+    assert ce.verdict.tolist()[:3] == ["does not"] * 3  # 0.3 at every b
+    assert supcon.measure.iloc[0] == f"b = 32: {claims.NC2_LABEL}"
+    for rows, model in ((supcon, "supcon"), (ce, "ce")):
+        at = runs[runs.model == model]
+        row = rows[rows.measure == "Spearman rho(b, final supcon gap)"].iloc[0]
+        assert row.value == pytest.approx(naive_spearman(at, "batch_size", "final_supcon_gap"))
+        assert (row.criterion, row.verdict) == (claims.NO_CRITERION, claims.NO_VERDICT)
+        assert row.ci_low < 0 < row.ci_high
+    row = supcon[supcon.measure.str.startswith("Spearman rho(b, NC2")].iloc[0]
+    assert row.value == pytest.approx(naive_spearman(runs[runs.model == "supcon"],
+                                                     "batch_size", claims.NC2))
+    assert (row.criterion, row.verdict) == ("< 0", "replicates") and row.ci_high < 0
+    assert not ce.measure.str.startswith("Spearman rho(b, NC2").any()  # supcon family only
+    assert len(supcon) == 5 and len(ce) == 4
+
+
+def test_imbalance_claim_against_scipy():
+    ratios = (1.0, 10.0, 100.0)
+    deviation = {1.0: 0.01, 10.0: 0.03, 100.0: 0.2}
+    head_minority = {1.0: -1 / 9, 10.0: 0.3, 100.0: 0.9}
+    minority = {1.0: 0.9, 10.0: 0.7, 100.0: 0.2}
+
+    def metrics(model, setting, seed, p):
+        r = setting["imbalance_ratio"]
+        return {"nc2_simplex_angle_deviation": deviation[r] + 0.001 * seed,
+                "head_cosine_minority": (np.nan if model == "supcon" else -1 / 9
+                                         if model == "ce_fixed" else head_minority[r]),
+                "test_accuracy_majority": 0.9,
+                "test_accuracy_minority": minority[r] + 0.002 * (seed - 1)}
+
+    runs = sweep_runs({"imbalance_ratio": ratios}, metrics, models=("supcon", "ce", "ce_fixed"))
+    frame = pd.DataFrame(claims.imbalance_claims(runs))
+    assert set(frame.setting) == {"tau0.1-b256"}
+    difference = lambda at: at.test_accuracy_minority - at.test_accuracy_majority  # noqa: E731
+    for model in ("supcon", "ce", "ce_fixed"):
+        rows, at = rows_of(frame, "R", model), runs[runs.model == model]
+        per_ratio = rows[rows.measure.str.startswith("imbalance ratio = ")]
+        assert per_ratio.measure.tolist() == [
+            f"imbalance ratio = {r:g}: minority - majority test accuracy (class means)"
+            for r in ratios]
+        for r, row in zip(ratios, per_ratio.itertuples(), strict=True):
+            assert row.value == pytest.approx(difference(at[at.imbalance_ratio == r]).mean())
+        assert per_ratio.criterion.tolist() == [claims.NO_CRITERION, "< 0", "< 0"]
+        assert per_ratio.verdict.tolist() == [claims.NO_VERDICT, "replicates", "replicates"]
+        trend = rows[rows.measure == "Spearman rho(imbalance ratio, minority - majority "
+                                     "test accuracy (class means))"].iloc[0]
+        assert trend.value == pytest.approx(naive_spearman(at, "imbalance_ratio", difference))
+        assert (trend.criterion, trend.verdict) == ("< 0", "replicates")
+    nc2 = rows_of(frame, "R", "supcon").iloc[0]
+    assert nc2.measure == "Spearman rho(imbalance ratio, NC2 mean |cos + 1/(K-1)|)"
+    assert nc2.value == pytest.approx(naive_spearman(runs[runs.model == "supcon"],
+                                                     "imbalance_ratio", claims.NC2))
+    assert (nc2.criterion, nc2.verdict) == ("> 0", "replicates") and nc2.ci_low > 0
+    head = rows_of(frame, "R", "ce").iloc[0]
+    assert head.measure == "Spearman rho(imbalance ratio, minority head-row cosine)"
+    assert head.value == pytest.approx(naive_spearman(runs[runs.model == "ce"],
+                                                      "imbalance_ratio", "head_cosine_minority"))
+    assert (head.criterion, head.verdict) == ("> 0", "replicates")
+    # ce_fixed's head is the fixed simplex: no head row; CE models get no NC2 row
+    assert not rows_of(frame, "R", "ce_fixed").measure.str.contains("head-row").any()
+    assert not frame[frame.model != "supcon"].measure.str.contains("NC2").any()
+
+
+def test_the_default_setting_adds_no_rows_and_keeps_its_outputs(table, tmp_path, monkeypatch):
+    frame, out = table
+    assert set(frame.claim) == {"i", "ii", "iii", "iv"} and len(frame) == 18
+    for name in ("temperature_claims", "batch_size_claims", "imbalance_claims"):
+        monkeypatch.setattr(claims, name, lambda *args: [])
+    _, without = tabulate(tmp_path / "without", runs_table())
+    for key, path in out.items():
+        assert path.read_bytes() == without[key].read_bytes(), key
+
+
+def test_an_axis_is_swept_only_within_one_model_and_fixed_setting():
+    # tau differs between the models, and b between the two taus: no group sweeps anything
+    runs = pd.concat([
+        sweep_runs({"batch_size": (64,)}, lambda *a: {}, models=("supcon",)),
+        sweep_runs({"temperature": (0.5,), "batch_size": (128,)}, lambda *a: {},
+                   models=("supcon_mv",)),
+        sweep_runs({"imbalance_ratio": (10.0,)}, lambda *a: {}, models=("ce",)),
+    ])
+    assert claims.temperature_claims(runs, TOLERANCES) == []
+    assert claims.batch_size_claims(runs, TOLERANCES) == []
+    assert claims.imbalance_claims(runs) == []
+
+
+def test_a_two_axis_grid_judges_each_axis_per_fixed_setting_and_keeps_markdown_rows(tmp_path):
+    def metrics(model, setting, seed, p):
+        return {"nc2_simplex_angle_deviation": 0.02 / setting["temperature"] + 0.001 * seed}
+
+    runs = sweep_runs({"temperature": (0.1, 0.5), "batch_size": (64, 256)}, metrics,
+                      models=("supcon", "ce"))
+    frame, out = tabulate(tmp_path, runs)
+    assert set(rows_of(frame, "T").setting) == {"rho1-b64", "rho1-b256"}
+    assert set(rows_of(frame, "B").setting) == {"rho1-tau0.1", "rho1-tau0.5"}
+    assert rows_of(frame, "R").empty
+    for setting in ("rho1-b64", "rho1-b256"):
+        rows = frame[(frame.claim == "T") & (frame.setting == setting)]
+        assert rows.verdict.tolist() == ["does not", "replicates", "replicates"]  # 0.2, 0.04
+    lines = out["markdown_table"].read_text().splitlines()
+    assert len(lines) == len(frame) + 2  # header, rule, one line per row
+    for line in lines[2:]:  # 8 cells: a measure's |cos| is escaped
+        assert len(line.replace("\\|", "").split("|")) == 10, line
+    assert "| T | digits, none, rho1-b64 | supcon | tau = 0.1: class means" in "\n".join(lines)
+    verdicts = json.loads(out["verdicts"].read_text())
+    verdicts.pop("numerics", None)  # write_json's record of the numerics, not a row
+    assert len(verdicts) == len(frame)  # every row keyed apart
+    key = "B/digits/none/rho1-tau0.1/supcon/Spearman rho(b, final supcon gap)"
+    assert verdicts[key]["verdict"] == claims.NO_VERDICT
     assert pd.read_csv(out["table"]).shape == (len(frame), len(claims.COLUMNS))

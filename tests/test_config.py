@@ -30,8 +30,9 @@ def test_default_params_are_valid(params):
         ("grid.seeds", [-1], r"grid\.seeds\.0: -1 is less than"),
         ("grid.datasets", ["mnist"], r"grid\.datasets: unknown dataset 'mnist'"),
         ("grid.datasets", ["../etc"], r"grid\.datasets\.0: '\.\./etc' does not match"),
-        ("train.common.batch_size", 1, r"train\.common\.batch_size: 1 is less than the min"),
-        ("train.common.temperature", 0, r"train\.common\.temperature: 0 is less than or equal"),
+        ("grid.batch_sizes", [1], r"grid\.batch_sizes\.0: 1 is less than the min"),
+        ("grid.temperatures", [0], r"grid\.temperatures\.0: 0 is less than or equal"),
+        ("grid.imbalance_ratios", [0.5], r"grid\.imbalance_ratios\.0: 0\.5 is less than the min"),
         ("train.common.iterations", 0, r"train\.common\.iterations: 0 is less than the minimum"),
         ("train.common.schedule", "step", r"train\.common\.schedule: 'step' is not one of"),
         ("train.common.representation_dim", 8, r"representation_dim: 8 is too small for ce_fixed"),
@@ -81,7 +82,8 @@ def test_cli_rejects_bad_params_without_writing(tmp_path, params):
     out = tmp_path / "labels.parquet"
     result = subprocess.run(
         [sys.executable, "-m", "pipeline", "noisy_labels", "--params", str(path),
-         "--dataset", "digits", "--noise-fraction", "0.0", "--seed", "0", "--labels", str(out)],
+         "--dataset", "digits", "--imbalance-ratio", "1", "--noise-fraction", "0.0", "--seed", "0",
+         "--labels", str(out)],
         capture_output=True, text=True, check=False,
     )
     assert result.returncode == 1

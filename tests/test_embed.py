@@ -3,11 +3,10 @@
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from runs import run
+from runs import run, run_of
 
 from pipeline.infra import schemas
 from pipeline.infra.io import read_metadata
-from pipeline.infra.runs import Run
 from pipeline.stages.embed import extract_embeddings
 
 
@@ -16,7 +15,7 @@ def test_embed_writes_every_sample_and_the_head(tmp_path, small_params, labels, 
     _, paths = run(tmp_path, small_params, labels, model)
     out = {"embeddings": tmp_path / "emb.parquet", "head": tmp_path / "head.parquet"}
     extract_embeddings(
-        small_params, run=Run("digits", model, "none", 0.3, 0),
+        small_params, run=run_of(small_params, model),
         labels=labels, checkpoint=paths["checkpoint"], **out,
     )
     h = small_params["train"]["common"]["representation_dim"]
@@ -37,7 +36,7 @@ def test_embed_writes_every_sample_and_the_head(tmp_path, small_params, labels, 
     assert head.num_rows == (0 if model == "supcon" else 10)
     first = out["embeddings"].read_bytes()
     extract_embeddings(
-        small_params, run=Run("digits", model, "none", 0.3, 0),
+        small_params, run=run_of(small_params, model),
         labels=labels, checkpoint=paths["checkpoint"], **out,
     )
     assert out["embeddings"].read_bytes() == first
@@ -47,7 +46,7 @@ def test_embed_refuses_a_checkpoint_of_another_run(tmp_path, small_params, label
     _, paths = run(tmp_path, small_params, labels, "ce")
     with pytest.raises(ValueError, match=r"made for .*'ce'.*expected .*'supcon'"):
         extract_embeddings(
-            small_params, run=Run("digits", "supcon", "none", 0.3, 0), labels=labels,
+            small_params, run=run_of(small_params, "supcon"), labels=labels,
             checkpoint=paths["checkpoint"], embeddings=tmp_path / "e", head=tmp_path / "h",
         )
 
@@ -58,7 +57,7 @@ def test_embed_refuses_a_checkpoint_made_with_another_config(tmp_path, small_par
     with pytest.raises(ValueError, match=r"different config .*model.representation_dim: 32 in "
                        r"the checkpoint vs 16 now"):
         extract_embeddings(
-            small_params, run=Run("digits", "ce", "none", 0.3, 0),
+            small_params, run=run_of(small_params, "ce"),
             labels=labels,
             checkpoint=paths["checkpoint"], embeddings=tmp_path / "e", head=tmp_path / "h",
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 
@@ -13,6 +14,7 @@ import pytest
 
 from pipeline.infra import schemas, stage_table
 from pipeline.infra.io import InputError, write_parquet
+from pipeline.infra.runs import Run
 from pipeline.stages.aggregate import aggregate_runs, growth_of, load_train_logs
 from pipeline.stages.figures import (
     draw_figures,
@@ -23,12 +25,17 @@ from pipeline.stages.figures import (
     plot_iterations_to_fit,
     plot_training_curves,
 )
+from pipeline.stages.free_features import TABLE_SCHEMA as FREE_TABLE_SCHEMA
 
 K = 10
 DPI = 40  # small: fast, and the PNG size in pixels is checked against it
-GRID = {"datasets": ["digits"], "models": ["supcon", "ce"], "augmentations": ["none"],
+GRID = {"datasets": ["digits"], "imbalance_ratios": [1], "models": ["supcon", "ce"],
+        "augmentations": ["none"], "temperatures": [0.1], "batch_sizes": [256],
         "noise_fractions": [0.0, 0.5, 1.0], "seeds": [0, 1]}
-PARAMS = {"grid": GRID, "figures": {"dpi": DPI, "geometry_noise": 0.5}}
+# The claims tolerances the temperature figure draws (stage_table.FIGURES.params).
+CLAIMS = {"simplex_cosine_deviation": 0.05, "free_relative_gap": 1e-6,
+          "free_cosine_deviation": 1e-3}
+PARAMS = {"grid": GRID, "figures": {"dpi": DPI, "geometry_noise": 0.5}, "claims": CLAIMS}
 STEMS = (
     "geometry_digits", "iterations_to_fit_digits", "gap_vs_accuracy_digits",
     "collapse_digits", "training_curves_digits",
@@ -43,21 +50,83 @@ def iterations_to_fit(model: str, noise: float, seed: int) -> int | None:
     return 40 + seed
 
 
-def write_run(dirs, job: dict[str, str]) -> None:
-    model, noise, seed = job["model"], float(job["noise_fraction"]), int(job["seed"])
-    metrics = {
-        "dataset": job["dataset"],
-        "model": model,
-        "augmentation": "none",
-        "noise_fraction": noise,
-        "seed": seed,
+def class_accuracies(job: dict[str, str]) -> list[float | None]:
+    """Per test class: falls with rho for the minority (classes 5-9); class 3 of seed 1 has
+    no test sample (None), so its mean over seeds is seed 0's."""
+    rho, seed = float(job["imbalance_ratio"]), int(job["seed"])
+    return [None if (c, seed) == (3, 1) else
+            0.9 - 0.01 * c - 0.02 * seed - (0.03 * c * np.log(rho) if c >= 5 else 0.0)
+            for c in range(K)]
+
+
+def metrics_of(job: dict[str, str]) -> dict:
+    """The synthetic metrics.json of a run: every value a distinct function of its setting
+    (tau, b, rho), noise and seed, so a figure's means over seeds can be checked by a loop."""
+    run = Run.of(job)
+    model, noise, seed = run.model, run.noise_fraction, run.seed
+    tau, b, rho = run.temperature, run.batch_size, run.imbalance_ratio
+    ce = model != "supcon"
+    m = 0.01 if ce else 0.0  # the models apart
+    by_class = class_accuracies(job)
+    groups = {g: [a for c, a in enumerate(by_class) if a is not None and (c >= 5) == (g == "min")]
+              for g in ("maj", "min")}
+    return {
+        **run.columns(),
         "num_classes": K,
         "final_iteration": 100,
         "iterations_to_fit": iterations_to_fit(model, noise, seed),
-        "test_accuracy_class_mean": 0.9 - 0.5 * noise,
-        "final_supcon_gap": 0.01 * (1 + noise),
+        "test_accuracy_class_mean": 0.9 - 0.5 * noise - 0.01 * seed - 0.1 * tau - m,
+        "test_accuracy_head": 0.85 - 0.5 * noise - 0.1 * tau if ce else None,
+        "probe_test_accuracy": 0.92 - 0.5 * noise - 0.01 * seed,
+        # below 0 under imbalance: the reference is the loss at the simplex
+        "final_supcon_gap": 0.01 * (1 + noise) + 0.001 * seed + 0.1 * tau + 1 / b
+                            - 0.05 * np.log(rho) + m,
         "final_loss_gap": 0.02 * (1 + noise),
+        "supcon_optimum": 1.0 + 10 / b + tau + 0.1 * np.log(rho) + m,
+        "class_mean_cosine_mean": -1 / 9 + 0.1 * tau + 0.01 * seed + 0.001 * b / 32 + m,
+        "nc2_simplex_angle_deviation": 0.02 + 0.1 * tau + 0.002 * seed + 1e-5 * b + m,
+        "class_mean_cosine_deviation": 0.03 + 0.2 * tau + 0.003 * seed,
+        "sample_cosine_mean": 0.99 - 0.1 * tau - 0.01 * seed - 0.0001 * b - m,
+        "nc1": 0.01 * (1 + tau) * (1 + seed),
+        "test_accuracy_majority": float(np.mean(groups["maj"])),
+        "test_accuracy_minority": float(np.mean(groups["min"])),
+        "test_accuracy_by_class": by_class,
+        **{f"class_mean_cosine_{g}": -1 / 9 + i * 0.1 * np.log(rho) + 0.01 * seed + m
+           for i, g in enumerate(("majority", "minority", "across"))},
+        **{f"head_cosine_{g}": (-1 / 9 + i * 0.2 * np.log(rho) - 0.01 * seed) if ce else None
+           for i, g in enumerate(("majority", "minority", "across"))},
     }
+
+
+def free_features_table(path) -> None:
+    """A small records table of stage free_features: supcon at K = 3 and 10 (h = K - 1), full
+    batch and b = 8, tau 0.1 and 0.5, three records each (the last one is drawn), plus a ce
+    and a multiset record that the temperature figure leaves out."""
+    rows = []
+    for k, full, tau, it in itertools.product((3, 10), (True, False), (0.1, 0.5), (0, 25, 50)):
+        rows.append({"experiment": "grid", "loss_name": "supcon", "num_classes": k,
+                     "dim": k - 1, "full_batch": full, "batch_size": 8 * k if full else 8,
+                     "temperature": tau, "iteration": it,
+                     "relative_gap": free_value(k, full, tau, it, "gap"),
+                     "class_mean_cosine_deviation": free_value(k, full, tau, it, "dev")})
+    rows.append({**rows[-1], "loss_name": "ce", "temperature": None, "relative_gap": 9.0})
+    rows.append({**rows[-1], "experiment": "multiset", "loss_name": "supcon",
+                 "temperature": 0.5, "iteration": 99, "relative_gap": 9.0})
+    write_parquet(pa.Table.from_pylist(rows, schema=FREE_TABLE_SCHEMA), path)
+
+
+def free_value(k: int, full: bool, tau: float, iteration: int, what: str) -> float:
+    """Falls with the iteration; full batch at tau 0.5 reaches the optimum (gap 0: drawn at
+    the log axis' floor 1e-17), tau 0.1 does not; the mini-batch gap is negative."""
+    if what == "gap":
+        scale = (0.0 if tau == 0.5 else 1e-4 * k) if full else -1e-2
+        return scale / (1 + iteration)
+    return (1e-9 if tau == 0.5 and full else 0.1 * tau * k) / (1 + iteration)
+
+
+def write_run(dirs, job: dict[str, str]) -> None:
+    model, noise, seed = job["model"], float(job["noise_fraction"]), int(job["seed"])
+    metrics = metrics_of(job)
     path = stage_table.run_file(stage_table.GEOMETRY_METRICS, dirs["geometry"], **job)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(metrics))
@@ -88,14 +157,17 @@ def write_run(dirs, job: dict[str, str]) -> None:
     )
 
 
-@pytest.fixture
-def inputs(tmp_path):
+def build_inputs(tmp_path, grid: dict) -> dict:
+    """Every run of ``grid`` written as the geometry and train stages would, aggregated into
+    a runs table, and a free-features records table: the figures stage's inputs."""
     dirs = {"geometry": tmp_path / "geometry", "logs": tmp_path / "train_logs"}
-    for job in stage_table.grid_jobs(stage_table.TRAIN, GRID):
+    for job in stage_table.grid_jobs(stage_table.TRAIN, grid):
         write_run(dirs, job)
     runs = tmp_path / "summary" / "runs.parquet"
+    free_features = tmp_path / "free_features" / "records.parquet"
+    free_features_table(free_features)
     aggregate_runs(
-        {"grid": GRID},
+        {"grid": grid},
         geometry_dir=dirs["geometry"],
         train_log_dir=dirs["logs"],
         runs=runs,
@@ -104,7 +176,13 @@ def inputs(tmp_path):
         curves=tmp_path / "summary" / "training_curves.csv",
         growth=tmp_path / "summary" / "growth.json",
     )
-    return {"runs": runs, "geometry_dir": dirs["geometry"], "train_log_dir": dirs["logs"]}
+    return {"runs": runs, "geometry_dir": dirs["geometry"], "train_log_dir": dirs["logs"],
+            "free_features": free_features}
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    return build_inputs(tmp_path, GRID)
 
 
 def draw(inputs, figures, params=PARAMS):
@@ -142,7 +220,7 @@ def test_rerun_gives_byte_identical_files(tmp_path, inputs):
 def test_missing_cosines_is_an_error_naming_its_path(tmp_path, inputs):
     path = stage_table.run_file(
         stage_table.COSINES, inputs["geometry_dir"], dataset="digits", model="ce",
-        augmentation="none",
+        augmentation="none", imbalance_ratio="1", temperature="0.1", batch_size="256",
         noise_fraction="0.5", seed="1"
     )
     path.unlink()

@@ -64,6 +64,8 @@ def write_run(
     cfg = {
         "dataset": "synthetic",
         "augmentation": "none",
+        "temperature": 0.1,
+        "batch_size": 256,
         "noise_fraction": 0.0,
         "seed": 7,
         "model": {"model": model, "num_classes": k, "representation_dim": h},
@@ -108,7 +110,8 @@ def identity(paths) -> dict:
     """The run (the stage's wildcards) that the embeddings' metadata names, as the stage's
     ``run`` argument."""
     cfg = io.read_metadata(paths["embeddings"])["train_config"]
-    return {"run": Run(cfg["dataset"], cfg["model"]["model"], cfg["augmentation"],
+    return {"run": Run(cfg["dataset"], cfg.get("imbalance_ratio", 1.0), cfg["model"]["model"],
+                       cfg["augmentation"], cfg["temperature"], cfg["batch_size"],
                        cfg["noise_fraction"], cfg["seed"])}
 
 
@@ -407,7 +410,8 @@ def test_metrics_keys(tmp_path):
     m, _ = run_stage(tmp_path, write_run(tmp_path, train_z=z, train_noisy=labels,
                                          head=vertices, model="ce"))
     assert sorted(m) == sorted([
-        "dataset", "model", "augmentation", "noise_fraction", "seed", "num_classes",
+        "dataset", "imbalance_ratio", "model", "augmentation", "temperature", "batch_size",
+        "noise_fraction", "seed", "num_classes",
         "representation_dim",
         "fit_threshold", "num_train", "num_test", "num_classes_present",
         "class_mean_cosine_mean", "class_mean_cosine_std", "class_mean_cosine_min",
@@ -424,6 +428,11 @@ def test_metrics_keys(tmp_path):
         "nc2_head_equinorm_cv", "nc3_self_duality", "nc4_head_ncm_agreement",
         "probe_train_accuracy_noisy", "probe_train_accuracy_clean", "probe_test_accuracy",
         "probe_iterations", "probe_converged",
+        # the class-imbalance view: per test class, and by majority / minority group
+        "test_accuracy_by_class", "test_accuracy_majority", "test_accuracy_minority",
+        "test_accuracy_head_majority", "test_accuracy_head_minority",
+        "class_mean_cosine_majority", "class_mean_cosine_minority", "class_mean_cosine_across",
+        "head_cosine_majority", "head_cosine_minority", "head_cosine_across",
     ])
     n = len(pq.read_table(paths_log := tmp_path / "run" / "train_log.parquet"))
     assert m["supcon_optimum"] == 1.0
@@ -451,7 +460,7 @@ def _stage(tmp_path, paths):
     try:
         ident = identity(paths)
     except (KeyError, TypeError, OSError):  # broken or missing file: the stage must name it
-        ident = {"run": Run("synthetic", "ce", "none", 0.0, 0)}
+        ident = {"run": Run("synthetic", 1.0, "ce", "none", 0.1, 256, 0.0, 0)}
     return geometry.measure_geometry(
         {"geometry": {"fit_threshold": 1.0, "probe": PROBE}}, **ident, **paths, **out
     )
@@ -618,3 +627,29 @@ def test_probe_objective_is_scikit_learns():
     _, grad = _probe_objective(probe, x, y, 3, 0.7)
     numeric = approx_fprime(probe, lambda t: _probe_objective(t, x, y, 3, 0.7)[0], 1e-7)
     np.testing.assert_allclose(grad, numeric, rtol=1e-4, atol=1e-6)
+
+
+def test_class_groups_on_a_simplex_and_a_collapsed_minority(tmp_path):
+    # K = 4: classes 2 and 3 are the minority (pipeline/maths/imbalance.py). On the simplex
+    # every group's cosines are -1/(K-1) and every test class is classified right.
+    vertices, z, labels = simplex_run(4, 3)
+    m, _ = run_stage(tmp_path, write_run(tmp_path, train_z=z, train_noisy=labels, test_z=z,
+                                         test_labels=labels, head=vertices, model="ce"))
+    for group in ("majority", "minority", "across"):
+        assert m[f"class_mean_cosine_{group}"] == pytest.approx(-1 / 3)
+        assert m[f"head_cosine_{group}"] == pytest.approx(-1 / 3)
+    assert m["test_accuracy_by_class"] == [1.0] * 4
+    assert m["test_accuracy_majority"] == m["test_accuracy_minority"] == 1.0
+    # Minority collapse: both minority head rows point the same way. Test samples of class
+    # 3 then score as class 2 (argmax takes the first of a tie), so class 3 is never right.
+    head = vertices.copy()
+    head[3] = head[2]
+    m, _ = run_stage(tmp_path, write_run(tmp_path, train_z=z, train_noisy=labels, test_z=z,
+                                         test_labels=labels, head=head, model="ce",
+                                         name="collapsed"), name="collapsed")
+    assert m["head_cosine_minority"] == pytest.approx(1.0)
+    assert m["head_cosine_majority"] == pytest.approx(-1 / 3)
+    across = [np.dot(head[i], head[j]) / np.dot(head[i], head[i]) for i in (0, 1) for j in (2, 3)]
+    assert m["head_cosine_across"] == pytest.approx(np.mean(across))
+    assert m["test_accuracy_head_majority"] == 1.0
+    assert m["test_accuracy_head_minority"] == 0.5  # class 2 right, class 3 never

@@ -30,9 +30,12 @@ def test_training_time_follows_iterations_batch_and_encoder():
     common = dict(digits["train"]["common"])
     doubled = {**common, "iterations": 2 * 300_000}
     assert training_minutes(doubled, ["digits"]) > training_minutes(common, ["digits"])
-    bigger_batch = {**common, "batch_size": 4 * 256, "iterations": 300_000}
-    assert training_minutes(bigger_batch, ["digits"]) > training_minutes(
-        {**common, "iterations": 300_000}, ["digits"])
+    longer = {**common, "iterations": 300_000}
+    assert training_minutes(longer, ["digits"], batch_size=4 * 256) > training_minutes(
+        longer, ["digits"])
+    # one request for every training job: sized for the grid's largest batch
+    batches = {**digits, "grid": {**digits["grid"], "batch_sizes": [32, 256, 8192]}}
+    assert job_resources("train", batches)["runtime"] > job_resources("train", digits)["runtime"]
     assert job_resources("train", paper)["mem_mb"] > job_resources("train", digits)["mem_mb"]
 
 

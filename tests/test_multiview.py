@@ -12,10 +12,9 @@ import torch
 from conftest import naive_supcon, with_value
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from runs import run
+from runs import run, run_of
 
 from pipeline.infra.config import ParamsError, validate_params
-from pipeline.infra.runs import Run
 from pipeline.maths.batches import (
     MAX_SHIFT,
     PAD,
@@ -195,7 +194,7 @@ def test_views_are_view_major_and_independently_augmented():
 def test_view_augmentations_compose_the_run_axis_and_the_model_switch(multiview_params):
     def cfg(augmentation, view):
         p = with_value(multiview_params, "train.models.supcon_mv.view_augmentation", view)
-        return TrainConfig.from_params(p, Run("digits", "supcon_mv", augmentation, 0.0, 0))
+        return TrainConfig.from_params(p, run_of(p, "supcon_mv", augmentation, 0.0))
 
     assert cfg("none", "shift").view_augmentations == ("shift",)
     assert cfg("standard", "shift").view_augmentations == ("standard", "shift")
@@ -206,11 +205,13 @@ def test_view_augmentations_compose_the_run_axis_and_the_model_switch(multiview_
 def test_single_view_configs_keep_their_dict_and_multiview_ones_carry_the_switch(
     multiview_params,
 ):
-    supcon = TrainConfig.from_params(multiview_params, Run("digits", "supcon", "none", 0.0, 0))
+    supcon = TrainConfig.from_params(
+        multiview_params, run_of(multiview_params, "supcon", noise_fraction=0.0))
     assert supcon.views == 1 and supcon.view_augmentation is None
     assert "view_augmentation" not in supcon.to_dict()  # checkpoints and logs: bytes unchanged
     assert TrainConfig.from_dict(supcon.to_dict()) == supcon
-    multi = TrainConfig.from_params(multiview_params, Run("digits", "supcon_mv", "none", 0.0, 0))
+    multi = TrainConfig.from_params(
+        multiview_params, run_of(multiview_params, "supcon_mv", noise_fraction=0.0))
     assert multi.to_dict()["view_augmentation"] == "shift"
     assert TrainConfig.from_dict(multi.to_dict()) == multi
 
@@ -218,7 +219,8 @@ def test_single_view_configs_keep_their_dict_and_multiview_ones_carry_the_switch
 def test_a_training_step_takes_supcon_over_both_views_of_the_sampled_images(multiview_params):
     from pipeline.infra import datasets
 
-    cfg = TrainConfig.from_params(multiview_params, Run("digits", "supcon_mv", "none", 0.0, 0))
+    cfg = TrainConfig.from_params(
+        multiview_params, run_of(multiview_params, "supcon_mv", noise_fraction=0.0))
     data = datasets.load("digits", multiview_params["datasets"]["digits"])
     labels = data.train.labels
     trainer = Trainer(cfg, data, labels, torch.device("cpu"))
@@ -251,11 +253,10 @@ def test_supcon_mv_trains_embeds_and_measures_deterministically(tmp_path, multiv
     )
     assert (log["loss"] == log["supcon_loss"]).all() and log["test_accuracy_head"].isna().all()
     noisy = pq.read_table(labels)["noisy_label"].to_numpy()
-    optimum = expected_supcon_optimum(class_frequencies(noisy, 10), common["batch_size"],
-                                      common["temperature"], 1.0, views=2)
+    b, tau = multiview_params["grid"]["batch_sizes"][0], multiview_params["grid"]["temperatures"][0]
+    optimum = expected_supcon_optimum(class_frequencies(noisy, 10), b, tau, 1.0, views=2)
     assert (log["supcon_optimum"] == optimum).all()
-    assert optimum != expected_supcon_optimum(class_frequencies(noisy, 10),
-                                              common["batch_size"], common["temperature"], 1.0)
+    assert optimum != expected_supcon_optimum(class_frequencies(noisy, 10), b, tau, 1.0)
     np.testing.assert_allclose(log["loss_gap"], log["loss"] - optimum, rtol=1e-12)
     cfg, state = load_checkpoint(paths["checkpoint"])
     assert cfg.model.model == "supcon_mv" and cfg.view_augmentation == "shift"
@@ -265,7 +266,7 @@ def test_supcon_mv_trains_embeds_and_measures_deterministically(tmp_path, multiv
         assert paths[key].read_bytes() == again[key].read_bytes(), key
 
     out = {"embeddings": tmp_path / "emb.parquet", "head": tmp_path / "head.parquet"}
-    job = dict(run=Run("digits", "supcon_mv", "none", 0.3, 0))
+    job = dict(run=run_of(multiview_params, "supcon_mv"))
     extract_embeddings(multiview_params, **job, labels=labels,
                        checkpoint=paths["checkpoint"], **out)
     emb = np.stack(pq.read_table(out["embeddings"]).to_pandas()["embedding"].to_numpy())
@@ -285,7 +286,7 @@ def test_embed_refuses_a_checkpoint_made_with_other_views(tmp_path, multiview_pa
     changed = with_value(multiview_params, "train.models.supcon_mv.view_augmentation", "standard")
     with pytest.raises(ValueError, match=r"view_augmentation: 'shift' in the checkpoint vs "
                                          r"'standard' now"):
-        extract_embeddings(changed, run=Run("digits", "supcon_mv", "none", 0.3, 0), labels=labels,
+        extract_embeddings(changed, run=run_of(multiview_params, "supcon_mv"), labels=labels,
                            checkpoint=paths["checkpoint"], embeddings=tmp_path / "e",
                            head=tmp_path / "h")
 

@@ -66,7 +66,8 @@ def test_out_of_range_fraction_is_named(bad):
 
 def test_stage_writes_labels_file(tmp_path, params):
     out = tmp_path / "labels.parquet"
-    make_noisy_labels(params, dataset="digits", noise_fraction=0.5, seed=0, labels=out)
+    make_noisy_labels(params, dataset="digits", imbalance_ratio=1, noise_fraction=0.5, seed=0,
+                      labels=out)
     table = pq.read_table(out)
     assert table.schema.remove_metadata().equals(schemas.LABELS)
     data = datasets.load("digits", params["datasets"]["digits"])
@@ -76,7 +77,8 @@ def test_stage_writes_labels_file(tmp_path, params):
     assert flipped.sum() == 629
     assert np.array_equal(flipped, table["noisy_label"].to_numpy() != data.train.labels)
     before = out.read_bytes()
-    make_noisy_labels(params, dataset="digits", noise_fraction=0.5, seed=0, labels=out)
+    make_noisy_labels(params, dataset="digits", imbalance_ratio=1, noise_fraction=0.5, seed=0,
+                      labels=out)
     assert out.read_bytes() == before
 
 

@@ -47,8 +47,10 @@ def run_chain(out: Path, params: Path, env: dict[str, str], model: str = "supcon
     """noisy_labels -> train -> embed -> geometry (up to ``last``) through the CLI; the md5
     of every output written."""
     out.mkdir(parents=True)
-    run = ["--dataset", "digits", "--noise-fraction", "0.3", "--seed", "0"]
-    full = [*run[:2], "--model", model, "--augmentation", "none", *run[2:]]
+    run = ["--dataset", "digits", "--imbalance-ratio", "1", "--noise-fraction", "0.3",
+           "--seed", "0"]
+    full = [*run[:4], "--model", model, "--augmentation", "none", "--temperature", "0.1",
+            "--batch-size", "64", *run[4:]]
     py = [sys.executable, "-m", "pipeline"]
     full_env = {**os.environ, **env}
     for stage, args in (
@@ -107,8 +109,8 @@ def test_native_bytes_differ_between_isa_levels(tmp_path, params_file):
 
 def test_unknown_mode_is_a_named_error(tmp_path, params_file):
     result = sh(sys.executable, "-m", "pipeline", "noisy_labels", "--params", params_file,
-                "--dataset", "digits", "--noise-fraction", "0.3", "--seed", "0",
-                "--labels", tmp_path / "labels.parquet", cwd=ROOT, check=False,
+                "--dataset", "digits", "--imbalance-ratio", "1", "--noise-fraction", "0.3",
+                "--seed", "0", "--labels", tmp_path / "labels.parquet", cwd=ROOT, check=False,
                 env={**os.environ, numerics.MODE_VARIABLE: "fast"})
     assert result.returncode != 0
     assert "PIPELINE_NUMERICS: expected one of portable, native, got 'fast'" in result.stderr

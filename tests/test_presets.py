@@ -6,16 +6,20 @@ import itertools
 import sys
 from dataclasses import astuple
 
+import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import ROOT, copy_project, sh, tiny_params
 from tiny_cifar import write_tiny_cifar
 
-from pipeline.infra import stage_table
+from pipeline.infra import datasets, stage_table
 from pipeline.infra.config import load_params
 from pipeline.infra.datasets import CIFAR
+from pipeline.infra.io import read_metadata
 from pipeline.infra.runs import Run
+from pipeline.maths.imbalance import imbalanced_counts
 
 PRESET = ROOT / "presets" / "paper.yaml"
 
@@ -28,12 +32,13 @@ PROTOCOL = {
     "noisy_labels.scheme": "flip",
     "train.common.encoder": "resnet18",
     "train.common.representation_dim": 512,
-    "train.common.batch_size": 256,
     "train.common.iterations": 100_000,
     "train.common.schedule": "exponential",
     "train.common.momentum": 0.9,
     "train.common.weight_decay": 1e-4,
-    "train.common.temperature": 0.1,
+    "grid.temperatures": [0.1],
+    "grid.batch_sizes": [256],
+    "grid.imbalance_ratios": [1],
     "train.common.eval_every": 500,
     "train.models.supcon.learning_rate": 0.1,
     "train.models.ce.learning_rate": 0.1,
@@ -92,8 +97,8 @@ def test_paper_preset_cut_to_a_few_iterations_runs_end_to_end(tmp_path):
     for name in ("cifar10", "cifar100"):
         archive = project / preset["datasets"][name]["archive"]
         preset["datasets"][name]["md5"] = write_tiny_cifar(archive, name, per_batch=12)
-    preset["grid"].update(noise_fractions=[0.0], seeds=[0])
-    preset["train"]["common"].update(iterations=2, eval_every=1, batch_size=8, compile=False)
+    preset["grid"].update(noise_fractions=[0.0], seeds=[0], batch_sizes=[8])
+    preset["train"]["common"].update(iterations=2, eval_every=1, compile=False)
     cut = project / "paper-cut.yaml"
     cut.write_text(yaml.safe_dump(preset))
     sh(sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", str(cut), cwd=project)
@@ -144,9 +149,8 @@ def test_multiview_preset_cut_to_a_few_iterations_runs_end_to_end(tmp_path):
     features: supcon_mv gets summary rows, claims rows (ii, iii, iv) and a panel beside supcon."""
     project = copy_project(tmp_path / "project")
     preset = yaml.safe_load(MULTIVIEW.read_text())
-    preset["grid"].update(seeds=[0])
-    preset["train"]["common"].update(iterations=20, eval_every=10, batch_size=32,
-                                     hidden_dims=[16])
+    preset["grid"].update(seeds=[0], batch_sizes=[32])
+    preset["train"]["common"].update(iterations=20, eval_every=10, hidden_dims=[16])
     preset["free_features"] = tiny_params()["free_features"]
     cut = project / "multiview-cut.yaml"
     cut.write_text(yaml.safe_dump(preset))
@@ -159,3 +163,89 @@ def test_multiview_preset_cut_to_a_few_iterations_runs_end_to_end(tmp_path):
     assert growth.criterion == "> 1"  # held to supcon's claim
     figures = {p.name for p in (project / "data/figures").iterdir()}
     assert {"geometry_digits.png", "iterations_to_fit_digits.png"} <= figures
+
+
+# ----------------------------------------------------------------------------- sweeps
+# Issue 15, items 1-3: one preset per setting axis, each sweeping that axis alone.
+
+SWEEPS = {  # preset -> (its axis, the values it sweeps, claims id, figure kind)
+    "temperature": ("temperatures", [0.05, 0.1, 0.2, 0.5, 1.0], "T", "temperature"),
+    "batch_size": ("batch_sizes", [32, 128, 512], "B", "batch_size"),
+    "imbalance": ("imbalance_ratios", [1, 3, 10, 30], "R", "imbalance"),
+}
+
+
+def sweep_preset(name: str):
+    return ROOT / "presets" / f"{name}.yaml"
+
+
+@pytest.mark.parametrize("name", SWEEPS)
+def test_a_sweep_preset_sweeps_one_setting_axis(name):
+    axis, values, _, _ = SWEEPS[name]
+    grid = load_params(sweep_preset(name))["grid"]
+    assert grid[axis] == values
+    default = load_params(ROOT / "params.yaml")["grid"]
+    for other in ("imbalance_ratios", "temperatures", "batch_sizes"):
+        if other != axis:  # the other settings stay the default run's
+            assert grid[other] == default[other], other
+    assert grid["noise_fractions"] == [0.0] and grid["seeds"] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("name", SWEEPS)
+def test_a_sweep_preset_is_params_yaml_but_for_the_grid(name):
+    """Like for like with the default run: same data, encoder, optimiser and losses; the
+    temperature sweep also runs the free features at its temperatures."""
+    preset, default = load_params(sweep_preset(name)), load_params(ROOT / "params.yaml")
+    if name == "temperature":
+        assert preset["free_features"].pop("temperatures") == preset["grid"]["temperatures"]
+        default["free_features"].pop("temperatures")
+    assert {k: v for k, v in preset.items() if k != "grid"} == (
+        {k: v for k, v in default.items() if k != "grid"}
+    )
+
+
+@pytest.mark.parametrize("name", SWEEPS)
+def test_a_sweep_preset_states_its_measured_run_time(name):
+    import re
+
+    line = re.search(r"# Measured by `python benchmarks/time_presets.py --write-doc`: (.*)",
+                     sweep_preset(name).read_text())
+    assert line and re.search(r"\d+ min \d+ s", line.group(1)), line
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("name", SWEEPS)
+def test_a_sweep_preset_cut_to_a_few_iterations_runs_end_to_end(tmp_path, name):
+    """The real Snakefile on the preset, cut to a few SGD steps, one seed, two values of its
+    axis and the tiny free features: summary rows per value, the extension's claims rows and
+    its figure."""
+    axis, values, claim, kind = SWEEPS[name]
+    project = copy_project(tmp_path / "project")
+    preset = yaml.safe_load(sweep_preset(name).read_text())
+    cut_values = [values[0], values[-1]]
+    small = {"batch_sizes": [16]} if axis != "batch_sizes" else {}
+    preset["grid"].update(seeds=[0], models=preset["grid"]["models"][:2], **small,
+                          **{axis: cut_values})
+    preset["train"]["common"].update(iterations=20, eval_every=10, hidden_dims=[16])
+    preset["free_features"] = tiny_params()["free_features"]
+    if name == "temperature":
+        preset["free_features"]["temperatures"] = cut_values
+    cut = project / f"{name}-cut.yaml"
+    cut.write_text(yaml.safe_dump(preset))
+    sh(sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", str(cut), cwd=project)
+    summary = pd.read_csv(project / "data/summary/summary.csv")
+    column = {"temperatures": "temperature", "batch_sizes": "batch_size",
+              "imbalance_ratios": "imbalance_ratio"}[axis]
+    assert sorted(summary[column].unique()) == sorted(float(v) for v in cut_values)
+    claims = pd.read_csv(project / "data/claims/claims.csv")
+    assert claim in set(claims["claim"])
+    figures = {p.name for p in (project / "data/figures").iterdir()}
+    assert {f"{kind}_digits.png", f"{kind}_digits.pdf"} <= figures
+    if name == "imbalance":  # the labels record the thinned split, as the profile says
+        labels = project / "data/labels/digits/rho30/noise0.0-seed0.parquet"
+        meta = read_metadata(labels)["noisy_labels"]["imbalance"]
+        assert (meta["profile"], meta["seed"], meta["ratio"]) == ("step", 0, 30.0)
+        split = datasets.load("digits", preset["datasets"]["digits"]).train.labels
+        expected = imbalanced_counts(np.bincount(split, minlength=10), "step", 30.0)
+        assert meta["class_counts"] == expected.tolist()
+        assert pq.read_table(labels).num_rows == expected.sum()

@@ -27,13 +27,14 @@ def write_params(tmp_path, params):
 
 
 def labels_args(params_file, labels, dataset="digits"):
-    return ["noisy_labels", "--params", params_file, "--dataset", dataset,
+    return ["noisy_labels", "--params", params_file, "--dataset", dataset, "--imbalance-ratio", "1",
             "--noise-fraction", "0.0", "--seed", "0", "--labels", labels]
 
 
 def train_args(params_file, labels, out, dataset="digits"):
-    return ["train", "--params", params_file, "--dataset", dataset, "--model", "supcon",
-            "--augmentation", "none", "--noise-fraction", "0.0", "--seed", "0", "--labels", labels,
+    return ["train", "--params", params_file, "--dataset", dataset, "--imbalance-ratio", "1",
+            "--model", "supcon", "--augmentation", "none", "--temperature", "0.1",
+            "--batch-size", "64", "--noise-fraction", "0.0", "--seed", "0", "--labels", labels,
             "--checkpoint", out / "m.pt", "--train-log", out / "log.parquet"]
 
 
@@ -42,10 +43,10 @@ def train_args(params_file, labels, out, dataset="digits"):
     [
         ("train.common.bach_size", 64, "unknown key 'train.common.bach_size'"),
         ("grid.noise_fractions", [1.5], "grid.noise_fractions.0: 1.5 is greater than the maximum"),
-        ("train.common.batch_size", 1, "train.common.batch_size: 1 is less than the minimum of 2"),
+        ("grid.batch_sizes", [1], "grid.batch_sizes.0: 1 is less than the minimum of 2"),
         ("grid.seeds", [-1], "grid.seeds.0: -1 is less than the minimum of 0"),
-        ("train.common.temperature", 0.0, "train.common.temperature: 0.0 is less than or equal"),
-        ("train.common.temperature", -0.1, "train.common.temperature: -0.1 is less than or equal"),
+        ("grid.temperatures", [0.0], "grid.temperatures.0: 0.0 is less than or equal"),
+        ("grid.temperatures", [-0.1], "grid.temperatures.0: -0.1 is less than or equal"),
         ("train.common.iterations", 0, "train.common.iterations: 0 is less than the minimum of 1"),
         ("train.common.representation_dim", 5, "representation_dim: 5 is too small for ce_fixed"),
         ("grid.datasets", ["../../etc"], "grid.datasets.0: '../../etc' does not match"),
@@ -56,7 +57,8 @@ def test_bad_params_stop_the_stage_with_a_named_error_and_write_nothing(
 ):
     params = tiny_params()
     labels = tmp_path / "labels.parquet"
-    make_noisy_labels(params, dataset="digits", noise_fraction=0.0, seed=0, labels=labels)
+    make_noisy_labels(params, dataset="digits", imbalance_ratio=1, noise_fraction=0.0, seed=0,
+                      labels=labels)
     bad = write_params(tmp_path, with_value(params, dotted, value))
     out = tmp_path / "out"
     result = cli(*train_args(bad, labels, out))
@@ -79,7 +81,8 @@ def test_truncated_or_mismatched_upstream_parquet_is_named(tmp_path, damage):
     params = tiny_params()
     params_file = write_params(tmp_path, params)
     labels = tmp_path / "labels.parquet"
-    make_noisy_labels(params, dataset="digits", noise_fraction=0.0, seed=0, labels=labels)
+    make_noisy_labels(params, dataset="digits", imbalance_ratio=1, noise_fraction=0.0, seed=0,
+                      labels=labels)
     if damage == "truncate":
         labels.write_bytes(labels.read_bytes()[:-100])
         expected = "labels.parquet: unreadable or truncated Parquet file"

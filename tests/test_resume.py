@@ -20,7 +20,8 @@ from pipeline.stages.train import resume_path
 
 def command(params_file, labels, out):
     return [sys.executable, "-m", "pipeline", "train", "--params", str(params_file),
-            "--dataset", "digits", "--model", "supcon", "--augmentation", "none",
+            "--dataset", "digits", "--imbalance-ratio", "1", "--model", "supcon",
+            "--augmentation", "none", "--temperature", "0.1", "--batch-size", "64",
             "--noise-fraction", "0.3", "--seed", "0",
             "--labels", str(labels), "--checkpoint", str(out / "model.pt"),
             "--train-log", str(out / "log.parquet")]
@@ -29,11 +30,12 @@ def command(params_file, labels, out):
 @pytest.fixture
 def setup(tmp_path):
     params = tiny_params()
-    params["train"]["common"].update(iterations=1500, eval_every=25, batch_size=64)
+    params["train"]["common"].update(iterations=1500, eval_every=25)
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(params))
     labels = tmp_path / "labels.parquet"
-    make_noisy_labels(params, dataset="digits", noise_fraction=0.3, seed=0, labels=labels)
+    make_noisy_labels(params, dataset="digits", imbalance_ratio=1, noise_fraction=0.3, seed=0,
+                      labels=labels)
     env = {**os.environ, "PIPELINE_CHECKPOINT_SECONDS": "0"}  # a resume point every eval
     return params_file, labels, env
 

@@ -13,6 +13,7 @@ from conftest import ROOT, default_params
 from pipeline.infra import stage_table
 from pipeline.infra.config import ParamsError, check_dvc_yaml_grid, digest, validate_params
 from pipeline.infra.frontends import job_lists
+from pipeline.infra.runs import SETTING
 
 
 def single_product() -> dict:
@@ -30,14 +31,17 @@ def with_run_sets(run_sets, **axes) -> dict:
 
 
 def keys(stage, grid) -> list[tuple[str, ...]]:
-    return [tuple(job.values()) for job in stage_table.grid_jobs(stage, grid)]
+    """Each job's values but those of the setting axes (one value each here)."""
+    return [tuple(v for w, v in job.items() if w not in SETTING)
+            for job in stage_table.grid_jobs(stage, grid)]
 
 
 def test_a_single_product_is_the_product_in_itertools_order():
     grid = single_product()["grid"]
     for stage in (stage_table.NOISY_LABELS, stage_table.TRAIN):
         axes = [[str(v) for v in grid[stage_table.grid_axis(w)]] for w in stage.matrix]
-        assert keys(stage, grid) == list(itertools.product(*axes))
+        jobs = [tuple(job.values()) for job in stage_table.grid_jobs(stage, grid)]
+        assert jobs == list(itertools.product(*axes))
 
 
 def test_the_union_has_each_run_once_in_the_axes_order_whatever_the_sets():
@@ -70,11 +74,11 @@ def test_a_set_names_values_as_the_axis_spells_them():
 def test_dvc_names_each_job_as_its_matrix_did():
     lists = job_lists(with_run_sets({"clean": {"noise_fractions": [0.0]}})["grid"])
     assert set(lists) == {"noisy_labels_jobs", "train_jobs"}
-    assert lists["train_jobs"]["digits-ce_fixed-none-0.0-1"] == {
-        "dataset": "digits", "model": "ce_fixed", "augmentation": "none", "noise_fraction": "0.0",
-        "seed": "1",
+    assert lists["train_jobs"]["digits-1-ce_fixed-none-0.1-256-0.0-1"] == {
+        "dataset": "digits", "imbalance_ratio": "1", "model": "ce_fixed", "augmentation": "none",
+        "temperature": "0.1", "batch_size": "256", "noise_fraction": "0.0", "seed": "1",
     }
-    assert list(lists["noisy_labels_jobs"]) == ["digits-0.0-0", "digits-0.0-1"]
+    assert list(lists["noisy_labels_jobs"]) == ["digits-1-0.0-0", "digits-1-0.0-1"]
 
 
 def test_every_stage_name_of_the_default_params_is_one_dvc_lock_records():
@@ -152,7 +156,7 @@ def test_dvc_yaml_drops_the_lock_entries_of_stages_the_grid_no_longer_has(tmp_pa
 
     grid = default_params()["grid"]
     kept = sorted(stage_names(grid))[:2]
-    gone = "train@digits-ce_fixed-none-0.2-0"  # ce_fixed's run set has no p = 0.2
+    gone = "train@digits-1-ce_fixed-none-0.1-256-0.2-0"  # ce_fixed's run set has no p = 0.2
     assert gone not in stage_names(grid) and "aggregate" in stage_names(grid)
     lock = tmp_path / "dvc.lock"
     lock.write_text("schema: '2.0'\nstages:\n" + "".join(

@@ -200,13 +200,13 @@ def squeue_states_by_id(env: dict, ids: list[str]) -> dict[str, str]:
     return dict(line.split("|") for line in listed.split())
 
 
-RUN = "digits/supcon/none/noise0.3-seed0"
+RUN = "digits/rho1/supcon/none/tau0.1-b64/noise0.3-seed0"
 
 
 def long_training_params() -> dict:
     params = tiny_params()
     # 2,000 steps (~10 s): long after the first resume point (step 25), when scancel lands
-    params["train"]["common"].update(iterations=2000, eval_every=25, batch_size=64)
+    params["train"]["common"].update(iterations=2000, eval_every=25)
     return params
 
 
@@ -265,7 +265,7 @@ def cancel_then_resume(cluster, tmp_path, target, reference, reference_run, refe
 
 def test_too_small_memory_request_reaches_the_user_and_marks_nothing_done(cluster, tmp_path):
     project = new_project(tmp_path / "project", tiny_params())
-    target = "data/labels/digits/noise0.3-seed0.parquet"
+    target = "data/labels/digits/rho1/noise0.3-seed0.parquet"
     result = snakemake(project, cluster, "--no-hooks", target, "--set-resources",
                        "noisy_labels:mem_mb=50", check=False)
     output = result.stdout + result.stderr
@@ -281,7 +281,7 @@ def test_too_small_memory_request_reaches_the_user_and_marks_nothing_done(cluste
 
 def test_second_workflow_on_the_same_checkout_refuses(cluster, tmp_path):
     project = new_project(tmp_path / "project", tiny_params())
-    target = "data/labels/digits/noise0.3-seed0.parquet"
+    target = "data/labels/digits/rho1/noise0.3-seed0.parquet"
     first = subprocess.Popen([*ON_CLUSTER, "--no-hooks", target],
                              cwd=project, env=cluster, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)

@@ -81,4 +81,5 @@ def test_plain_touch_leaves_dvc_lock_alone(private):
     assert "dvc.lock is left as it is" in result.stderr
     assert (private / "dvc.lock").read_bytes() == lock
     stale = sh("dvc", "status", "--json", cwd=private).stdout
-    assert stage_table.GEOMETRY.name + "@digits-ce-none-0.0-0" in stale  # DVC still sees the change
+    # DVC still sees the change
+    assert stage_table.GEOMETRY.name + "@digits-1-ce-none-0.1-64-0.0-0" in stale

@@ -6,11 +6,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from runs import run
+from runs import run, run_of
 
 from pipeline.infra import schemas
 from pipeline.infra.io import read_metadata
-from pipeline.infra.runs import Run
 from pipeline.maths.simplex import regular_simplex
 from pipeline.stages.train import (
     DivergenceError,
@@ -23,7 +22,7 @@ from pipeline.stages.train import (
 
 
 def config(params, model="ce"):
-    return TrainConfig.from_params(params, Run("digits", model, "none", 0.0, 0))
+    return TrainConfig.from_params(params, run_of(params, model, noise_fraction=0.0))
 
 
 def test_exponential_and_cosine_schedules(small_params):
@@ -55,7 +54,7 @@ def test_train_writes_log_and_checkpoint_deterministically(tmp_path, small_param
         assert (log["loss"] == log["supcon_loss"]).all()
 
     cfg, state = load_checkpoint(paths["checkpoint"])
-    assert cfg == TrainConfig.from_params(small_params, Run("digits", model, "none", 0.3, 0))
+    assert cfg == TrainConfig.from_params(small_params, run_of(small_params, model))
     assert read_metadata(paths["train_log"])["train_config"] == cfg.to_dict()
     assert not any("bias" in k for k in state if k.startswith("head"))
     # same inputs and seed -> byte-identical artifacts
@@ -88,7 +87,8 @@ def test_divergence_names_run_iteration_and_value_and_writes_nothing(
     tmp_path, small_params, labels
 ):
     small_params["train"]["models"]["ce"]["learning_rate"] = 1e30
-    expected = r"run digits/ce/none/noise0.3-seed0: loss is (nan|inf) at iteration \d+"
+    expected = (r"run digits/rho1/ce/none/tau0.1-b64/noise0.3-seed0: loss is (nan|inf) at "
+                r"iteration \d+")
     with pytest.raises(DivergenceError, match=expected):
         run(tmp_path, small_params, labels, "ce")
     assert list(tmp_path.glob("a.*")) == []
@@ -135,9 +135,9 @@ def test_log_carries_the_gap_to_the_sampler_expected_optimum(tmp_path, small_par
     table, _ = run(tmp_path, small_params, labels, model)
     log = table.to_pandas()
     noisy = pq.read_table(labels)["noisy_label"].to_numpy()
-    common = small_params["train"]["common"]
+    grid = small_params["grid"]
     optimum = expected_supcon_optimum(
-        class_frequencies(noisy, 10), common["batch_size"], common["temperature"], 1.0
+        class_frequencies(noisy, 10), grid["batch_sizes"][0], grid["temperatures"][0], 1.0
     )
     assert (log["supcon_optimum"] == optimum).all()
     np.testing.assert_allclose(log["supcon_gap"], log["supcon_loss"] - optimum, rtol=1e-12)

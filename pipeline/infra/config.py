@@ -108,6 +108,7 @@ def _check_run_sets(grid: dict, source: str) -> None:
 
 def _check_cross_fields(params: dict, source: str) -> None:
     from pipeline.infra.datasets import REGISTRY
+    from pipeline.infra.grid import jobs
 
     _check_run_sets(params["grid"], source)
     for name in params["grid"]["datasets"]:
@@ -118,6 +119,15 @@ def _check_cross_fields(params: dict, source: str) -> None:
         if name not in params["datasets"]:
             raise ParamsError(
                 f"{source}: grid.datasets lists {name!r} but datasets.{name} is missing"
+            )
+    imbalanced = {job["dataset"] for job in jobs(("dataset", "imbalance_ratio"), params["grid"])
+                  if float(job["imbalance_ratio"]) != 1.0}
+    for name in sorted(imbalanced):
+        if "imbalance" not in params["datasets"][name]:
+            ratios = [r for r in params["grid"]["imbalance_ratios"] if r != 1]
+            raise ParamsError(
+                f"{source}: grid.imbalance_ratios lists {ratios} for dataset {name!r}, but "
+                f"datasets.{name}.imbalance (profile and seed) is missing"
             )
     for model in params["grid"]["models"]:
         if model not in params["train"]["models"]:

@@ -13,12 +13,13 @@ import io
 import pickle
 import tarfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.infra.io import file_md5
+from pipeline.maths.imbalance import imbalanced_subset
 
 
 @dataclass(frozen=True)
@@ -226,3 +227,25 @@ def load(name: str, params: dict) -> Data:
         if split.images.shape[1:] != spec(name).image_shape or split.images.dtype != np.uint8:
             raise DatasetError(f"dataset {name!r}: images are not uint8 {spec(name).image_shape}")
     return data
+
+
+def training_subset(name: str, params: dict, data: Data, ratio: float) -> np.ndarray:
+    """Sorted indices into ``data.train`` of the samples a run at imbalance ``ratio`` trains
+    on: every sample at ratio 1; otherwise the ``datasets.<name>.imbalance`` profile applied
+    to each class's own count (pipeline/maths/imbalance.py), the kept samples drawn once from
+    its seed, so every run (noise fraction, seed, model) of that ratio shares them."""
+    if float(ratio) == 1.0:
+        return np.arange(data.train.labels.shape[0], dtype=np.int64)
+    setting = params.get("imbalance")
+    if setting is None:
+        raise DatasetError(
+            f"dataset {name!r}: imbalance ratio {ratio} needs datasets.{name}.imbalance "
+            "(profile and seed) in the params"
+        )
+    return imbalanced_subset(data.train.labels, data.num_classes, setting["profile"],
+                             float(ratio), setting["seed"])
+
+
+def with_training_subset(data: Data, index: np.ndarray) -> Data:
+    """``data`` with its training split cut to ``index`` (the test split stays whole)."""
+    return replace(data, train=Split(data.train.images[index], data.train.labels[index]))

@@ -1,8 +1,9 @@
 """Which runs exist: the `grid:` section of params.yaml, as jobs of one matrix of wildcards.
 
-The grid's axes (datasets, models, augmentations, noise fractions, seeds) list every value a
-run may use, in the order results are shown. Without ``run_sets`` the runs are the axes' full
-product; with it, the union of its named sub-grids' products, each run once. A module of its
+The grid's axes (datasets, imbalance ratios, models, augmentations, temperatures, batch sizes,
+noise fractions, seeds) list every value a run may use, in the order results are shown.
+Without ``run_sets`` the runs are the axes' full product; with it, the union of its named
+sub-grids' products, each run once. A module of its
 own, imported by the stage table (pipeline/infra/stage_table.py, whose ``grid_jobs`` is the one
 enumeration the front-ends, aggregate, figures and lineage call) and by the params checks
 (pipeline/infra/config.py): a stage whose code reaches either depends on these few lines only, not
@@ -16,11 +17,16 @@ import itertools
 # wildcard -> the params.yaml list that enumerates it
 GRID_AXES: dict[str, str] = {
     "dataset": "grid.datasets",
+    "imbalance_ratio": "grid.imbalance_ratios",  # rho = N_max / N_min of the training split
     "model": "grid.models",
     "augmentation": "grid.augmentations",
+    "temperature": "grid.temperatures",  # tau of supcon (and of the supcon tracked on ce)
+    "batch_size": "grid.batch_sizes",  # b, samples (images) per SGD step
     "noise_fraction": "grid.noise_fractions",
     "seed": "grid.seeds",
 }
+# The axes the paper holds fixed (one value each in its protocol); an extension sweeps them.
+SETTING_AXES: tuple[str, ...] = ("imbalance_ratio", "temperature", "batch_size")
 
 # Key of `grid:` naming its sub-grids; without it the grid is the one product of its axes.
 RUN_SETS = "run_sets"

@@ -23,6 +23,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from pipeline.infra import numerics, stage_table
+from pipeline.infra.io import read_metadata
+from pipeline.infra.runs import COLUMNS, Run, setting_name
 
 DOC = Path("docs/results.md")
 README = Path("README.md")
@@ -51,13 +53,22 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _with_setting(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with a ``setting`` column (pipeline/infra/runs.py's name of its setting)."""
+    return table.assign(setting=[setting_name(r) for r in table.to_dict("records")])
+
+
 class Outputs:
     """The default run's outputs, read once."""
 
     def __init__(self, root: Path):
         self.root = root
         self.runs = pq.read_table(root / stage_table.RUNS_TABLE).to_pandas()
-        self.summary = pq.read_table(root / stage_table.SUMMARY_TABLE).to_pandas()
+        # the grid the runs table was made for (aggregate records it): its jobs spell the
+        # per-run paths (rho1, not the table's 1.0)
+        self.jobs = stage_table.grid_jobs(stage_table.GEOMETRY,
+                                          read_metadata(root / stage_table.RUNS_TABLE)["grid"])
+        self.summary = _with_setting(pq.read_table(root / stage_table.SUMMARY_TABLE).to_pandas())
         growth = json.loads((root / stage_table.GROWTH_METRICS).read_text())
         self.numerics = growth.pop(numerics.METADATA_KEY, None)
         self.growth = growth
@@ -69,27 +80,29 @@ class Outputs:
         self.claims_table = pd.read_csv(table) if table.exists() else None
 
     def groups(self):
-        """(dataset, augmentation) pairs in grid order."""
+        """(dataset, augmentation, setting) triples in grid order."""
         return list(dict.fromkeys(zip(self.summary["dataset"], self.summary["augmentation"],
-                                      strict=True)))
+                                      self.summary["setting"], strict=True)))
 
-    def cosines(self, dataset, model, augmentation, noise) -> pd.DataFrame:
-        """Every seed's cosines.parquet of one (dataset, model, augmentation, noise), stacked."""
-        frames = []
-        rows = self.runs[(self.runs.dataset == dataset) & (self.runs.model == model)
-                         & (self.runs.augmentation == augmentation)
-                         & (self.runs.noise_fraction == noise)]
-        for seed in rows["seed"]:
-            path = self.root / stage_table.fill(
-                stage_table.COSINES, dataset=dataset, model=model, augmentation=augmentation,
-                noise_fraction=noise, seed=seed,
-            )
-            frames.append(pq.read_table(path).to_pandas())
+    def of(self, dataset, augmentation, setting) -> pd.DataFrame:
+        """The summary rows of one (dataset, augmentation, setting)."""
+        s = self.summary
+        return s[(s.dataset == dataset) & (s.augmentation == augmentation)
+                 & (s.setting == setting)]
+
+    def cosines(self, point) -> pd.DataFrame:
+        """Every seed's cosines.parquet of one grid point (a summary row), stacked."""
+        want = {c: getattr(point, c) for c in COLUMNS if c != "seed"}
+        frames = [
+            pq.read_table(self.root / stage_table.fill(stage_table.COSINES, **job)).to_pandas()
+            for job in self.jobs
+            if {c: v for c, v in Run.of(job).columns().items() if c != "seed"} == want
+        ]
         return pd.concat(frames, ignore_index=True)
 
 
-def iterations_table(out: Outputs, dataset: str, augmentation: str) -> str:
-    s = out.summary[(out.summary.dataset == dataset) & (out.summary.augmentation == augmentation)]
+def iterations_table(out: Outputs, dataset: str, augmentation: str, setting: str) -> str:
+    s = out.of(dataset, augmentation, setting)
     noises = sorted(s["noise_fraction"].unique())
     rows = []
     for model, group in s.groupby("model", sort=False):
@@ -103,7 +116,7 @@ def iterations_table(out: Outputs, dataset: str, augmentation: str) -> str:
             mean = r["iterations_to_fit_mean"]
             fitted = f"{int(r['n_fit'])}/{int(r['n_seeds'])}"
             cells.append(f"{mean:,.0f} ({fitted})" if np.isfinite(mean) else f"— ({fitted})")
-        fit = out.growth[dataset][augmentation][model]
+        fit = out.growth[dataset][augmentation][setting][model]
         exponent = "—" if fit["exponent"] is None else (
             f"{fit['exponent']:.2f} (c = {fit['coefficient']:,.0f})")
         rows.append([model, *cells, exponent, str(fit["runs_not_fit"])])
@@ -111,9 +124,10 @@ def iterations_table(out: Outputs, dataset: str, augmentation: str) -> str:
     return _table(header, rows)
 
 
-def accuracy_table(out: Outputs, dataset: str, augmentation: str, noise: float) -> str:
-    s = out.summary[(out.summary.dataset == dataset) & (out.summary.augmentation == augmentation)
-                    & (out.summary.noise_fraction == noise)]
+def accuracy_table(out: Outputs, dataset: str, augmentation: str, setting: str,
+                   noise: float) -> str:
+    s = out.of(dataset, augmentation, setting)
+    s = s[s.noise_fraction == noise]
     rows = [[r.model, _pct(r.test_accuracy_class_mean_mean), _pct(r.test_accuracy_head_mean),
              _pct(getattr(r, "probe_test_accuracy_mean", None)),
              _pct(r.train_accuracy_noisy_mean)] for r in s.itertuples()]
@@ -121,12 +135,13 @@ def accuracy_table(out: Outputs, dataset: str, augmentation: str, noise: float) 
                    "train (labels trained on)"], rows)
 
 
-def geometry_table(out: Outputs, dataset: str, augmentation: str, noise: float) -> str:
-    s = out.summary[(out.summary.dataset == dataset) & (out.summary.augmentation == augmentation)
-                    & (out.summary.noise_fraction == noise)]
+def geometry_table(out: Outputs, dataset: str, augmentation: str, setting: str,
+                   noise: float) -> str:
+    s = out.of(dataset, augmentation, setting)
+    s = s[s.noise_fraction == noise]
     rows = []
     for r in s.itertuples():
-        cos = out.cosines(dataset, r.model, augmentation, noise)
+        cos = out.cosines(r)
         means = cos[cos.kind == "class_means"]["value"].to_numpy()
         samples = cos[cos.kind == "sample_to_class_mean"]["value"].to_numpy()
         head = cos[cos.kind == "head_weights"]["value"].to_numpy()
@@ -144,9 +159,9 @@ def geometry_table(out: Outputs, dataset: str, augmentation: str, noise: float) 
                    "NC1", "Gram distance to simplex"], rows)
 
 
-def gap_table(out: Outputs, dataset: str, augmentation: str) -> str:
-    s = out.summary[(out.summary.dataset == dataset) & (out.summary.augmentation == augmentation)
-                    & (out.summary.model == "supcon")]
+def gap_table(out: Outputs, dataset: str, augmentation: str, setting: str) -> str:
+    s = out.of(dataset, augmentation, setting)
+    s = s[s.model == "supcon"]
     rows = [[f"{r.noise_fraction:g}", f"{r.supcon_optimum_mean:.4f}",
              f"{r.final_supcon_gap_mean:.4f} ± {r.final_supcon_gap_std:.4f}",
              _pct(r.test_accuracy_class_mean_mean)] for r in s.itertuples()]
@@ -182,8 +197,9 @@ def render_doc(out: Outputs) -> str:
                                 free=stage_table.FREE_FEATURES_TABLE), "",
              f"Numerics: `{json.dumps(out.numerics, sort_keys=True)}` "
              "(pipeline/infra/numerics.py).", ""]
-    for dataset, augmentation in out.groups():
-        title = f"{dataset}, augmentation {augmentation}"
+    several = len({setting for _, _, setting in out.groups()}) > 1
+    for dataset, augmentation, setting in out.groups():
+        title = f"{dataset}, augmentation {augmentation}" + (f", {setting}" if several else "")
         noise0 = float(out.summary["noise_fraction"].min())
         seeds = int(out.summary["n_seeds"].max())
         parts += [
@@ -193,16 +209,16 @@ def render_doc(out: Outputs) -> str:
             "pipeline/maths/statistics.py) over p > 0: log iterations = log c + a log p + noise, "
             "where a run that never fits counts as needing more than the steps it was given, "
             "not as missing; its 95% interval is in the claims table below.", "",
-            iterations_table(out, dataset, augmentation), "",
+            iterations_table(out, dataset, augmentation, setting), "",
             f"## {title}: accuracy at noise {noise0:g} (mean over seeds)", "",
-            accuracy_table(out, dataset, augmentation, noise0), "",
+            accuracy_table(out, dataset, augmentation, setting, noise0), "",
             f"## {title}: geometry at noise {noise0:g} on the training set", "",
             "Cosines pooled over the seeds (the class-mean pairs of every seed); NC1 and the "
             "relative Frobenius distance of the normalised Gram matrix to the simplex's, "
             "mean over seeds.", "",
-            geometry_table(out, dataset, augmentation, noise0), "",
+            geometry_table(out, dataset, augmentation, setting, noise0), "",
             f"## {title}: supcon's final gap to its optimum against test accuracy", "",
-            gap_table(out, dataset, augmentation), "",
+            gap_table(out, dataset, augmentation, setting), "",
         ]
     if out.free is not None:
         parts += ["## Free features (Section 5.1): final records", "",
@@ -218,9 +234,9 @@ def render_doc(out: Outputs) -> str:
 
 def render_readme_block(out: Outputs) -> str:
     """The README's short block: the headline fit per model and the noise-0 accuracies."""
-    dataset, augmentation = out.groups()[0]
+    dataset, augmentation, setting = out.groups()[0]
     noise0 = float(out.summary["noise_fraction"].min())
-    fits = out.growth[dataset][augmentation]
+    fits = out.growth[dataset][augmentation][setting]
     sentences = "; ".join(
         f"{model} a = {_fmt(fit['exponent'], 2)}"
         + ("" if fit["exponent_ci95"] is None else
@@ -233,7 +249,7 @@ def render_readme_block(out: Outputs) -> str:
         BEGIN,
         f"Growth of iterations-to-fit with the noise fraction p, fitted as c·pᵃ ({dataset}): "
         f"{sentences}. Test accuracy at p = {noise0:g}:", "",
-        accuracy_table(out, dataset, augmentation, noise0), "",
+        accuracy_table(out, dataset, augmentation, setting, noise0), "",
         *(["What this run says of the paper's claims (verdicts of stage `claims`, computed "
            "from each measure's 95% interval and the `claims` tolerances in params.yaml):", "",
            claims_in_words(out.claims_table), "", out.claims]
@@ -249,6 +265,10 @@ CLAIM_NAMES = {
     "ii": "(ii) at noise 0 the learned representations approach the simplex",
     "iii": "(iii) closer to the optimum goes with better test accuracy",
     "iv": "(iv) supcon's iterations-to-fit grow superlinearly in p, CE's about linearly",
+    "T": "(T, extension) a higher temperature brings supcon's class means closer to the simplex",
+    "B": "(B, extension) which batch size reaches the simplex; a larger one gets supcon closer",
+    "R": "(R, extension) imbalance moves supcon's means off the simplex, collapses CE's "
+         "minority head rows and costs the minority test accuracy",
 }
 
 
@@ -259,7 +279,7 @@ def claims_in_words(table: pd.DataFrame) -> str:
         rows = table[table["claim"] == claim]
         if rows.empty:
             continue
-        by = {v: [f"{r.model} ({r.measure})" if claim in ("i", "ii") else r.model
+        by = {v: [f"{r.model} ({r.measure})" if claim in ("i", "ii", "T", "B", "R") else r.model
                   for r in rows[rows.verdict == v].itertuples()]
               for v in ("replicates", "does not", "inconclusive")}
         parts = [f"{verdict}: {', '.join(items)}" for verdict, items in by.items() if items]

@@ -1,4 +1,4 @@
-"""One training run's identity as one type: the five values that name a run in the grid's
+"""One training run's identity as one type: the eight values that name a run in the grid's
 jobs, the CLI, its training config, the runs table's identity columns and the figures.
 
 Paths keep the grid's own spelling of each value (a job's text, e.g. noise ``0.2`` as the
@@ -15,15 +15,18 @@ from dataclasses import astuple, dataclass, fields
 @dataclass(frozen=True)
 class Run:
     dataset: str
+    imbalance_ratio: float  # rho = N_max / N_min of the training split; 1: as the dataset is
     model: str
     augmentation: str
+    temperature: float  # tau of supcon
+    batch_size: int  # b, samples per SGD step
     noise_fraction: float
     seed: int
 
     def __post_init__(self) -> None:
-        # From a job's text ("0.2", "1") or a YAML int noise (0): always the typed values.
-        object.__setattr__(self, "noise_fraction", float(self.noise_fraction))
-        object.__setattr__(self, "seed", int(self.seed))
+        # From a job's text ("0.2", "1") or a YAML int (noise 0): always the typed values.
+        for name, kind in COLUMN_TYPES.items():
+            object.__setattr__(self, name, kind(getattr(self, name)))
 
     @classmethod
     def of(cls, values: Mapping[str, object]) -> Run:
@@ -33,7 +36,8 @@ class Run:
     @property
     def name(self) -> str:
         """How logs and error messages name the run."""
-        return (f"{self.dataset}/{self.model}/{self.augmentation}/"
+        return (f"{self.dataset}/rho{self.imbalance_ratio:g}/{self.model}/{self.augmentation}/"
+                f"tau{self.temperature:g}-b{self.batch_size}/"
                 f"noise{self.noise_fraction}-seed{self.seed}")
 
     def columns(self) -> dict[str, object]:
@@ -42,3 +46,18 @@ class Run:
 
 
 COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Run))
+# the annotations are text here (postponed evaluation): each named type, by its name
+COLUMN_TYPES: dict[str, type] = {f.name: {"str": str, "float": float, "int": int}[f.type]
+                                 for f in fields(Run)}
+
+# The axes the paper's protocol holds fixed and an extension sweeps (pipeline/infra/grid.py):
+# one value of each is a run's "setting". Results that compare models (growth fits, claims,
+# figures) compare them within one setting.
+SETTING: tuple[str, ...] = ("imbalance_ratio", "temperature", "batch_size")
+STRING_COLUMNS: tuple[str, ...] = tuple(n for n in COLUMNS if COLUMN_TYPES[n] is str)
+
+
+def setting_name(values: Mapping[str, object]) -> str:
+    """A setting as one key, e.g. "rho1-tau0.1-b256": of a Run's columns or a table row."""
+    return (f"rho{float(values['imbalance_ratio']):g}-tau{float(values['temperature']):g}-"
+            f"b{int(values['batch_size'])}")

@@ -19,13 +19,17 @@ from pipeline.infra import grid as _grid
 # The run grid's axes and run sets live in pipeline/infra/grid.py; re-exported under these names.
 from pipeline.infra.grid import GRID_AXES, RUN_SETS, grid_axis, run_sets  # noqa: F401
 
+_NUMBER = r"[0-9]+(\.[0-9]+)?(e-?[0-9]+)?"  # a YAML number as Python's str spells it
 # Each wildcard (one axis of the run grid): the regex Snakemake parses it back out of paths
 # with, and the type the CLI reads it as.
 WILDCARDS: dict[str, tuple[str, type]] = {
     "dataset": (r"[a-z][a-z0-9_]*", str),
+    "imbalance_ratio": (_NUMBER, float),
     "model": (r"[a-z][a-z0-9_]*", str),
     "augmentation": (r"[a-z]+", str),
-    "noise_fraction": (r"[0-9]+(\.[0-9]+)?(e-?[0-9]+)?", float),
+    "temperature": (_NUMBER, float),
+    "batch_size": (r"[0-9]+", int),
+    "noise_fraction": (_NUMBER, float),
     "seed": (r"[0-9]+", int),
 }
 WILDCARD_CONSTRAINTS: dict[str, str] = {w: regex for w, (regex, _) in WILDCARDS.items()}
@@ -34,10 +38,15 @@ WILDCARD_TYPES: dict[str, type] = {w: kind for w, (_, kind) in WILDCARDS.items()
 PARAMS_FILE = "params.yaml"
 LOCK_FILE = "dvc.lock"  # DVC's record of every stage run: committed, the lineage of results
 
-# One training run's identity inside every per-run folder.
-RUN = "{dataset}/{model}/{augmentation}/noise{noise_fraction}-seed{seed}"
+# One training run's identity inside every per-run folder: the training data (dataset and its
+# imbalance), the model and its input augmentation, the loss's temperature and the batch size
+# (the paper's protocol fixes those two; an extension sweeps them), then noise and seed.
+RUN = (
+    "{dataset}/rho{imbalance_ratio}/{model}/{augmentation}/tau{temperature}-b{batch_size}/"
+    "noise{noise_fraction}-seed{seed}"
+)
 
-LABELS = "data/labels/{dataset}/noise{noise_fraction}-seed{seed}.parquet"
+LABELS = "data/labels/{dataset}/rho{imbalance_ratio}/noise{noise_fraction}-seed{seed}.parquet"
 MODEL = f"data/models/{RUN}.pt"
 TRAIN_LOG = f"data/train_logs/{RUN}.parquet"
 EMBEDDINGS = f"data/embeddings/{RUN}.parquet"
@@ -145,6 +154,8 @@ _PLOTTING_CODE = (
     *_SHARED_CODE,
 )
 
+RUN_MATRIX = tuple(_grid.GRID_AXES)  # the per-run stages: one job per training run
+
 _TRAIN_CODE = (
     "pipeline/stages/train.py",
     "pipeline/maths/models.py",
@@ -152,6 +163,7 @@ _TRAIN_CODE = (
     "pipeline/maths/simplex.py",
     "pipeline/maths/theory.py",
     "pipeline/infra/datasets.py",
+    "pipeline/maths/imbalance.py",
     "pipeline/maths/batches.py",
     "pipeline/infra/devices.py",
     "pipeline/maths/optim.py",
@@ -162,17 +174,22 @@ _TRAIN_CODE = (
 NOISY_LABELS = Stage(
     name="noisy_labels",
     entry="make_noisy_labels",
-    matrix=("dataset", "noise_fraction", "seed"),
+    matrix=("dataset", "imbalance_ratio", "noise_fraction", "seed"),
     deps={},
     outs={"labels": LABELS},
     params=("datasets.{dataset}", "noisy_labels"),
-    code=("pipeline/stages/noisy_labels.py", "pipeline/infra/datasets.py", *_SHARED_CODE),
+    code=(
+        "pipeline/stages/noisy_labels.py",
+        "pipeline/infra/datasets.py",
+        "pipeline/maths/imbalance.py",
+        *_SHARED_CODE,
+    ),
 )
 
 TRAIN = Stage(
     name="train",
     entry="train",
-    matrix=("dataset", "model", "augmentation", "noise_fraction", "seed"),
+    matrix=RUN_MATRIX,
     deps={"labels": LABELS},
     outs={"checkpoint": MODEL, "train_log": TRAIN_LOG},
     params=("datasets.{dataset}", "train.common", "train.models.{model}"),
@@ -182,7 +199,7 @@ TRAIN = Stage(
 EMBED = Stage(
     name="embed",
     entry="extract_embeddings",
-    matrix=("dataset", "model", "augmentation", "noise_fraction", "seed"),
+    matrix=RUN_MATRIX,
     deps={"labels": LABELS, "checkpoint": MODEL},
     outs={"embeddings": EMBEDDINGS, "head": HEAD},
     # the train keys too: the checkpoint must have been made with the current config
@@ -193,7 +210,7 @@ EMBED = Stage(
 GEOMETRY = Stage(
     name="geometry",
     entry="measure_geometry",
-    matrix=("dataset", "model", "augmentation", "noise_fraction", "seed"),
+    matrix=RUN_MATRIX,
     deps={"embeddings": EMBEDDINGS, "head": HEAD, "train_log": TRAIN_LOG},
     outs={"metrics": GEOMETRY_METRICS, "cosines": COSINES},
     params=("geometry",),
@@ -201,6 +218,7 @@ GEOMETRY = Stage(
         "pipeline/stages/geometry.py",
         "pipeline/maths/metrics.py",
         "pipeline/maths/collapse.py",
+        "pipeline/maths/imbalance.py",
         "pipeline/maths/simplex.py",
         *_RUN_CODE,
         *_SHARED_CODE,
@@ -241,16 +259,24 @@ FIGURES = Stage(
     matrix=(),
     deps={
         "runs": RUNS_TABLE,
-        "geometry_dir": GridDir(GEOMETRY_DIR, (COSINES,)),
+        # metrics.json: the per-class test accuracies of the imbalance figure (the runs table
+        # leaves lists out)
+        "geometry_dir": GridDir(GEOMETRY_DIR, (COSINES, GEOMETRY_METRICS)),
         "train_log_dir": GridDir(TRAIN_LOG_DIR, (TRAIN_LOG,)),
+        "free_features": FREE_FEATURES_TABLE,  # the temperature figure's free-feature side
     },
     outs={"figures": FIGURES_DIR},
-    params=("grid", "figures"),
+    # The temperature figure marks which tau reach the simplex by the claims' own tolerances:
+    # these three keys only, so another claims tolerance reruns no figure.
+    params=("grid", "figures", "claims.simplex_cosine_deviation", "claims.free_relative_gap",
+            "claims.free_cosine_deviation"),
     # the figures draw aggregate's growth fit (and its bootstrap band) as growth.json holds it
     code=(
         "pipeline/stages/figures.py",
         "pipeline/stages/aggregate.py",
         "pipeline/maths/statistics.py",
+        "pipeline/infra/sweep_plots.py",
+        "pipeline/maths/imbalance.py",
         *_RUN_CODE,
         *_PLOTTING_CODE,
     ),
@@ -273,6 +299,7 @@ FREE_FEATURES = Stage(
         "pipeline/maths/simplex.py",
         "pipeline/maths/metrics.py",
         "pipeline/maths/collapse.py",
+        "pipeline/maths/imbalance.py",
         *_PLOTTING_CODE,
     ),
     directory_outs=("figures",),
@@ -285,7 +312,12 @@ CLAIMS = Stage(
     deps={"runs": RUNS_TABLE, "growth": GROWTH_METRICS, "free_features": FREE_FEATURES_TABLE},
     outs={"table": CLAIMS_CSV, "markdown_table": CLAIMS_MD, "verdicts": CLAIMS_METRICS},
     params=("claims",),
-    code=("pipeline/stages/claims.py", "pipeline/maths/statistics.py", *_SHARED_CODE),
+    code=(
+        "pipeline/stages/claims.py",
+        "pipeline/maths/statistics.py",
+        *_RUN_CODE,
+        *_SHARED_CODE,
+    ),
     metrics=("verdicts",),
 )
 

@@ -9,6 +9,7 @@ import math
 import numpy as np
 
 from pipeline.maths.collapse import collapse_measures
+from pipeline.maths.imbalance import minority_classes
 from pipeline.maths.simplex import simplex_gram
 
 
@@ -154,6 +155,9 @@ class GeometryAccumulator:
         )
         self.num_train = 0
         self.num_test = 0
+        # per test class: samples, and those the class-mean classifier / the head got right
+        self.test_by_class = {name: np.zeros(num_classes, dtype=np.int64)
+                              for name in ("total", "ncm", "head")}
 
     def add_class_sums(self, z: np.ndarray, noisy: np.ndarray) -> None:
         """Pass 1: z (n, h) training embeddings, noisy (n,) their training labels."""
@@ -188,9 +192,13 @@ class GeometryAccumulator:
         assert self.means is not None, "finish_means() must run between the two passes"
         pred = nearest_class_mean(z, self.means, self.present)
         self.correct["test_ncm"] += int(np.sum(pred == labels))
+        k = self.num_classes
+        self.test_by_class["total"] += np.bincount(labels, minlength=k)
+        self.test_by_class["ncm"] += np.bincount(labels[pred == labels], minlength=k)
         if self.head is not None:
             pred_head = np.argmax(z @ self.head.T, axis=1)  # (n, h) @ (h, K) -> (n, K)
             self.correct["test_head"] += int(np.sum(pred_head == labels))
+            self.test_by_class["head"] += np.bincount(labels[pred_head == labels], minlength=k)
         self.num_test += z.shape[0]
 
     def cosines(self) -> dict[str, np.ndarray]:
@@ -247,7 +255,87 @@ class GeometryAccumulator:
         head_present = self.head[self.present] if has_head else None
         out.update(collapse_measures(means, head_present) if k_present >= 2 else {})
         out["nc4_head_ncm_agreement"] = c["train_head_agrees_ncm"] / n if has_head else None
+        out.update(self.group_results())
+        return out
+
+    def group_results(self) -> dict:
+        """The class-imbalance view (docs/theory.md, "Class imbalance"): per test class the
+        class-mean classifier's accuracy (a list, in metrics.json only), and by class group
+        (the majority and the minority of pipeline/maths/imbalance.py, also for a balanced run,
+        the rho = 1 point of a sweep): mean per-class test accuracy, and the mean cosines
+        within and across the groups of the centred class means and of the head rows (minority
+        collapse: minority head rows, or means, whose cosine goes to 1)."""
+        minority = minority_classes(self.num_classes)
+        total = self.test_by_class["total"]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ncm = np.where(total > 0, self.test_by_class["ncm"] / total, np.nan)
+            head = np.where(total > 0, self.test_by_class["head"] / total, np.nan)
+        out: dict = {"test_accuracy_by_class": [None if np.isnan(a) else float(a) for a in ncm]}
+        for group, mask in (("majority", ~minority), ("minority", minority)):
+            out[f"test_accuracy_{group}"] = _finite_mean(ncm[mask])
+            out[f"test_accuracy_head_{group}"] = (_finite_mean(head[mask])
+                                                  if self.head is not None else None)
+        # absent classes (all their training labels flipped away) have no mean: NaN rows,
+        # whose pairs group_cosines skips
+        means = np.where(self.present[:, None], self.means, np.nan)
+        centred_means = means - np.nanmean(means, axis=0)
+        for group, value in group_cosines(centred_means, minority).items():
+            out[f"class_mean_cosine_{group}"] = value
+        for group, value in (group_cosines(self.head, minority).items()
+                             if self.head is not None else
+                             dict.fromkeys(("majority", "minority", "across")).items()):
+            out[f"head_cosine_{group}"] = value
         return out
 
 
 # ------------------------------------------------------------------------------ file input
+# ------------------------------------------------------------------------- class imbalance
+
+
+def class_accuracies(pred: np.ndarray, target: np.ndarray, num_classes: int) -> np.ndarray:
+    """(K,) float64: the fraction of class k's samples predicted as k (per-class recall), NaN
+    for a class without samples. Under imbalance the overall accuracy is dominated by the
+    majority; this is what shows a minority that has collapsed (accuracy near 0)."""
+    pred, target = np.asarray(pred), np.asarray(target)
+    if pred.shape != target.shape or target.ndim != 1:
+        raise ValueError(
+            f"class accuracies: pred {pred.shape} and target {target.shape} must be equal 1-D"
+        )
+    if target.size and (target.min() < 0 or target.max() >= num_classes):
+        raise ValueError(f"class accuracies: targets must lie in [0, {num_classes}), got range "
+                         f"[{target.min()}, {target.max()}]")
+    target = target.astype(np.int64)
+    total = np.bincount(target, minlength=num_classes)  # (K,)
+    correct = np.bincount(target[pred == target], minlength=num_classes)  # (K,)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, correct / total, np.nan)
+
+
+def _finite_mean(values: np.ndarray) -> float:
+    """Mean of the non-NaN entries; NaN (not a warning) when there are none."""
+    v = values[~np.isnan(values)]
+    return float(v.mean()) if v.size else math.nan
+
+
+def group_cosines(vectors: np.ndarray, minority: np.ndarray) -> dict[str, float]:
+    """Mean pairwise cosine of the rows of ``vectors`` (K, h) within the majority rows, within
+    the minority rows (``minority`` (K,) bool, e.g. pipeline.maths.imbalance.minority_classes),
+    and across the two: keys "majority", "minority", "across".
+
+    Pass centred class means (pipeline.maths.collapse.centred: minus the unweighted mean of
+    the class means, so that a regular simplex stays centred whatever the class sizes) or head
+    rows. On a regular simplex all three are -1/(K-1); under imbalance the optimum moves off it
+    (docs/theory.md, "Class imbalance"), and these three numbers say which way. Pairs with a
+    zero row are skipped; a value is NaN when it has no pair (a group of < 2 rows).
+    """
+    v = np.asarray(vectors, dtype=np.float64)
+    minority = np.asarray(minority)
+    if v.ndim != 2 or minority.dtype != bool or minority.shape != (v.shape[0],):
+        raise ValueError(f"group cosines: need vectors (K, h) and a (K,) bool minority mask, "
+                         f"got {v.shape} and {minority.shape} {minority.dtype}")
+    across = _unit_rows(v[~minority]) @ _unit_rows(v[minority]).T  # (K_maj, h) @ (h, K_min)
+    return {
+        "majority": _finite_mean(pairwise_cosines(v[~minority])),
+        "minority": _finite_mean(pairwise_cosines(v[minority])),
+        "across": _finite_mean(np.clip(across, -1.0, 1.0).ravel()),
+    }

@@ -1,14 +1,15 @@
 """Stage ``aggregate``: gather every run's geometry metrics into one table, then summarise
-them across seeds per (dataset, model, augmentation, noise fraction).
+them across seeds per grid point (every identity column but the seed).
 
 The runs are exactly those of ``params.yaml: grid`` (never whatever lies on disk), so a stale
 run folder left over from an earlier grid cannot leak into the summary, and a missing one is
 an error naming its path.
 
 Outputs:
-- ``runs``: one row per run, sorted by dataset, model, augmentation (grid order), noise, seed;
-- ``summary`` (Parquet) and ``summary_csv``: per (dataset, model, augmentation,
-  noise_fraction), every numeric metric's ``<metric>_mean`` and ``<metric>_std`` (sample
+- ``runs``: one row per run, its identity columns (pipeline/infra/runs.py) first and sorted by
+  them, each in its grid axis's order;
+- ``summary`` (Parquet) and ``summary_csv``: per grid point (the identity but the seed),
+  every numeric metric's ``<metric>_mean`` and ``<metric>_std`` (sample
   std, ddof=1, so NaN with one seed) plus ``n_seeds``. ``iterations_to_fit`` is null for a
   run that never fit: its mean and std are over the seeds that fit and ``n_fit`` counts
   them. Every other metric is averaged over all seeds, so a null in any seed gives a null
@@ -16,7 +17,8 @@ Outputs:
 - ``curves`` (CSV): every training log of the grid stacked, one row per evaluation, the run's
   identity columns first: the data of `dvc plots show`'s training curves (DVC cannot read
   Parquet) and of the training-curves figures.
-- ``growth`` (JSON, DVC metrics): per dataset, augmentation and model, the fitted exponent a
+- ``growth`` (JSON, DVC metrics): per dataset, augmentation, setting (imbalance ratio,
+  temperature and batch size: ``runs.setting_name``) and model, the fitted exponent a
   of iterations-to-fit ~ c p^a across the noise fractions p > 0 (docs/paper.md: "a fitted exponent
   per loss"), fitted over the runs with those that never fit right-censored at their last
   evaluation, its 95% bootstrap interval and the "superlinear" verdict that follows from it;
@@ -34,14 +36,14 @@ import pandas as pd
 import pyarrow as pa
 
 from pipeline.infra import schemas, stage_table
+from pipeline.infra.grid import grid_axis
 from pipeline.infra.io import InputError, atomic_path, read_parquet, write_json, write_parquet
-from pipeline.infra.runs import COLUMNS, Run
+from pipeline.infra.runs import COLUMN_TYPES, COLUMNS, SETTING, STRING_COLUMNS, Run, setting_name
 from pipeline.maths import statistics
 
 # Keys naming the run; the rest of metrics.json is metrics.
 ID_COLUMNS = COLUMNS  # a run's identity (pipeline/infra/runs.py), first in every table
-GROUP_COLUMNS = ("dataset", "model", "augmentation", "noise_fraction")
-STRING_COLUMNS = ("dataset", "model", "augmentation")
+GROUP_COLUMNS = tuple(c for c in COLUMNS if c != "seed")  # a grid point: seeds vary
 FIT_METRIC = "iterations_to_fit"  # null = never reached the fit threshold
 log = logging.getLogger(__name__)
 
@@ -123,13 +125,11 @@ def load_runs(grid: dict, geometry_dir: Path) -> pd.DataFrame:
              for job in jobs]
     records = [read_run_metrics(path, job) for path, job in zip(paths, jobs, strict=True)]
     types = _metric_types(records, paths)
-    columns: dict[str, object] = {
-        "dataset": pd.Series([m["dataset"] for m in records], dtype=object),
-        "model": pd.Series([m["model"] for m in records], dtype=object),
-        "augmentation": pd.Series([m["augmentation"] for m in records], dtype=object),
-        "noise_fraction": np.array([m["noise_fraction"] for m in records], dtype=np.float64),
-        "seed": np.array([m["seed"] for m in records], dtype=np.int64),
-    }
+    columns: dict[str, object] = {}
+    for name in ID_COLUMNS:
+        values = [m[name] for m in records]
+        columns[name] = (pd.Series(values, dtype=object) if name in STRING_COLUMNS
+                         else np.array(values, dtype=COLUMN_TYPES[name]))
     for key, dtype in types.items():
         values = [m.get(key) for m in records]
         if dtype == pa.int64():
@@ -137,19 +137,13 @@ def load_runs(grid: dict, geometry_dir: Path) -> pd.DataFrame:
         else:
             columns[key] = np.array([np.nan if v is None else v for v in values], np.float64)
     runs = pd.DataFrame(columns)
-    dataset_rank = {name: i for i, name in enumerate(grid["datasets"])}
-    model_rank = {name: i for i, name in enumerate(grid["models"])}
-    augmentation_rank = {name: i for i, name in enumerate(grid["augmentations"])}
-    order = np.lexsort(
-        (
-            runs["seed"].to_numpy(),
-            runs["noise_fraction"].to_numpy(),
-            runs["augmentation"].map(augmentation_rank).to_numpy(),
-            runs["model"].map(model_rank).to_numpy(),
-            runs["dataset"].map(dataset_rank).to_numpy(),
-        )
-    )
-    return runs.iloc[order].reset_index(drop=True)
+    # Each identity column in its axis's order (lexsort's last key is the primary one).
+    ranks = []
+    for name in reversed(ID_COLUMNS):
+        kind = COLUMN_TYPES[name]
+        rank = {kind(value): i for i, value in enumerate(grid[grid_axis(name)])}
+        ranks.append(runs[name].map(lambda v, rank=rank, kind=kind: rank[kind(v)]).to_numpy())
+    return runs.iloc[np.lexsort(ranks)].reset_index(drop=True)
 
 
 def growth_of(runs: pd.DataFrame) -> statistics.GrowthFit:
@@ -162,7 +156,8 @@ def growth_of(runs: pd.DataFrame) -> statistics.GrowthFit:
 
 
 def growth_exponents(runs: pd.DataFrame) -> dict:
-    """``{dataset: {augmentation: {model: fit}}}`` of iterations-to-fit against noise.
+    """``{dataset: {augmentation: {setting: {model: fit}}}}`` of iterations-to-fit against
+    noise, ``setting`` as :func:`pipeline.infra.runs.setting_name` spells it.
 
     Each fit (:func:`growth_of`): ``exponent`` a and ``coefficient`` c of c p^a (null when
     fewer than two noise fractions p > 0 have a run, or all their runs are censored),
@@ -173,11 +168,12 @@ def growth_exponents(runs: pd.DataFrame) -> dict:
     if FIT_METRIC not in runs or "final_iteration" not in runs:
         raise InputError(f"the runs carry no {FIT_METRIC!r} metric: no growth to fit")
     growth: dict = {}
-    for (dataset, augmentation, model), group in runs.groupby(
-        ["dataset", "augmentation", "model"], sort=False
-    ):
+    for key, group in runs.groupby(["dataset", "augmentation", *SETTING, "model"], sort=False):
+        dataset, augmentation, model = key[0], key[1], key[-1]
+        setting = setting_name(dict(zip(SETTING, key[2:-1], strict=True)))
         fit = growth_of(group)
-        growth.setdefault(dataset, {}).setdefault(augmentation, {})[model] = {
+        of_setting = growth.setdefault(dataset, {}).setdefault(augmentation, {})
+        of_setting.setdefault(setting, {})[model] = {
             "exponent": fit.exponent,
             "coefficient": fit.coefficient,
             "sigma": fit.sigma,

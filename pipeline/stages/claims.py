@@ -12,12 +12,46 @@ verdict computed from them (docs/paper.md says what each claim is).
     Multi-view supcon (supcon_mv) minimises the same loss over views, so it is held to
     supcon's criterion.
 
-Verdicts: "replicates" when the interval lies wholly on the claim's side of its criterion,
-"does not" when wholly on the other side, "inconclusive" otherwise; the criteria's
-tolerances are the ``claims`` section of params.yaml, never typed here. Intervals are 95%
-percentile bootstraps (pipeline.maths.statistics): over seeds for (ii), over runs for (iii).
-Writes a CSV (one row per claim and group), the same as Markdown (registered in the
-Snakemake report) and a JSON of the verdicts (DVC metrics).
+T, B and R are this project's extension hypotheses (issue 15), not the paper's: each sweeps
+one axis of the setting with the other two held fixed, and is judged only for a (dataset,
+augmentation, model, other two settings) group whose runs take at least two values of it, so
+a grid of one setting (the paper's protocol) has no such rows. All at the grid's lowest
+noise fraction; the setting column of their rows names the two settings held fixed, in
+:func:`~pipeline.infra.runs.setting_name`'s spelling with the swept axis left out
+("rho1-b256" for a sweep of tau; the claim id names the swept axis).
+(T) temperature, supcon family: per tau, whether the class means reach the simplex within
+    the iterations given (NC2 deviation below ``simplex_cosine_deviation``), and Spearman's
+    rho of tau against that deviation, claimed < 0: on the unit sphere the class angles move
+    the loss only by terms of order exp(-K / (tau (K-1))), so at small tau the landscape is
+    nearly flat in them (docs/theory.md §1, §6: free features at tau = 0.1 collapse but stay
+    0.36-0.70 off the simplex, at tau = 0.5 within 1e-10).
+(B) batch size, every model: per b, the NC2 deviation as in (T); Spearman's rho of b against
+    final_supcon_gap, with no criterion ("none predicted", verdict "—"): the gap is measured
+    from the optimum of its own b, which for balanced classes is the minimum at every b
+    (docs/theory.md §2), so the theory gives it no direction in b; and, for the supcon
+    family, Spearman's rho of b against the NC2 deviation, claimed < 0: single batches are
+    minimised off the simplex and only the expectation over the sampler at it (§1), so
+    smaller batches are noise-limited (§6: free features, tau = 0.5, end 2.5e-3-1.9e-2 off
+    the simplex at b = 32, within 1e-10 full batch). A larger b also sees more samples in the
+    same iterations, which pushes the same way: the row does not separate the two.
+(R) imbalance ratio, every model: for the supcon family Spearman's rho of the ratio against
+    the NC2 deviation, claimed > 0 (§7: under imbalance the collapsed simplex is not even a
+    critical point of supcon, so the means leave it); for the CE model with a learned head
+    (ce; ce_fixed's head is the fixed simplex) against the mean cosine of the minority head
+    rows, claimed > 0 (minority collapse, Fang et al. 2021, §7); per ratio the minority minus
+    majority test accuracy of the class-mean classifier, claimed < 0 above ratio 1 (ratio 1
+    is the balanced reference: the two groups then differ only in which classes they hold;
+    no criterion), and Spearman's rho of the ratio against that difference, claimed < 0 (the
+    trend, free of the groups' intrinsic difference in difficulty).
+
+Verdicts: "replicates" when the interval lies wholly on the claim's side of its criterion
+(for T, B and R: the stated hypothesis holds on this run), "does not" when wholly on the
+other side, "inconclusive" otherwise; a row without a hypothesis (criterion "none
+predicted") has the verdict "—". The criteria's tolerances are the ``claims`` section of
+params.yaml, never typed here. Intervals are 95% percentile bootstraps
+(pipeline.maths.statistics): over seeds for (ii) and the per-value rows of T, B and R, over
+runs for (iii) and every Spearman rho. Writes a CSV (one row per claim and group), the same
+as Markdown (registered in the Snakemake report) and a JSON of the verdicts (DVC metrics).
 """
 
 from __future__ import annotations
@@ -31,14 +65,29 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from pipeline.infra.io import InputError, atomic_path, read_parquet, write_json
+from pipeline.infra.runs import SETTING, setting_name
 from pipeline.maths import statistics
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("claim", "dataset", "augmentation", "model", "measure", "value", "ci_low",
-           "ci_high", "criterion", "verdict")
+COLUMNS = ("claim", "dataset", "augmentation", "setting", "model", "measure", "value",
+           "ci_low", "ci_high", "criterion", "verdict")
+NO_SETTING = "—"  # free features: no training run, so no setting of the grid
+# The paper's claims compare models within one dataset, augmentation and setting.
+BY_MODEL = ["dataset", "augmentation", *SETTING, "model"]
 CE_MODELS = ("ce", "ce_fixed")
 SUPCON_MODELS = ("supcon", "supcon_mv")  # claim (iv): superlinear growth expected
+LEARNED_HEAD_MODELS = ("ce",)  # claim R: minority collapse of the head rows (ce_fixed's is fixed)
+NC2 = "nc2_simplex_angle_deviation"
+NC2_LABEL = "class means: mean |cos + 1/(K-1)| (NC2)"
+NO_CRITERION = "none predicted"  # a measure reported without a hypothesis (claim B's gap) ...
+NO_VERDICT = "—"  # ... and its verdict
+# How the rows of T, B and R name a value of their swept axis, and how the setting column
+# spells a fixed one (as pipeline.infra.runs.setting_name does; tests check they agree).
+AXIS_NAMES = {"imbalance_ratio": "imbalance ratio", "temperature": "tau", "batch_size": "b"}
+SETTING_SPELLING = {"imbalance_ratio": lambda v: f"rho{float(v):g}",
+                    "temperature": lambda v: f"tau{float(v):g}",
+                    "batch_size": lambda v: f"b{int(v)}"}
 
 
 def verdict(ci, threshold: float, claim_above: bool) -> str:
@@ -62,8 +111,16 @@ def mean_ci(values, resamples: int = statistics.RESAMPLES, seed: int = statistic
     return float(v.mean()), (float(lo), float(hi))
 
 
-def _row(claim, dataset, augmentation, model, measure, value, ci, criterion, result) -> dict:
-    return dict(zip(COLUMNS, (claim, dataset, augmentation, model, measure, value,
+def _groups(runs: pd.DataFrame):
+    """(dataset, augmentation, setting name, model, runs) per group of :data:`BY_MODEL`."""
+    for key, group in runs.groupby(BY_MODEL, sort=False):
+        setting = setting_name(dict(zip(SETTING, key[2:-1], strict=True)))
+        yield key[0], key[1], setting, key[-1], group
+
+
+def _row(claim, dataset, augmentation, setting, model, measure, value, ci, criterion,
+         result) -> dict:
+    return dict(zip(COLUMNS, (claim, dataset, augmentation, setting, model, measure, value,
                               None if ci is None else ci[0], None if ci is None else ci[1],
                               criterion, result), strict=True))
 
@@ -79,24 +136,25 @@ def free_feature_claims(free: pd.DataFrame, tol: dict) -> list[dict]:
         name = loss if pd.isna(tau) else f"{loss} (tau = {tau:g})"
         gap = float(group["relative_gap"].abs().max())
         dev = float(group["class_mean_cosine_deviation"].max())
-        rows.append(_row("i", "free features", "—", name, "max |relative gap|", gap, None,
+        rows.append(_row("i", "free features", "—", NO_SETTING, name, "max |relative gap|", gap,
+                         None,
                          f"< {tol['free_relative_gap']:g}",
                          "replicates" if gap < tol["free_relative_gap"] else "does not"))
-        rows.append(_row("i", "free features", "—", name, "max |cos + 1/(K-1)|", dev, None,
+        rows.append(_row("i", "free features", "—", NO_SETTING, name, "max |cos + 1/(K-1)|", dev,
+                         None,
                          f"< {tol['free_cosine_deviation']:g}",
                          "replicates" if dev < tol["free_cosine_deviation"] else "does not"))
     return rows
 
 
 def simplex_claims(runs: pd.DataFrame, tol: dict) -> list[dict]:
-    """(ii): at the grid's lowest noise fraction, per dataset, augmentation and model."""
+    """(ii): at the grid's lowest noise fraction, per dataset, augmentation, setting and
+    model."""
     rows = []
     at = runs[runs.noise_fraction == runs.noise_fraction.min()]
-    for (dataset, augmentation, model), group in at.groupby(
-            ["dataset", "augmentation", "model"], sort=False):
+    for dataset, augmentation, setting, model, group in _groups(at):
         measures = [
-            ("class means: mean |cos + 1/(K-1)| (NC2)", "nc2_simplex_angle_deviation",
-             tol["simplex_cosine_deviation"], False),
+            (NC2_LABEL, NC2, tol["simplex_cosine_deviation"], False),
             ("sample-to-class-mean cosine", "sample_cosine_mean", tol["collapse_cosine"], True),
             ("NC1 tr(Sw Sb+)/K", "nc1", tol["nc1"], False),
         ]
@@ -109,7 +167,7 @@ def simplex_claims(runs: pd.DataFrame, tol: dict) -> list[dict]:
         for label, column, threshold, above in measures:
             value, ci = mean_ci(group[column]) if column in group else (None, None)
             sign = ">" if above else "<"
-            rows.append(_row("ii", dataset, augmentation, model, label, value, ci,
+            rows.append(_row("ii", dataset, augmentation, setting, model, label, value, ci,
                              f"{sign} {threshold:g}", verdict(ci, threshold, above)))
     return rows
 
@@ -117,14 +175,13 @@ def simplex_claims(runs: pd.DataFrame, tol: dict) -> list[dict]:
 def generalisation_claims(runs: pd.DataFrame) -> list[dict]:
     """(iii): Spearman's rho of the final gap against test accuracy, per loss."""
     rows = []
-    for (dataset, augmentation, model), group in runs.groupby(
-            ["dataset", "augmentation", "model"], sort=False):
+    for dataset, augmentation, setting, model, group in _groups(runs):
         gap = group["final_loss_gap"].to_numpy(np.float64)
         accuracy = group["test_accuracy_class_mean"].to_numpy(np.float64)
         keep = np.isfinite(gap) & np.isfinite(accuracy)
         rho, ci = (statistics.spearman_ci(gap[keep], accuracy[keep]) if keep.sum() >= 3
                    else (None, None))
-        rows.append(_row("iii", dataset, augmentation, model,
+        rows.append(_row("iii", dataset, augmentation, setting, model,
                          "Spearman rho(final gap, test accuracy)", rho, ci, "< 0",
                          verdict(ci, 0.0, claim_above=False)))
     return rows
@@ -135,8 +192,9 @@ def growth_claims(growth: dict) -> list[dict]:
     (1 inside the interval)."""
     rows = []
     for dataset, by_aug in growth.items():
-        for augmentation, by_model in by_aug.items():
-            for model, fit in by_model.items():
+        for augmentation, by_setting in by_aug.items():
+            for setting, model, fit in ((s, m, f) for s, by_model in by_setting.items()
+                                        for m, f in by_model.items()):
                 ci = None if fit["exponent_ci95"] is None else tuple(fit["exponent_ci95"])
                 if model in SUPCON_MODELS:
                     criterion, result = "> 1", verdict(ci, 1.0, claim_above=True)
@@ -144,10 +202,129 @@ def growth_claims(growth: dict) -> list[dict]:
                     criterion = "interval contains 1"
                     result = ("inconclusive" if ci is None else
                               "replicates" if ci[0] <= 1.0 <= ci[1] else "does not")
-                rows.append(_row("iv", dataset, augmentation, model,
+                rows.append(_row("iv", dataset, augmentation, setting, model,
                                  f"growth exponent a ({fit['runs_not_fit']} of "
                                  f"{fit['runs_used']} runs never fit)",
                                  fit["exponent"], ci, criterion, result))
+    return rows
+
+
+# ------------------------------------------------------- extensions T, B, R (issue 15)
+
+def fixed_setting_name(values, swept: str) -> str:
+    """The setting of a sweep of ``swept``: the other two axes in ``setting_name``'s
+    spelling, e.g. "rho1-b256" for a sweep of the temperature."""
+    return "-".join(SETTING_SPELLING[axis](values[axis]) for axis in SETTING if axis != swept)
+
+
+def _sweeps(runs: pd.DataFrame, axis: str):
+    """((dataset, augmentation, fixed setting, model), runs) per group of the runs at the
+    lowest noise fraction in which ``axis`` takes at least two values, the other two
+    settings held fixed."""
+    at = runs[runs.noise_fraction == runs.noise_fraction.min()]
+    others = [a for a in SETTING if a != axis]
+    for key, group in at.groupby(["dataset", "augmentation", *others, "model"], sort=False):
+        if group[axis].nunique() >= 2:
+            setting = fixed_setting_name(dict(zip(others, key[2:-1], strict=True)), axis)
+            yield (key[0], key[1], setting, key[-1]), group
+
+
+def _value_name(axis: str, value) -> str:
+    number = f"{int(value)}" if axis == "batch_size" else f"{float(value):g}"
+    return f"{AXIS_NAMES[axis]} = {number}"
+
+
+def _column(group: pd.DataFrame, column: str) -> np.ndarray:
+    """``column`` as float64, all NaN where the runs table lacks it."""
+    if column not in group:
+        return np.full(len(group), np.nan)
+    return group[column].to_numpy(np.float64)
+
+
+def _spearman_row(claim, where, group, axis, y, measure, claim_above) -> dict:
+    """Spearman's rho of the swept ``axis`` against ``y`` (one value per run) over the runs,
+    with its bootstrap interval; criterion > 0 (``claim_above``), < 0, or none (None)."""
+    x = group[axis].to_numpy(np.float64)
+    keep = np.isfinite(x) & np.isfinite(y)
+    rho, ci = (statistics.spearman_ci(x[keep], y[keep])
+               if keep.sum() >= 3 and np.unique(x[keep]).size >= 2 else (None, None))
+    if claim_above is None:
+        return _row(claim, *where, measure, rho, ci, NO_CRITERION, NO_VERDICT)
+    return _row(claim, *where, measure, rho, ci, "> 0" if claim_above else "< 0",
+                verdict(ci, 0.0, claim_above))
+
+
+def _simplex_by_value(claim, where, group, axis, tol) -> list[dict]:
+    """Per value of ``axis``: the NC2 deviation over seeds against the simplex tolerance
+    (does this value reach the simplex within the iterations given?)."""
+    threshold = tol["simplex_cosine_deviation"]
+    rows = []
+    for value, runs_at in group.groupby(axis, sort=True):
+        mean, ci = mean_ci(_column(runs_at, NC2))
+        rows.append(_row(claim, *where, f"{_value_name(axis, value)}: {NC2_LABEL}", mean, ci,
+                         f"< {threshold:g}", verdict(ci, threshold, claim_above=False)))
+    return rows
+
+
+def temperature_claims(runs: pd.DataFrame, tol: dict) -> list[dict]:
+    """T: per tau, the simplex reached or not; Spearman(tau, NC2 deviation) < 0."""
+    rows = []
+    for where, group in _sweeps(runs, "temperature"):
+        if where[-1] not in SUPCON_MODELS:
+            continue  # CE does not use tau
+        rows += _simplex_by_value("T", where, group, "temperature", tol)
+        rows.append(_spearman_row("T", where, group, "temperature", _column(group, NC2),
+                                  "Spearman rho(tau, NC2 mean |cos + 1/(K-1)|)",
+                                  claim_above=False))
+    return rows
+
+
+def batch_size_claims(runs: pd.DataFrame, tol: dict) -> list[dict]:
+    """B: per b, the simplex reached or not; Spearman(b, final supcon gap) without a
+    criterion; for the supcon family Spearman(b, NC2 deviation) < 0."""
+    rows = []
+    for where, group in _sweeps(runs, "batch_size"):
+        rows += _simplex_by_value("B", where, group, "batch_size", tol)
+        rows.append(_spearman_row("B", where, group, "batch_size",
+                                  _column(group, "final_supcon_gap"),
+                                  "Spearman rho(b, final supcon gap)", claim_above=None))
+        if where[-1] in SUPCON_MODELS:
+            rows.append(_spearman_row("B", where, group, "batch_size", _column(group, NC2),
+                                      "Spearman rho(b, NC2 mean |cos + 1/(K-1)|)",
+                                      claim_above=False))
+    return rows
+
+
+def imbalance_claims(runs: pd.DataFrame) -> list[dict]:
+    """R: Spearman(ratio, NC2 deviation) > 0 (supcon family), Spearman(ratio, minority
+    head-row cosine) > 0 (learned head); per ratio the minority minus majority test accuracy
+    (< 0 above ratio 1) and Spearman(ratio, that difference) < 0."""
+    rows = []
+    axis = "imbalance_ratio"
+    for where, group in _sweeps(runs, axis):
+        model = where[-1]
+        if model in SUPCON_MODELS:
+            rows.append(_spearman_row("R", where, group, axis, _column(group, NC2),
+                                      "Spearman rho(imbalance ratio, NC2 mean |cos + 1/(K-1)|)",
+                                      claim_above=True))
+        if model in LEARNED_HEAD_MODELS:
+            rows.append(_spearman_row("R", where, group, axis,
+                                      _column(group, "head_cosine_minority"),
+                                      "Spearman rho(imbalance ratio, minority head-row cosine)",
+                                      claim_above=True))
+        label = "minority - majority test accuracy (class means)"
+        for ratio, runs_at in group.groupby(axis, sort=True):
+            gap = (_column(runs_at, "test_accuracy_minority")
+                   - _column(runs_at, "test_accuracy_majority"))
+            mean, ci = mean_ci(gap)
+            criterion, result = ((NO_CRITERION, NO_VERDICT) if ratio == 1 else
+                                 ("< 0", verdict(ci, 0.0, claim_above=False)))
+            rows.append(_row("R", *where, f"{_value_name(axis, ratio)}: {label}", mean, ci,
+                             criterion, result))
+        rows.append(_spearman_row("R", where, group, axis,
+                                  _column(group, "test_accuracy_minority")
+                                  - _column(group, "test_accuracy_majority"),
+                                  f"Spearman rho(imbalance ratio, {label})", claim_above=False))
     return rows
 
 
@@ -162,8 +339,12 @@ def markdown(table: pd.DataFrame) -> str:
 
     lines = ["| claim | data | model | measure | value | 95% interval | criterion | verdict |",
              "|---|---|---|---|---|---|---|---|"]
+    # A grid of one setting (the paper's protocol) does not name it in every row.
+    several = table.loc[table.setting != NO_SETTING, "setting"].nunique() > 1
     for r in table.itertuples():
         data = r.dataset if r.augmentation == "—" else f"{r.dataset}, {r.augmentation}"
+        if several and r.setting != NO_SETTING:
+            data += f", {r.setting}"
         interval = "—" if pd.isna(r.ci_low) else f"[{fmt(r.ci_low)}, {fmt(r.ci_high)}]"
         lines.append(f"| {r.claim} | {data} | {r.model} | {cell(r.measure)} | {fmt(r.value)} | "
                      f"{interval} | {r.criterion} | **{r.verdict}** |")
@@ -182,7 +363,8 @@ def tabulate_claims(params: dict, *, runs: Path, growth: Path, free_features: Pa
     fits.pop("numerics", None)
     rows = (free_feature_claims(pq.read_table(free_features).to_pandas(), tol)
             + simplex_claims(run_table, tol) + generalisation_claims(run_table)
-            + growth_claims(fits))
+            + growth_claims(fits) + temperature_claims(run_table, tol)
+            + batch_size_claims(run_table, tol) + imbalance_claims(run_table))
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
     with atomic_path(table) as tmp:
         frame.to_csv(tmp, index=False, float_format="%.6g", na_rep="", lineterminator="\n")
@@ -190,7 +372,7 @@ def tabulate_claims(params: dict, *, runs: Path, growth: Path, free_features: Pa
         tmp.write_text(markdown(frame))
     summary: dict = {}
     for r in frame.itertuples():
-        key = f"{r.claim}/{r.dataset}/{r.augmentation}/{r.model}/{r.measure}"
+        key = f"{r.claim}/{r.dataset}/{r.augmentation}/{r.setting}/{r.model}/{r.measure}"
         summary[key] = {"verdict": r.verdict, "value": None if pd.isna(r.value) else r.value}
     write_json(summary, verdicts, sort_keys=False)
     log.info("%d claim rows: %s", len(frame), frame["verdict"].value_counts().to_dict())

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from pipeline.infra import datasets, numerics, schemas
+from pipeline.infra import numerics, schemas
 from pipeline.infra.devices import pick_device
 from pipeline.infra.io import write_parquet
 from pipeline.infra.nested import MISSING, differences
@@ -24,7 +24,7 @@ from pipeline.stages.train import (
     TrainConfig,
     device_images,
     load_checkpoint,
-    read_labels,
+    load_run_data,
     represent_all,
 )
 
@@ -50,7 +50,6 @@ def extract_embeddings(
     cfg, state = load_checkpoint(Path(checkpoint))
     if cfg.run != run:
         raise ValueError(f"{checkpoint}: made for {cfg.run}, expected {run}")
-    dataset = run.dataset
     current = TrainConfig.from_params(params, run).to_dict()
     differences = config_differences(cfg.to_dict(), current)
     if differences:
@@ -61,8 +60,7 @@ def extract_embeddings(
     numerics.configure_torch(torch)  # as in training: one thread, the portable kernels
     device = pick_device()
     numerics.configure_device(torch, device, cfg.deterministic)
-    data = datasets.load(dataset, params["datasets"][dataset])
-    label_table = read_labels(Path(labels), data.train.labels.shape[0])
+    data, label_table = load_run_data(params, run, Path(labels))
     net = Model(cfg.model)
     net.load_state_dict(state)
     net.to(device).eval()
@@ -75,7 +73,9 @@ def extract_embeddings(
     dim = cfg.model.representation_dim
     table = pa.table(
         {
-            "index": np.concatenate([np.arange(n_train), np.arange(n_test)]).astype(np.int64),
+            # into each split of the dataset: a training row's sample, also when imbalanced
+            "index": np.concatenate([label_table["index"].to_numpy(),
+                                     np.arange(n_test)]).astype(np.int64),
             "split": ["train"] * n_train + ["test"] * n_test,
             "clean_label": np.concatenate([data.train.labels, data.test.labels]),
             "noisy_label": pa.array(

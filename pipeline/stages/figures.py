@@ -16,6 +16,12 @@
 - ``training_curves_{dataset}``: loss, train accuracy on the labels trained on, and test
   accuracy of the class-mean classifier over iterations, mean over seeds.
 
+Beyond the paper, drawn only for a setting axis the grid gives two values or more (so the
+paper's protocol draws none), per dataset and augmentation (pipeline/infra/sweep_plots.py):
+``temperature_*`` (supcon's geometry, gap and accuracy against tau, and the free features'
+final gap and simplex distance), ``batch_size_*`` (gap, optimum, geometry, accuracy against b)
+and ``imbalance_*`` (cosines by class group, head cosines, per-class accuracy against rho).
+
 Each file carries a provenance record in its metadata (pipeline/infra/provenance.py: params,
 code and input md5s), which ``python -m pipeline lineage <figure>`` reads back.
 
@@ -37,34 +43,24 @@ import pyarrow as pa
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from pipeline.infra import provenance, schemas, stage_table
+from pipeline.infra import provenance, schemas, stage_table, sweep_plots
 from pipeline.infra.io import InputError, atomic_dir, read_parquet
 from pipeline.infra.plotting import new_figure, save_figure, style
-from pipeline.infra.runs import Run
-from pipeline.stages.aggregate import growth_of, load_train_logs
+from pipeline.infra.runs import COLUMN_TYPES, COLUMNS, SETTING, Run, setting_name
+from pipeline.infra.sweep_plots import model_name
+from pipeline.stages.aggregate import growth_of, load_train_logs, read_run_metrics
 
 log = logging.getLogger(__name__)
 
-MODEL_NAMES = {"supcon": "SupCon", "supcon_mv": "SupCon, two views", "ce": "CE",
-               "ce_fixed": "CE (fixed simplex head)"}
 COSINE_KINDS = schemas.COSINE_KINDS
 COSINE_LABELS = {
     "class_means": "across\nclass means",
     "sample_to_class_mean": "sample to\nits class mean",
     "head_weights": "across\nhead weights",
 }
-RUNS_COLUMNS = {
-    "dataset": pa.string(),
-    "model": pa.string(),
-    "augmentation": pa.string(),
-    "noise_fraction": pa.float64(),
-    "seed": pa.int64(),
-}
+RUNS_COLUMNS = {name: {str: pa.string(), float: pa.float64(), int: pa.int64()}[kind]
+                for name, kind in COLUMN_TYPES.items()}
 COSINES_COLUMNS = {f.name: f.type for f in schemas.COSINES}
-
-
-def model_name(model: str) -> str:
-    return MODEL_NAMES.get(model, model)
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -90,7 +86,7 @@ def load_runs_table(path: Path, grid: dict) -> pd.DataFrame:
 
 def load_cosines(geometry_dir: Path, grid: dict, noise_fraction: float) -> pd.DataFrame:
     """The cosine distributions of the grid's runs at ``noise_fraction``, one row per value:
-    dataset, model, augmentation, seed, kind, value."""
+    kind, value and the run's identity columns."""
     frames = []
     for job in _jobs_at_noise(grid, noise_fraction):
         path = stage_table.run_file(stage_table.COSINES, geometry_dir, **job)
@@ -98,10 +94,7 @@ def load_cosines(geometry_dir: Path, grid: dict, noise_fraction: float) -> pd.Da
         unknown = sorted(set(frame["kind"]) - set(COSINE_KINDS))
         if unknown:
             raise InputError(f"{path}: unknown cosine kind(s) {unknown} (known: {COSINE_KINDS})")
-        frames.append(
-            frame.assign(dataset=job["dataset"], model=job["model"],
-                         augmentation=job["augmentation"], seed=int(job["seed"]))
-        )
+        frames.append(frame.assign(**Run.of(job).columns()))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -124,6 +117,24 @@ def num_classes_of(runs: pd.DataFrame, dataset: str) -> int:
     if len(values) != 1:
         raise InputError(f"runs table: dataset {dataset!r} has num_classes {sorted(values)}")
     return int(values[0])
+
+
+def load_class_accuracies(files: dict[str, Path], jobs: list[dict[str, str]]) -> pd.DataFrame:
+    """Per run of ``jobs`` (its metrics.json in ``files``, in the same order) and test class:
+    the class-mean classifier's accuracy (``test_accuracy_by_class``; NaN: no test sample)."""
+    rows = []
+    for path, job in zip(files.values(), jobs, strict=True):
+        by_class = read_run_metrics(Path(path), job).get("test_accuracy_by_class")
+        if not isinstance(by_class, list):
+            raise InputError(f"{path}: no list test_accuracy_by_class (rerun geometry)")
+        rows += [{**Run.of(job).columns(), "class": c, "accuracy": np.nan if a is None else a}
+                 for c, a in enumerate(by_class)]
+    return pd.DataFrame(rows, columns=[*COLUMNS, "class", "accuracy"])
+
+
+def _with_setting(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with a ``setting`` column: its rows' setting (pipeline/infra/runs.py)."""
+    return frame.assign(setting=[setting_name(r) for r in frame[list(SETTING)].to_dict("records")])
 
 
 # ----------------------------------------------------------------------------- analysis
@@ -409,59 +420,99 @@ def plot_training_curves(
     return fig
 
 
+def run_files(pattern: str, directory: Path, jobs: list[dict[str, str]]) -> dict[str, Path]:
+    """Each job's file of ``pattern``: project-layout path -> the file in ``directory``."""
+    return {stage_table.fill(pattern, **job): stage_table.run_file(pattern, directory, **job)
+            for job in jobs}
+
+
 def figure_inputs(
-    grid: dict, dataset: str, augmentation: str, noise: float, *, runs: Path,
+    grid: dict, dataset: str, augmentation: str, setting: str, noise: float, *, runs: Path,
     geometry_dir: Path, train_log_dir: Path,
 ) -> dict[str, dict[str, Path]]:
     """Per figure kind, the files it is drawn from: project-layout path -> file read. Every
     figure reads the runs table (for K); the record names exactly these, never a whole
     directory, so the figure's lineage follows only the runs it shows."""
     of_dataset = [job for job in stage_table.grid_jobs(stage_table.TRAIN, grid)
-                  if (job["dataset"], job["augmentation"]) == (dataset, augmentation)]
+                  if (job["dataset"], job["augmentation"], setting_name(Run.of(job).columns()))
+                  == (dataset, augmentation, setting)]
     table = {stage_table.RUNS_TABLE: Path(runs)}
-    cosines = {
-        stage_table.fill(stage_table.COSINES, **job):
-            stage_table.run_file(stage_table.COSINES, geometry_dir, **job)
-        for job in of_dataset
-        if float(job["noise_fraction"]) == noise
-    }
-    logs = {
-        stage_table.fill(stage_table.TRAIN_LOG, **job): stage_table.run_file(
-            stage_table.TRAIN_LOG, train_log_dir, **job
-        )
-        for job in of_dataset
-    }
+    at_noise = [job for job in of_dataset if float(job["noise_fraction"]) == noise]
     return {
-        "geometry": table | cosines,
+        "geometry": table | run_files(stage_table.COSINES, geometry_dir, at_noise),
         "iterations_to_fit": dict(table),
         "gap_vs_accuracy": dict(table),
         "collapse": dict(table),
-        "training_curves": table | logs,
+        "training_curves": table | run_files(stage_table.TRAIN_LOG, train_log_dir, of_dataset),
     }
 
 
+def draw_sweeps(params: dict, directory: Path, run_table: pd.DataFrame, free: pd.DataFrame, *,
+                runs: Path, geometry_dir: Path, free_features: Path) -> list[str]:
+    """The sweep figures (pipeline/infra/sweep_plots.py) of every dataset and augmentation into
+    ``directory``, each recording the files it is drawn from; the names of the files written."""
+    grid, names = params["grid"], []
+    for dataset, augmentation in itertools.product(grid["datasets"], grid["augmentations"]):
+        of = run_table[(run_table["dataset"] == dataset)
+                       & (run_table["augmentation"] == augmentation)]
+        label = dataset if augmentation == "none" else f"{dataset}-{augmentation}"
+        for sweep in sweep_plots.sweeps(of, grid):
+            read, accuracies = {stage_table.RUNS_TABLE: Path(runs)}, None
+            if sweep.kind == "temperature":
+                read[stage_table.FREE_FEATURES_TABLE] = Path(free_features)
+            if sweep.kind == "imbalance":  # each run's per-class accuracies
+                jobs = sweep_plots.sweep_jobs(sweep, grid)
+                metrics = run_files(stage_table.GEOMETRY_METRICS, geometry_dir, jobs)
+                read, accuracies = read | metrics, load_class_accuracies(metrics, jobs)
+            fig = sweep_plots.plot_sweep(
+                sweep, free, accuracies, dataset=dataset, num_classes=num_classes_of(of, dataset),
+                models=[m for m in grid["models"] if m in set(of["model"])],
+                tolerances=params["claims"])
+            stem = sweep.stem(label)
+            record = provenance.figure_provenance(stage_table.FIGURES, params, stem, read)
+            names += [p.name for p in save_figure(fig, directory, stem,
+                                                  int(params["figures"]["dpi"]), record)]
+    return names
+
+
 def draw_figures(
-    params: dict, *, runs: Path, geometry_dir: Path, train_log_dir: Path, figures: Path
+    params: dict, *, runs: Path, geometry_dir: Path, train_log_dir: Path, free_features: Path,
+    figures: Path,
 ) -> list[Path]:
-    """Draw the five figures of every dataset into directory ``figures`` (replaced as a
-    whole); return the paths of the files written, in a fixed order."""
+    """Draw the five figures of every dataset, and the sweep figures of a grid that sweeps a
+    setting axis, into directory ``figures`` (replaced as a whole); return the paths of the
+    files written, in a fixed order."""
     grid = params["grid"]
     dpi = int(params["figures"]["dpi"])
     noise = float(params["figures"]["geometry_noise"])
-    run_table = load_runs_table(Path(runs), grid)
-    cosines = load_cosines(Path(geometry_dir), grid, noise)
-    logs = load_train_logs(Path(train_log_dir), grid)
-    models = list(grid["models"])
+    run_table = _with_setting(load_runs_table(Path(runs), grid))
+    cosines = _with_setting(load_cosines(Path(geometry_dir), grid, noise))
+    logs = _with_setting(load_train_logs(Path(train_log_dir), grid))
+    free = read_parquet(Path(free_features), sweep_plots.FREE_FEATURES_COLUMNS).to_pandas()
+    settings = list(dict.fromkeys(run_table["setting"]))  # in grid order
     names: list[str] = []
     with atomic_dir(figures) as tmp:
-        for dataset, augmentation in itertools.product(grid["datasets"], grid["augmentations"]):
+        for dataset, augmentation, setting in itertools.product(
+                grid["datasets"], grid["augmentations"], settings):
             k = num_classes_of(run_table, dataset)
-            # One set of figures per dataset and augmentation; the unaugmented ones keep the
-            # plain name (geometry_digits), others name it (geometry_cifar10-standard).
+            # One set of figures per dataset, augmentation and setting; the unaugmented ones
+            # of a one-setting grid keep the plain name (geometry_digits), others name them
+            # (geometry_cifar10-standard, geometry_digits-rho1-tau0.5-b256).
             label = dataset if augmentation == "none" else f"{dataset}-{augmentation}"
-            runs_of = run_table[run_table["augmentation"] == augmentation]
-            cosines_of = cosines[cosines["augmentation"] == augmentation]
-            logs_of = logs[logs["augmentation"] == augmentation]
+            if len(settings) > 1:
+                label += f"-{setting}"
+
+            def of(frame, augmentation=augmentation, setting=setting):
+                return frame[(frame["augmentation"] == augmentation)
+                             & (frame["setting"] == setting)]
+
+            runs_of, cosines_of, logs_of = of(run_table), of(cosines), of(logs)
+            if runs_of[runs_of["dataset"] == dataset].empty:
+                continue  # a run set leaves this setting out for this dataset/augmentation
+            present = set(runs_of.loc[runs_of["dataset"] == dataset, "model"])
+            models = [m for m in grid["models"] if m in present]
+            noise_fractions = sorted(set(runs_of.loc[runs_of["dataset"] == dataset,
+                                                     "noise_fraction"]))
             drawn = {
                 f"geometry_{label}": plot_geometry(
                     cosines_of, dataset=dataset, num_classes=k, models=models, noise_fraction=noise
@@ -476,20 +527,19 @@ def draw_figures(
                     runs_of, dataset=dataset, num_classes=k, models=models
                 ),
                 f"training_curves_{label}": plot_training_curves(
-                    logs_of,
-                    dataset=dataset,
-                    num_classes=k,
-                    models=models,
-                    noise_fractions=grid["noise_fractions"],
+                    logs_of, dataset=dataset, num_classes=k, models=models,
+                    noise_fractions=noise_fractions,
                 ),
             }
             read = figure_inputs(
-                grid, dataset, augmentation, noise, runs=runs, geometry_dir=geometry_dir,
-                train_log_dir=train_log_dir,
+                grid, dataset, augmentation, setting, noise, runs=runs,
+                geometry_dir=geometry_dir, train_log_dir=train_log_dir,
             )
             for stem, fig in drawn.items():
                 kind = stem.removesuffix(f"_{label}")
                 record = provenance.figure_provenance(stage_table.FIGURES, params, stem, read[kind])
                 names += [p.name for p in save_figure(fig, tmp, stem, dpi, record)]
+        names += draw_sweeps(params, tmp, run_table, free, runs=runs, geometry_dir=geometry_dir,
+                             free_features=free_features)
     log.info("wrote %d figure files to %s", len(names), figures)
     return [Path(figures) / name for name in names]

@@ -97,7 +97,7 @@ def _train_config(path: Path) -> dict:
     """The run's TrainConfig dict from the embeddings' metadata, with the keys used here."""
     try:
         cfg = read_metadata(path)["train_config"]
-        for key in ("dataset", "noise_fraction", "seed"):
+        for key in ("dataset", "temperature", "batch_size", "noise_fraction", "seed"):
             cfg[key]  # noqa: B018 -- presence check
         for key in ("model", "num_classes", "representation_dim"):
             cfg["model"][key]  # noqa: B018
@@ -188,6 +188,8 @@ def _json_value(value):
     """Plain Python scalars for JSON; NaN and infinities become None."""
     if value is None or isinstance(value, str | bool):
         return value
+    if isinstance(value, list):  # per-class values
+        return [_json_value(v) for v in value]
     if isinstance(value, int | np.integer):
         return int(value)
     value = float(value)
@@ -264,7 +266,9 @@ def measure_geometry(
     check_columns(schema, {f.name: f.type for f in schemas.embeddings(dim)}, embeddings)
     cfg = _train_config(embeddings)
     k = int(cfg["model"]["num_classes"])
-    found = Run(cfg["dataset"], cfg["model"]["model"], cfg.get("augmentation"),
+    # a balanced run's config leaves its ratio out (train.TrainConfig.to_dict)
+    found = Run(cfg["dataset"], cfg.get("imbalance_ratio", 1.0), cfg["model"]["model"],
+                cfg.get("augmentation"), cfg["temperature"], cfg["batch_size"],
                 cfg["noise_fraction"], cfg["seed"])
     if found != run:
         raise InputError(f"{embeddings}: made by {found}, expected {run}")

@@ -45,17 +45,21 @@ def corrupt_labels(
 
 
 def make_noisy_labels(
-    params: dict, *, dataset: str, noise_fraction: float, seed: int, labels: Path
+    params: dict, *, dataset: str, imbalance_ratio: float, noise_fraction: float, seed: int,
+    labels: Path,
 ) -> pa.Table:
-    """Write the clean and noisy training labels of one (dataset, noise fraction, seed) to
-    ``labels``."""
-    data = datasets.load(dataset, params["datasets"][dataset])
-    clean = data.train.labels
+    """Write the clean and noisy training labels of one (dataset, imbalance ratio, noise
+    fraction, seed) to ``labels``: one row per training sample kept at that imbalance
+    (``index`` into the dataset's training split), the noise drawn among the kept samples."""
+    section = params["datasets"][dataset]
+    data = datasets.load(dataset, section)
+    kept = datasets.training_subset(dataset, section, data, imbalance_ratio)
+    clean = data.train.labels[kept]
     scheme = params["noisy_labels"]["scheme"]
     noisy = corrupt_labels(clean, data.num_classes, noise_fraction, scheme, seed)
     table = pa.table(
         {
-            "index": np.arange(clean.shape[0], dtype=np.int64),
+            "index": kept,
             "clean_label": clean,
             "noisy_label": noisy,
             "flipped": noisy != clean,
@@ -63,5 +67,11 @@ def make_noisy_labels(
         schema=SCHEMA,
     )
     meta = {"dataset": dataset, "noise_fraction": noise_fraction, "seed": seed, "scheme": scheme}
+    if float(imbalance_ratio) != 1.0:  # ratio 1 keeps the bytes a balanced run always had
+        meta["imbalance"] = {
+            **section["imbalance"],
+            "ratio": float(imbalance_ratio),
+            "class_counts": np.bincount(clean, minlength=data.num_classes).tolist(),
+        }
     write_parquet(table, labels, metadata={"noisy_labels": meta})
     return table

@@ -1,4 +1,5 @@
-"""Stage ``train``: one run = (dataset, model, noise fraction, seed).
+"""Stage ``train``: one run of the grid (pipeline/infra/runs.py: dataset, imbalance ratio,
+model, augmentation, temperature, batch size, noise fraction, seed).
 
 Training semantics follow docs/paper.md: batches drawn i.i.d. with replacement, SGD with momentum
 and weight decay, per-iteration schedule ``exponential`` lr_i = lr ((T-i)/T)^5 or ``cosine``,
@@ -55,13 +56,13 @@ class TrainConfig:
     dataset: str
     noise_fraction: float
     seed: int
-    batch_size: int
+    batch_size: int  # b, a grid axis
     iterations: int
     schedule: str
     learning_rate: float  # at iteration 0, per batch of ``batch_size``
     momentum: float
     weight_decay: float
-    temperature: float
+    temperature: float  # tau, a grid axis
     eval_every: int
     augmentation: str  # a grid axis: "none" or "standard" (random crop pad 4 + h. flip)
     compile: bool  # torch.compile the encoder (speed only; the math is unchanged)
@@ -70,6 +71,8 @@ class TrainConfig:
     # Multi-view models only ("shift" or "standard"); None otherwise, and then left out of
     # to_dict, so single-view configs, checkpoints and logs keep the bytes they had.
     view_augmentation: str | None = None
+    # rho of the training split (a grid axis); left out of to_dict at 1, as above
+    imbalance_ratio: float = 1.0
 
     @classmethod
     def from_params(cls, params: dict, run: Run):
@@ -81,13 +84,13 @@ class TrainConfig:
             dataset=run.dataset,
             noise_fraction=run.noise_fraction,
             seed=run.seed,
-            batch_size=common["batch_size"],
+            batch_size=run.batch_size,
             iterations=common["iterations"],
             schedule=common["schedule"],
             learning_rate=float(specific["learning_rate"]),
             momentum=float(common["momentum"]),
             weight_decay=float(common["weight_decay"]),
-            temperature=float(common["temperature"]),
+            temperature=run.temperature,
             eval_every=common["eval_every"],
             augmentation=augmentation,
             compile=bool(common["compile"]),
@@ -102,6 +105,7 @@ class TrainConfig:
                 head_norm=float(specific.get("head_norm", 1.0)),
             ),
             view_augmentation=specific.get("view_augmentation"),
+            imbalance_ratio=run.imbalance_ratio,
         )
 
     def to_dict(self) -> dict:
@@ -109,6 +113,8 @@ class TrainConfig:
         d["model"] = self.model.to_dict()
         if d["view_augmentation"] is None:
             del d["view_augmentation"]
+        if d["imbalance_ratio"] == 1.0:
+            del d["imbalance_ratio"]
         return d
 
     @classmethod
@@ -130,8 +136,8 @@ class TrainConfig:
 
     @property
     def run(self) -> Run:
-        return Run(self.dataset, self.model.model, self.augmentation, self.noise_fraction,
-                   self.seed)
+        return Run(self.dataset, self.imbalance_ratio, self.model.model, self.augmentation,
+                   self.temperature, self.batch_size, self.noise_fraction, self.seed)
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
@@ -157,13 +163,27 @@ def tracks_supcon(cfg: TrainConfig, step: int) -> bool:
     return done % _SUPCON_TRACK_EVERY == 0 or done % cfg.eval_every == 0 or done == cfg.iterations
 
 
-def read_labels(path: Path, expected_rows: int) -> pa.Table:
-    table = read_parquet(path, {f.name: f.type for f in schemas.LABELS})
-    if table.num_rows != expected_rows:
+def load_run_data(params: dict, run: Run, labels: Path) -> tuple[datasets.Data, pa.Table]:
+    """The run's data, its training split cut to the samples its labels file holds, and
+    that labels table; the file must hold exactly the samples the run's imbalance keeps,
+    with the dataset's clean labels (so labels made under other params are refused)."""
+    section = params["datasets"][run.dataset]
+    data = datasets.load(run.dataset, section)
+    kept = datasets.training_subset(run.dataset, section, data, run.imbalance_ratio)
+    table = read_parquet(labels, {f.name: f.type for f in schemas.LABELS})
+    index = table["index"].to_numpy()
+    if not np.array_equal(index, kept):
         raise ValueError(
-            f"{path}: has {table.num_rows} labels, the training split has {expected_rows}"
+            f"{labels}: holds {table.num_rows} training samples, but imbalance ratio "
+            f"{run.imbalance_ratio:g} of dataset {run.dataset!r} keeps {kept.size} others "
+            "(labels made under other params: rerun noisy_labels)"
         )
-    return table
+    data = datasets.with_training_subset(data, kept)
+    if not np.array_equal(table["clean_label"].to_numpy(), data.train.labels):
+        raise ValueError(
+            f"{labels}: clean labels differ from dataset {run.dataset!r}'s training split"
+        )
+    return data, table
 
 
 def device_images(data: datasets.Data, device, channels_last: bool = False):
@@ -323,14 +343,10 @@ def train(params: dict, *, run: Run, labels: Path, checkpoint: Path, train_log: 
     from tqdm import tqdm
 
     cfg = TrainConfig.from_params(params, run)
-    dataset = run.dataset
     # One thread (results then do not depend on the core count, and Snakemake can run one
     # training job per core) and the portable kernels' torch-side settings.
     numerics.configure_torch(torch)
-    data = datasets.load(dataset, params["datasets"][dataset])
-    label_table = read_labels(Path(labels), data.train.labels.shape[0])
-    if not np.array_equal(label_table["clean_label"].to_numpy(), data.train.labels):
-        raise ValueError(f"{labels}: clean labels differ from dataset {dataset!r}'s training split")
+    data, label_table = load_run_data(params, run, Path(labels))
     device = pick_device()
     numerics.configure_device(torch, device, cfg.deterministic)
     trainer = Trainer(cfg, data, label_table["noisy_label"].to_numpy(), device)

@@ -13,11 +13,12 @@ from pathlib import Path
 
 from pipeline.infra import lineage, numerics, provenance, stage_table
 from pipeline.infra.audit.differences import describe, flatten, is_number, read_table
+from pipeline.infra.runs import COLUMNS
 
 # Metric files judged by numbers on non-portable links: the per-run JSON metrics, the growth
 # exponents, and the aggregate's tables of the same metrics (runs, and their seed statistics).
 NUMBER_TABLES = (stage_table.RUNS_TABLE, stage_table.SUMMARY_TABLE)
-GROUP = ("dataset", "model", "augmentation", "noise_fraction")  # a grid point: seeds vary
+GROUP = tuple(c for c in COLUMNS if c != "seed")  # a grid point: seeds vary
 # Without a seed spread (one seed, or a metric constant across seeds) a metric must agree to
 # this relative tolerance. Measured on the tiny project: one run's geometry computed native
 # (AVX-512) and portable differs by 2.2e-16 at most (float64 metrics); the margin leaves room
