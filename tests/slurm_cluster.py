@@ -47,8 +47,18 @@ def _run(*cmd: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, check=check, **kw)
 
 
+def _with_sbin() -> None:
+    """Put /usr/sbin and /sbin on PATH: Debian installs the daemons, mungekey and runuser
+    there, and a PATH cut to /usr/local/bin:/usr/bin:/bin (CI's, a cron job's) leaves them
+    out. This process's PATH, so the clients and daemons it starts find them too."""
+    parts = os.environ.get("PATH", "").split(os.pathsep)
+    extra = [d for d in ("/usr/sbin", "/sbin") if d not in parts]
+    os.environ["PATH"] = os.pathsep.join([*parts, *extra])
+
+
 def install() -> None:
     """slurm-wlm and munge from Debian's registry, unless slurmctld is already there."""
+    _with_sbin()
     if all(shutil.which(d) for d in DAEMONS):
         return
     if os.geteuid() != 0:

@@ -51,7 +51,10 @@ def lineage_json(root, *args, code=0) -> dict:
 
 
 def locked(root) -> dict:
-    return yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+    """dvc.lock as DVC reads it: ruamel.yaml, YAML 1.2 (1e-06 is a float)."""
+    from ruamel.yaml import YAML
+
+    return YAML(typ="safe", pure=True).load((root / "dvc.lock").read_text())["stages"]
 
 
 def run_names(stage: stage_table.Stage, grid: dict) -> set[str]:
@@ -70,7 +73,8 @@ EVERY_RUN = (
 
 def test_figure_lineage_reaches_the_raw_data_with_lock_md5s_params_and_commit(project):
     doc = lineage_json(project, FIGURE)
-    assert {link["stage"] for link in doc["links"]} == {"figures"} | EVERY_RUN
+    # the figures stage also reads the free-features records (for a temperature sweep)
+    assert {link["stage"] for link in doc["links"]} == {"figures", "free_features"} | EVERY_RUN
     assert doc["links"][0]["stage"] == "figures" and doc["links"][0]["depth"] == 0
     assert doc["artifact"]["md5"] == doc["artifact"]["md5_on_disk"] == md5(project / FIGURE)
     lock = locked(project)
@@ -106,8 +110,8 @@ def test_text_lineage_names_every_stage_family_and_the_raw_file(project):
     text = lineage(project, FIGURE).stdout
     assert f"HEAD {head(project)}, working tree clean" in text
     # Breadth first: aggregate reads the training logs as well as the geometry.
-    assert "chain      22 stages: figures, aggregate, geometry x6, train x6, embed x6, " \
-        "noisy_labels x2; raw data: digits" in text
+    assert "chain      23 stages: figures, free_features, aggregate, geometry x6, train x6, " \
+        "embed x6, noisy_labels x2; raw data: digits" in text
     assert f"digits  sklearn/datasets/data/digits.csv.gz  {md5(_digits_csv())}" in text
     for line in ("in       data/summary/runs.parquet", "code     commit " + head(project)[:12]):
         assert line in text
@@ -115,7 +119,7 @@ def test_text_lineage_names_every_stage_family_and_the_raw_file(project):
 
 def test_verify_passes_on_a_fresh_run(project):
     result = lineage(project, FIGURE, "--verify")
-    assert "verify: ok - 22 stages" in result.stdout
+    assert "verify: ok - 23 stages" in result.stdout
 
 
 def test_geometry_figure_follows_only_the_runs_it_shows(project):

@@ -64,3 +64,18 @@ def test_a_lock_dvc_would_reject_is_an_error_naming_it():
     (out,) = lock["prep"].outs
     assert out == Entry("out", "0123.dir", 2) and out.is_dir
     assert lock["prep"].params == {"a.b": 1, "other.yaml:c": 2}
+
+
+def test_the_lock_is_read_with_yaml_1_2_floats_as_dvc_writes_them():
+    """DVC (ruamel.yaml, YAML 1.2) writes 1.0e-6 as 1e-06, which YAML 1.1 reads as a string:
+    lineage must read the same numbers DVC does, or a recorded params value looks stale."""
+    import yaml
+    from ruamel.yaml import YAML
+
+    from pipeline.infra.lineage.dvc_state import _YAML_LOADER
+
+    text = "a: 1e-06\nb: 1.0e-6\nc: -2E+3\nd: 0.1\ne: 12\nf: 1e-06x\ng: '1e-06'\n"
+    ours = yaml.load(text, Loader=_YAML_LOADER)
+    assert ours == YAML(typ="safe", pure=True).load(text)
+    assert ours["a"] == 1e-06 and ours["f"] == "1e-06x" and ours["g"] == "1e-06"
+    assert yaml.safe_load(text)["a"] == "1e-06"  # what plain PyYAML would have given

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import sys
-from dataclasses import astuple
 
 import numpy as np
 import pandas as pd
@@ -18,7 +17,7 @@ from pipeline.infra import datasets, stage_table
 from pipeline.infra.config import load_params
 from pipeline.infra.datasets import CIFAR
 from pipeline.infra.io import read_metadata
-from pipeline.infra.runs import Run
+from pipeline.infra.runs import Run, setting_name
 from pipeline.maths.imbalance import imbalanced_counts
 
 PRESET = ROOT / "presets" / "paper.yaml"
@@ -73,7 +72,10 @@ def paper_runs() -> set[tuple]:
 
 def test_paper_preset_runs_exactly_the_protocols_216_runs():
     jobs = stage_table.grid_jobs(stage_table.TRAIN, load_params(PRESET)["grid"])
-    runs = [astuple(Run.of(j)) for j in jobs]
+    # the paper's five values of a run; its setting is the paper's one (rho 1, tau 0.1, b 256)
+    runs = [(r.dataset, r.model, r.augmentation, r.noise_fraction, r.seed)
+            for r in map(Run.of, jobs)]
+    assert {setting_name(Run.of(j).columns()) for j in jobs} == {"rho1-tau0.1-b256"}
     assert len(runs) == len(set(runs)) == 216
     assert set(runs) == paper_runs()
     # every run's noisy labels once: the geometry study reuses the noise study's p = 0 labels

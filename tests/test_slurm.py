@@ -255,7 +255,7 @@ def cancel_then_resume(cluster, tmp_path, target, reference, reference_run, refe
     assert not (project / target).exists() and resume.exists()
 
     snakemake(project, env, "--no-hooks", target)
-    train_log = (project / "logs/train/digits-supcon-none-0.3-0.log").read_text()
+    train_log = (project / "logs/train/digits-1-supcon-none-0.1-64-0.3-0.log").read_text()
     assert "resuming after iteration" in train_log
     assert reference_run.wait(timeout=300) == 0, reference_log.read_text()
     for path in (target, f"data/train_logs/{RUN}.parquet"):

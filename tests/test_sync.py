@@ -62,7 +62,7 @@ def test_sync_refuses_while_dvc_sees_stale_stages_and_touches_nothing(private):
     change_params(private)  # changed, but not reproduced
     before, lock = geometry_files(private), (private / "dvc.lock").read_bytes()
     stale = sorted(json.loads(sh("dvc", "status", "--json", cwd=private).stdout))
-    assert stale == [f"{stage_table.GEOMETRY.name}@digits-{m}-none-{p}-0"
+    assert stale == [f"{stage_table.GEOMETRY.name}@digits-1-{m}-none-0.1-64-{p}-0"
                      for m in ("ce", "ce_fixed", "supcon") for p in ("0.0", "0.3")]
     result = sync(private)
     assert result.returncode == 1

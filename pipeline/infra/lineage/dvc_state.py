@@ -26,6 +26,7 @@ file is needed.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -49,9 +50,22 @@ from pipeline.infra.io import file_md5
 LOCK_FILE = stage_table.LOCK_FILE
 
 try:  # libyaml's loader (see the module docstring)
-    _YAML_LOADER: type = yaml.CSafeLoader
+    _BASE_LOADER: type = yaml.CSafeLoader
 except AttributeError:  # pragma: no cover - PyYAML built without libyaml
-    _YAML_LOADER = yaml.SafeLoader
+    _BASE_LOADER = yaml.SafeLoader
+
+
+class _YAML_LOADER(_BASE_LOADER):  # noqa: N801 -- a loader class, named as the constant it was
+    """PyYAML's loader with YAML 1.2's floats. DVC writes dvc.lock with ruamel.yaml (YAML 1.2),
+    which spells 1.0e-6 as ``1e-06``; PyYAML (YAML 1.1) needs a dot and would read that as the
+    string "1e-06", so a params value recorded in the lock would differ from params.yaml's."""
+
+
+_YAML_LOADER.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 class LineageError(ValueError):
