@@ -90,3 +90,24 @@ def test_cli_rejects_bad_params_without_writing(tmp_path, params):
     assert "grid.noise_fractions.1: 1.5 is greater than the maximum of 1" in result.stderr
     assert "Traceback" not in result.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("dotted,value,expected", [
+    ("datasets.digits.imbalance.profile", "zipf",
+     r"datasets\.digits\.imbalance\.profile: 'zipf' is not one of \['step', 'long_tail'\]"),
+    ("datasets.digits.imbalance.seed", -1, r"datasets\.digits\.imbalance\.seed: -1 is less than"),
+    ("grid.imbalance_ratios", [1, 1], r"grid\.imbalance_ratios: \[1, 1\] has non-unique"),
+])
+def test_bad_imbalance_setting_names_key_and_value(params, dotted, value, expected):
+    with pytest.raises(ParamsError, match=expected):
+        validate_params(with_value(params, dotted, value))
+
+
+def test_an_imbalance_ratio_without_the_dataset_profile_is_named(params):
+    p = with_value(params, "grid.imbalance_ratios", [1, 10])
+    del p["datasets"]["digits"]["imbalance"]
+    with pytest.raises(ParamsError, match=r"grid\.imbalance_ratios lists \[10\] for dataset "
+                                          r"'digits', but datasets\.digits\.imbalance"):
+        validate_params(p)
+    del p["grid"]["imbalance_ratios"][1]  # ratio 1 alone: the split as it is, no profile needed
+    validate_params(p)
