@@ -34,16 +34,6 @@ MEASURED_LINE = re.compile(r"^# Measured by `python benchmarks/time_presets.py -
                            re.MULTILINE)
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -76,6 +66,7 @@ def report(name: str, measured: dict, cores: int) -> str:
     sys.path.insert(0, str(REPO))
     from pipeline.infra import stage_table
     from pipeline.infra.config import load_params
+    from pipeline.infra.numerics import cpu_model
     from pipeline.infra.results import claims_in_words
 
     clone = measured["clone"]
@@ -88,7 +79,7 @@ def report(name: str, measured: dict, cores: int) -> str:
     minutes, seconds = divmod(round(measured["wall"]), 60)
     out.write(f"presets/{name}.yaml: {runs} training runs, {minutes} min {seconds} s wall, "
               f"{measured['cpu']:.0f} CPU-s, snakemake --cores {cores}, from an empty data/\n")
-    out.write(f"machine: {os.cpu_count()} cores, {cpu_model()}\n")
+    out.write(f"machine: {os.cpu_count()} cores, {cpu_model() or platform.machine()}\n")
     out.write(f"figure: {', '.join(f'{stage_table.FIGURES_DIR}/{f}' for f in figures)}\n")
     out.write(f"claims rows {CLAIM_IDS[name]} ({stage_table.CLAIMS_CSV}):\n")
     for r in rows.itertuples():

@@ -10,6 +10,7 @@ import matplotlib.image
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import ROOT
 from test_figures import CLAIMS, GRID, PARAMS, K, build_inputs, free_value, metrics_of
 
 from pipeline.infra import stage_table
@@ -246,3 +247,25 @@ def test_fixed_axes_are_spelled_as_the_setting_name_spells_them():
     row = {"imbalance_ratio": 10.0, "temperature": 0.05, "batch_size": 32}
     assert fixed_name(row) == setting_name(row) == "rho10-tau0.05-b32"
     assert fixed_name({"imbalance_ratio": 1.5, "batch_size": 256}) == "rho1.5-b256"
+
+
+def test_every_sweep_figure_is_filed_in_the_report_under_its_kind():
+    """rules/figures.smk files each PNG by the kind its stem starts with: the sweep figures'
+    stems (also with the fixed settings named) must match its pattern as Snakemake reads it."""
+    import ast
+    import re
+
+    from snakemake.io import regex_from_filepattern
+
+    from pipeline.infra import sweep_plots
+
+    text = (ROOT / "rules" / "figures.smk").read_text()
+    categories = ast.literal_eval(re.search(r"FIGURE_CATEGORIES = (\{.*?\n\})", text,
+                                            re.DOTALL).group(1))
+    template = re.search(r'FIGURE_PATTERN = "(.*?)" % ', text).group(1)
+    pattern = re.compile(regex_from_filepattern(template % "|".join(categories)))
+    for kind in sweep_plots.SWEEPS.values():
+        assert "beyond the paper" in categories[kind]
+        for stem in (f"{kind}_digits", f"{kind}_cifar10-standard-rho1-b256"):
+            found = pattern.fullmatch(f"{stem}.png")
+            assert found and found.group("kind") == kind, stem

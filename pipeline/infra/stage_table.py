@@ -275,6 +275,7 @@ FIGURES = Stage(
         "pipeline/stages/figures.py",
         "pipeline/stages/aggregate.py",
         "pipeline/maths/statistics.py",
+        "pipeline/infra/paper_plots.py",
         "pipeline/infra/sweep_plots.py",
         "pipeline/maths/imbalance.py",
         *_RUN_CODE,
