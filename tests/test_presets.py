@@ -91,23 +91,30 @@ def test_paper_preset_reads_the_official_archives():
 
 
 @pytest.mark.e2e
-def test_paper_preset_cut_to_a_few_iterations_runs_end_to_end(tmp_path):
-    """The real Snakefile on the preset, with tiny archives of the official format, two SGD
-    steps of a small batch and one noise level: every stage, both datasets, all models."""
+@pytest.mark.parametrize("name", ["paper", "multiview_cifar"])
+def test_paper_preset_cut_to_a_few_iterations_runs_end_to_end(tmp_path, name):
+    """The real Snakefile on the preset (and on its multi-view variant), with tiny archives of
+    the official format, two SGD steps of a small batch and one noise level: every stage,
+    both datasets, all models."""
     project = copy_project(tmp_path / "project")
-    preset = yaml.safe_load(PRESET.read_text())
+    preset = yaml.safe_load((ROOT / "presets" / f"{name}.yaml").read_text())
     for name in ("cifar10", "cifar100"):
         archive = project / preset["datasets"][name]["archive"]
         preset["datasets"][name]["md5"] = write_tiny_cifar(archive, name, per_batch=12)
     preset["grid"].update(noise_fractions=[0.0], seeds=[0], batch_sizes=[8])
+    if name == "multiview_cifar":  # the paper's models ran above: supcon_mv alone, one dataset
+        preset["grid"].update(datasets=["cifar10"], models=["supcon_mv"])
+        preset["free_features"] = tiny_params()["free_features"]  # checked with "paper"
     preset["train"]["common"].update(iterations=2, eval_every=1, compile=False)
     cut = project / "paper-cut.yaml"
     cut.write_text(yaml.safe_dump(preset))
     sh(sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", str(cut), cwd=project)
     summary = (project / "data/summary/summary.csv").read_text().splitlines()
-    assert len(summary) == 1 + 2 * 3 * 2  # datasets x models x augmentations (none, standard)
+    grid = preset["grid"]
+    # datasets x models x augmentations (none, standard)
+    assert len(summary) == 1 + len(grid["datasets"]) * len(grid["models"]) * 2
     figures = {p.name for p in (project / "data/figures").iterdir()}
-    for dataset in ("cifar10", "cifar100"):
+    for dataset in grid["datasets"]:
         assert f"geometry_{dataset}.png" in figures
         assert f"geometry_{dataset}-standard.png" in figures
 
@@ -251,3 +258,26 @@ def test_a_sweep_preset_cut_to_a_few_iterations_runs_end_to_end(tmp_path, name):
         expected = imbalanced_counts(np.bincount(split, minlength=10), "step", 30.0)
         assert meta["class_counts"] == expected.tolist()
         assert pq.read_table(labels).num_rows == expected.sum()
+
+
+# ----------------------------------------------------------------------------- multiview, CIFAR
+
+MULTIVIEW_CIFAR = ROOT / "presets" / "multiview_cifar.yaml"
+
+
+def test_multiview_cifar_preset_is_the_paper_protocol_plus_supcon_mv():
+    """Issue 15 item 4 at the paper's scale: supcon_mv beside the paper's three models, its
+    views made by the standard CIFAR augmentation; every other field the paper preset's."""
+    preset, paper = load_params(MULTIVIEW_CIFAR), load_params(PRESET)
+    assert preset["train"]["models"].pop("supcon_mv") == {"learning_rate": 0.1,
+                                                          "view_augmentation": "standard"}
+    assert preset["grid"].pop("models") == ["supcon", "supcon_mv", "ce", "ce_fixed"]
+    paper["grid"].pop("models")
+    assert preset == paper
+    jobs = stage_table.grid_jobs(stage_table.TRAIN, load_params(MULTIVIEW_CIFAR)["grid"])
+    runs = {(r.dataset, r.model, r.augmentation, r.noise_fraction, r.seed)
+            for r in map(Run.of, jobs)}
+    # the paper's 216 runs, and supcon_mv in both of its studies: 72 more
+    mv = {run for run in runs if run[1] == "supcon_mv"}
+    assert runs - mv == paper_runs() and len(mv) == 72
+    assert {(d, "supcon_mv", a, p, s) for d, _, a, p, s in paper_runs()} == mv
