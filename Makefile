@@ -1,6 +1,7 @@
 # Two entry points do all set-up on a fresh machine:
 #   make run   install, then run the whole pipeline on the embedded digits dataset (CPU)
 #   make test  install, then run the test suite (unit, end-to-end Snakemake + DVC, lint)
+#   make test-fast  the inner loop: unit and property tests only (no e2e; docs/design.md times both)
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
@@ -12,7 +13,7 @@ export PATH := $(BIN):$(PATH)
 DVC_REMOTE ?= $(HOME)/.cache/supcon-geometry/dvc-remote
 CORES ?= all
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test test-fast lint bench clean
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml requirements.lock
@@ -40,6 +41,11 @@ test: install
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } \
 		|| echo "WARNING: could not install chromium (not root?): the report test will skip"
 	$(BIN)/python -m pytest
+
+# Everything but the tests marked e2e (pipeline runs in subprocesses): for the edit-test loop.
+# `make test` (CI's) runs them all.
+test-fast: install
+	$(BIN)/python -m pytest -m "not e2e"
 
 lint: install
 	ruff check pipeline tests

@@ -30,6 +30,17 @@ def pytest_configure(config):
     )
 
 
+# pytest-xdist (--dist loadscope) hands each module out as one unit of work, in collection
+# order: the slowest modules (docs/design.md, "Test times") go first, so that no worker
+# starts one of them when the other is nearly done.
+SLOWEST_FIRST = ("test_presets_cifar", "test_presets", "test_slurm", "test_audit", "test_sync")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(getattr(item.module, "__name__", ""), len(rank)))
+
+
 @pytest.fixture(autouse=True)
 def one_thread():
     """Tests use small tensors: one thread is faster, results do not depend on the core

@@ -79,6 +79,7 @@ def params_file(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.e2e  # runs stages as subprocesses: not in the fast tier
 def test_portable_bytes_equal_under_two_isa_levels(tmp_path, params_file):
     env = {numerics.MODE_VARIABLE: "portable"}
     here = run_chain(tmp_path / "here", params_file, env)
@@ -92,6 +93,7 @@ def test_portable_bytes_equal_under_two_isa_levels(tmp_path, params_file):
         assert numerics_record(tmp_path / "here" / name)["mode"] == "portable", name
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(not has_avx512(), reason="this CPU has no AVX-512: one ISA level only")
 def test_native_bytes_differ_between_isa_levels(tmp_path, params_file):
     """Without the portable settings the same comparison fails: the test above has teeth."""
@@ -117,6 +119,7 @@ def test_unknown_mode_is_a_named_error(tmp_path, params_file):
     assert not (tmp_path / "labels.parquet").exists()
 
 
+@pytest.mark.e2e  # runs stages as subprocesses: not in the fast tier
 def test_every_artifact_of_the_tiny_project_has_its_golden_md5(tmp_path_factory):
     import json
 

@@ -40,6 +40,7 @@ def setup(tmp_path):
     return params_file, labels, env
 
 
+@pytest.mark.e2e  # kills and resumes real training processes: not in the fast tier
 def test_sigkill_at_random_points_then_resume_is_byte_identical(tmp_path, setup):
     params_file, labels, env = setup
     reference = tmp_path / "reference"

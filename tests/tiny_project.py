@@ -9,12 +9,14 @@ from the same clean state.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
 
 import yaml
 from conftest import copy_project, sh, tiny_params
+from filelock import FileLock
 
 _BUILT: dict[str, Path] = {}
 
@@ -26,15 +28,38 @@ def git_commit(root: Path, message: str) -> str:
     return sh("git", "rev-parse", "HEAD", cwd=root).stdout.strip()
 
 
+def _build(root: Path) -> None:
+    copy_project(root)
+    (root / "dvc.lock").unlink(missing_ok=True)  # record only this project's runs
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    sh(sys.executable, "-m", "snakemake", "--cores", "2", cwd=root)
+    git_commit(root, "tiny project after its first run")
+
+
 def built(tmp_path_factory) -> Path:
-    """The session's tiny project after one full Snakemake run, committed (read only)."""
+    """The session's tiny project after one full Snakemake run, committed (read only).
+
+    Under pytest-xdist the run happens once for all workers: the first to ask builds it in
+    the session's shared temporary folder, holding a file lock, and the others wait for it;
+    each worker then reads its own copy, because DVC and Snakemake take repository locks
+    even to read, and two workers must never contend for them.
+    """
     if "root" not in _BUILT:
-        root = tmp_path_factory.mktemp("tiny-project")
-        copy_project(root)
-        (root / "dvc.lock").unlink(missing_ok=True)  # record only this project's runs
-        (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
-        sh(sys.executable, "-m", "snakemake", "--cores", "2", cwd=root)
-        git_commit(root, "tiny project after its first run")
+        worker = os.environ.get("PYTEST_XDIST_WORKER")
+        if worker is None:
+            root = tmp_path_factory.mktemp("tiny-project")
+            _build(root)
+        else:
+            shared = tmp_path_factory.getbasetemp().parent  # common to the session's workers
+            with FileLock(shared / "tiny-project.lock"):
+                if not (shared / "tiny-project.done").exists():
+                    if (shared / "tiny-project").exists():  # a build that failed part-way
+                        shutil.rmtree(shared / "tiny-project")
+                    (shared / "tiny-project").mkdir()
+                    _build(shared / "tiny-project")
+                    (shared / "tiny-project.done").touch()
+            root = tmp_path_factory.getbasetemp() / "tiny-project"
+            shutil.copytree(shared / "tiny-project", root, symlinks=True)
         _BUILT["root"] = root
     return _BUILT["root"]
 

@@ -1,0 +1,101 @@
+"""Wall time of the test suite: pytest's own wall time, the 40 slowest tests and the time
+spent per test file, read from pytest's JUnit XML (setup + call + teardown of each test).
+
+Prints a table; it is a measurement, not a test (timings never gate the test suite).
+Usage: python benchmarks/time_tests.py [--fast] [--write-doc] [-- PYTEST-ARGS...]
+  --fast       time the fast tier (`make test-fast`: -m "not e2e") instead of the full suite
+  --write-doc  put the table into docs/design.md (block measured:tests or measured:tests-fast)
+
+With pytest-xdist (`-n 2`, the default of `make test`), a file's time is the sum of its
+tests' times on both workers, so the file times add up to about twice the wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SLOWEST = 40
+
+
+def run_pytest(extra: list[str], junit: Path) -> tuple[float, int]:
+    """pytest's exit code and wall time; its output streams to this terminal."""
+    cmd = [sys.executable, "-m", "pytest", "-q", f"--junitxml={junit}",
+           "-o", "junit_duration_report=total", *extra]
+    start = time.perf_counter()
+    code = subprocess.run(cmd, cwd=ROOT).returncode
+    return time.perf_counter() - start, code
+
+
+def read_cases(junit: Path) -> list[tuple[str, str, float, str]]:
+    """(file, test name, seconds, outcome) of every test case in the report."""
+    cases = []
+    for case in ET.parse(junit).getroot().iter("testcase"):
+        module = case.get("classname", "").split(".")
+        file = "tests/" + (module[1] if module[:1] == ["tests"] else module[0]) + ".py"
+        outcome = "passed"
+        for child in case:
+            if child.tag in ("failure", "error", "skipped"):
+                outcome = child.tag
+        cases.append((file, case.get("name", ""), float(case.get("time", 0.0)), outcome))
+    return cases
+
+
+def table(wall: float, cases, label: str) -> str:
+    out = io.StringIO()
+    outcomes = defaultdict(int)
+    for *_, outcome in cases:
+        outcomes[outcome] += 1
+    counts = ", ".join(f"{n} {name}" for name, n in sorted(outcomes.items()))
+    out.write(f"{label}: {len(cases)} tests ({counts}), pytest wall {wall:.1f} s, "
+              f"{os.cpu_count()} cores\n\n")
+    per_file: dict[str, list[float]] = defaultdict(list)
+    for file, _, seconds, _ in cases:
+        per_file[file].append(seconds)
+    out.write(f"{'file':<36}{'tests':>6}{'seconds':>10}\n")
+    for file, times in sorted(per_file.items(), key=lambda kv: -sum(kv[1])):
+        out.write(f"{file:<36}{len(times):>6}{sum(times):>10.1f}\n")
+    out.write(f"\nslowest {SLOWEST} tests (setup + call + teardown):\n")
+    for file, name, seconds, _ in sorted(cases, key=lambda c: -c[2])[:SLOWEST]:
+        out.write(f"{seconds:>8.1f} s  {file}::{name}\n")
+    return out.getvalue()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--fast", action="store_true", help="the fast tier (-m 'not e2e')")
+    parser.add_argument("--write-doc", action="store_true",
+                        help="write the table into docs/design.md")
+    parser.add_argument("pytest_args", nargs="*", help="more pytest arguments (after --)")
+    args = parser.parse_args()
+    extra = (["-m", "not e2e"] if args.fast else []) + args.pytest_args
+    with tempfile.TemporaryDirectory() as tmp:
+        junit = Path(tmp) / "junit.xml"
+        wall, code = run_pytest(extra, junit)
+        cases = read_cases(junit)
+    label = "make test-fast" if args.fast else "make test"
+    text = table(wall, cases, label)
+    print(text, end="")
+    if args.write_doc:
+        sys.path.insert(0, str(ROOT))
+        from pipeline.infra.results import write_measurement
+
+        flags = " --fast" if args.fast else ""
+        write_measurement(ROOT / "docs/design.md", "tests-fast" if args.fast else "tests",
+                          f"python benchmarks/time_tests.py{flags} --write-doc", text)
+    if code:
+        raise SystemExit(f"pytest exited {code}: the table above is of a failing run")
+
+
+if __name__ == "__main__":
+    main()
