@@ -35,6 +35,36 @@ def test_missing_archive_names_path_checksum_and_source(tmp_path):
     assert "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz" in message
 
 
+def test_an_archive_path_that_is_a_directory_says_so(tmp_path):
+    path = tmp_path / "raw"
+    path.mkdir()
+    with pytest.raises(DatasetError) as e:
+        datasets.load("cifar10", {"archive": str(path)})
+    message = str(e.value)
+    assert message.startswith(f"{path}: is a directory, not the dataset archive for 'cifar10'")
+    assert "names the file itself, cifar-10-python.tar.gz" in message
+    assert "missing" not in message
+
+
+def test_an_unreadable_archive_says_so(tmp_path, monkeypatch):
+    import os
+
+    path = tmp_path / "cifar-10-python.tar.gz"
+    md5 = write_tiny_cifar(path, "cifar10")
+    path.chmod(0)
+    if os.geteuid() == 0:  # root reads it all the same: fail the read as the kernel would
+        def denied(_):
+            raise PermissionError(13, "Permission denied", str(path))
+
+        monkeypatch.setattr(datasets, "file_md5", denied)
+    with pytest.raises(DatasetError) as e:
+        datasets.load("cifar10", {"archive": str(path), "md5": md5})
+    message = str(e.value)
+    assert message.startswith(f"{path}: dataset archive for 'cifar10' is unreadable "
+                              "(Permission denied)")
+    assert "missing" not in message and "md5 is" not in message
+
+
 def test_wrong_checksum_is_refused(tmp_path):
     path = tmp_path / "cifar-100-python.tar.gz"
     md5 = write_tiny_cifar(path, "cifar100")

@@ -586,3 +586,28 @@ def test_singleton_minority_classes_merge_under_full_batch_supcon():
     # pairs (0,1), (0,2), (0,3), (1,2), (1,3), (2,3)
     np.testing.assert_allclose(cosines, [-0.8552, -0.2691, -0.2691, -0.2691, -0.2691, 1.0],
                                atol=1e-3)
+
+
+@pytest.mark.parametrize("profile", imbalance.PROFILES)
+def test_largest_ratio_is_where_the_clamp_starts_to_act(profile):
+    """Against a naive scan: at the largest ratio every class keeps n_k s_k >= 1 of its own;
+    just above it some class's product falls below one and only the clamp keeps it."""
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        counts = rng.integers(1, 400, int(rng.integers(2, 12)))
+        largest = imbalance.largest_ratio(counts, profile)
+
+        def unclamped(ratio, counts=counts):
+            kept = np.round(counts * imbalance.scales(counts.size, profile, ratio), 9)
+            return bool(np.all(kept >= 1))
+
+        assert unclamped(largest) and not unclamped(largest * (1 + 1e-6))
+        kept = imbalance.imbalanced_counts(counts, profile, largest)
+        assert kept.min() >= 1
+
+
+def test_largest_step_ratio_is_the_smallest_minority_class():
+    counts = np.array([124, 127, 124, 128, 127, 127, 127, 125, 122, 126])
+    assert imbalance.largest_ratio(counts, "step") == 122.0  # the last five: 127 ... 122
+    assert imbalance.largest_ratio(np.array([5, 0, 3]), "step") == 3.0
+    assert imbalance.largest_ratio(np.array([5, 3, 0]), "step") == float("inf")  # empty: no limit

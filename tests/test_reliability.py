@@ -108,6 +108,24 @@ def test_missing_cifar_archive_stops_the_stage(tmp_path):
     assert not out.exists()
 
 
+def test_an_imbalance_ratio_the_dataset_cannot_realise_is_refused_by_name(tmp_path):
+    params = tiny_params()
+    params["grid"]["imbalance_ratios"] = [1, 1000]
+    params_file = write_params(tmp_path, params)
+    out = tmp_path / "labels.parquet"
+    args = labels_args(params_file, out)
+    args[args.index("--imbalance-ratio") + 1] = "1000"
+    result = cli(*args)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    # step thins the last five classes of digits' training split to 1/rho of each
+    assert "grid.imbalance_ratios: 1000 cannot be realised on dataset 'digits' with profile " \
+           "'step'" in line
+    assert "the realised ratio would be 128; the largest ratio this profile can give " \
+           "'digits' is 122" in line  # its smallest minority class: 122 images
+    assert not out.exists() and list(tmp_path.iterdir()) == [params_file]
+
+
 def test_interrupted_write_leaves_neither_output_nor_temporary(tmp_path, monkeypatch):
     target = tmp_path / "out.json"
 

@@ -129,6 +129,16 @@ def _check_cross_fields(params: dict, source: str) -> None:
                 f"{source}: grid.imbalance_ratios lists {ratios} for dataset {name!r}, but "
                 f"datasets.{name}.imbalance (profile and seed) is missing"
             )
+    for job in jobs(("dataset", "augmentation", "model"), params["grid"]):
+        refused = dict(REGISTRY[job["dataset"]].refuses)
+        view = params["train"]["models"].get(job["model"], {}).get("view_augmentation")
+        for key, value in (("grid.augmentations", job["augmentation"]),
+                           (f"train.models.{job['model']}.view_augmentation", view)):
+            if value in refused:
+                raise ParamsError(
+                    f"{source}: {key}: {value!r} is refused for dataset {job['dataset']!r}: "
+                    f"{refused[value]}"
+                )
     for model in params["grid"]["models"]:
         if model not in params["train"]["models"]:
             raise ParamsError(

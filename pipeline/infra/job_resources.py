@@ -22,8 +22,8 @@ SECONDS_PER_STEP = {
 # An evaluation passes every training and test image forward once; a forward costs about
 # a third of a forward+backward step.
 FORWARD_SHARE = 1 / 3
-# Training images + test images per dataset (digits: 1,797 split 70/30).
-IMAGES = {"digits": 1_797, "cifar10": 60_000, "cifar100": 60_000}
+# Training images + test images per dataset (digits: 1,797 split 70/30; mnist5k: 5,000).
+IMAGES = {"digits": 1_797, "mnist5k": 5_000, "cifar10": 60_000, "cifar100": 60_000}
 MARGIN = 2.0  # wall time asked for / wall time estimated: queues lose less than a TIMEOUT
 # Views per sampled image of the multi-view models: their encoder sees that many inputs per
 # image, so a step costs that many times as much. The same table as pipeline/maths/models.py's

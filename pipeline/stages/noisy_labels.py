@@ -67,6 +67,8 @@ def make_noisy_labels(
         schema=SCHEMA,
     )
     meta = {"dataset": dataset, "noise_fraction": noise_fraction, "seed": seed, "scheme": scheme}
+    if data.pixel_md5 is not None:  # the images these labels belong to, checked on load
+        meta["pixel_md5"] = data.pixel_md5
     if float(imbalance_ratio) != 1.0:  # ratio 1 keeps the bytes a balanced run always had
         meta["imbalance"] = {
             **section["imbalance"],
