@@ -35,6 +35,11 @@ def runs_table(noise=(0.0, 0.5), seeds=(0, 1, 2)) -> pd.DataFrame:
                     # the gap grows with p and accuracy falls: a negative rank correlation
                     "final_loss_gap": 0.01 + p + 0.001 * seed,
                     "test_accuracy_class_mean": 0.95 - p - 0.001 * seed,
+                    # in the regimes the claims need: the fit held for 2/3 of T, fit times
+                    # 40x the evaluation grain, growing with p (the CE control visible)
+                    "final_iteration": 3000, "iterations_held_fit": 2000,
+                    "evaluation_interval": 50,
+                    "iterations_to_fit": 1000 + 2000 * p + 10 * seed,
                 })
     return pd.DataFrame(rows)
 
@@ -55,11 +60,11 @@ GROWTH = {"digits": {"none": {"rho1-tau0.1-b256": {
 }}}}
 
 
-def tabulate(directory, runs: pd.DataFrame):
-    """Run the stage on ``runs`` (with GROWTH and free_table()); (frame, output paths)."""
+def tabulate(directory, runs: pd.DataFrame, growth: dict = GROWTH):
+    """Run the stage on ``runs`` (with ``growth`` and free_table()); (frame, output paths)."""
     directory.mkdir(parents=True, exist_ok=True)
     write_parquet(pa.Table.from_pandas(runs, preserve_index=False), directory / "runs.parquet")
-    write_json(GROWTH, directory / "growth.json")
+    write_json(growth, directory / "growth.json")
     write_parquet(free_table(), directory / "free.parquet")
     out = {"table": directory / "claims.csv", "markdown_table": directory / "claims.md",
            "verdicts": directory / "verdicts.json"}
@@ -94,8 +99,12 @@ def test_simplex_verdicts_use_the_interval_over_seeds(table):
     assert row.value == pytest.approx(0.011)  # mean over seeds 0.010, 0.011, 0.012
     assert 0.010 - 1e-12 <= row.ci_low <= row.value <= row.ci_high <= 0.012 + 1e-12
     assert row.verdict == "replicates"
-    assert verdict_of(frame, "ii", "ce", "class means").verdict == "does not"
-    assert verdict_of(frame, "ii", "ce", "sample-to").verdict == "does not"
+    # one training length: a measure off its criterion is not yet a "does not" (below)
+    for measure in ("class means", "sample-to"):
+        row = verdict_of(frame, "ii", "ce", measure)
+        assert row.ci_high < 0.99 and row.verdict == (
+            "not reached: training length not swept (T = 3000 only): a measure still "
+            "improving with T cannot be told from a flat one")
     assert verdict_of(frame, "ii", "ce", "NC4").verdict == "replicates"
     assert not ((frame.claim == "ii") & (frame.model == "supcon")
                 & frame.measure.str.startswith("NC3")).any()  # no head, no NC3
@@ -121,7 +130,8 @@ def test_outputs_markdown_and_metrics(table):
     frame, out = table
     text = out["markdown_table"].read_text()
     assert text.count("\n") == len(frame) + 2  # header, rule, one line per row
-    assert r"max \|relative gap\|" in text  # pipes escaped: the row keeps its 8 cells
+    assert r"max \|relative gap\|" in text  # pipes escaped: the row keeps its 9 cells
+    assert all(line.count(" | ") == 8 for line in text.splitlines()[2:])
     verdicts = json.loads(out["verdicts"].read_text())
     key = "iv/digits/none/rho1-tau0.1-b256/supcon/growth exponent a (1 of 3 runs never fit)"
     assert verdicts[key] == {"verdict": "replicates", "value": 1.6}
@@ -135,7 +145,9 @@ BASE_METRICS = {"nc2_simplex_angle_deviation": 0.01, "sample_cosine_mean": 0.999
                 "nc3_self_duality": np.nan, "nc4_head_ncm_agreement": np.nan,
                 "final_loss_gap": 0.01, "final_supcon_gap": 0.01,
                 "test_accuracy_class_mean": 0.9, "test_accuracy_majority": 0.9,
-                "test_accuracy_minority": 0.9, "head_cosine_minority": np.nan}
+                "test_accuracy_minority": 0.9, "head_cosine_minority": np.nan,
+                # in the terminal phase: the fit held for 2/3 of T
+                "final_iteration": 3000, "iterations_held_fit": 2000}
 THRESHOLD = TOLERANCES["simplex_cosine_deviation"]
 
 
@@ -282,7 +294,7 @@ def test_imbalance_claim_against_scipy():
                 "test_accuracy_minority": minority[r] + 0.002 * (seed - 1)}
 
     runs = sweep_runs({"imbalance_ratio": ratios}, metrics, models=("supcon", "ce", "ce_fixed"))
-    frame = pd.DataFrame(claims.imbalance_claims(runs))
+    frame = pd.DataFrame(claims.imbalance_claims(runs, TOLERANCES))
     assert set(frame.setting) == {"tau0.1-b256"}
     difference = lambda at: at.test_accuracy_minority - at.test_accuracy_majority  # noqa: E731
     for model in ("supcon", "ce", "ce_fixed"):
@@ -334,7 +346,7 @@ def test_an_axis_is_swept_only_within_one_model_and_fixed_setting():
     ])
     assert claims.temperature_claims(runs, TOLERANCES) == []
     assert claims.batch_size_claims(runs, TOLERANCES) == []
-    assert claims.imbalance_claims(runs) == []
+    assert claims.imbalance_claims(runs, TOLERANCES) == []
 
 
 def test_a_two_axis_grid_judges_each_axis_per_fixed_setting_and_keeps_markdown_rows(tmp_path):
@@ -352,8 +364,8 @@ def test_a_two_axis_grid_judges_each_axis_per_fixed_setting_and_keeps_markdown_r
         assert rows.verdict.tolist() == ["does not", "replicates", "replicates"]  # 0.2, 0.04
     lines = out["markdown_table"].read_text().splitlines()
     assert len(lines) == len(frame) + 2  # header, rule, one line per row
-    for line in lines[2:]:  # 8 cells: a measure's |cos| is escaped
-        assert len(line.replace("\\|", "").split("|")) == 10, line
+    for line in lines[2:]:  # 9 cells: a measure's |cos| is escaped
+        assert len(line.replace("\\|", "").split("|")) == 11, line
     assert "| T | digits, none, rho1-b64 | supcon | tau = 0.1: class means" in "\n".join(lines)
     verdicts = json.loads(out["verdicts"].read_text())
     verdicts.pop("numerics", None)  # write_json's record of the numerics, not a row
@@ -361,3 +373,96 @@ def test_a_two_axis_grid_judges_each_axis_per_fixed_setting_and_keeps_markdown_r
     key = "B/digits/none/rho1-tau0.1/supcon/Spearman rho(b, final supcon gap)"
     assert verdicts[key]["verdict"] == claims.NO_VERDICT
     assert pd.read_csv(out["table"]).shape == (len(frame), len(claims.COLUMNS))
+
+
+# ----------------------------------------------------------------- regimes (issue 22)
+
+def test_rows_say_which_regime_their_runs_reached(table):
+    frame, _ = table
+    row = verdict_of(frame, "ii", "supcon", "class means")
+    assert row.regime.startswith("not reached: training length not swept")
+    assert verdict_of(frame, "iii", "ce", "Spearman").regime == (  # p = 0 and 0.5, 3 seeds
+        "reached: fit held for 0.67 of T = 3000 (least of 6 runs; needs >= 0.5)")
+    growth = verdict_of(frame, "iv", "ce", "growth").regime
+    assert growth.startswith("reached: 0 of 3 runs censored")
+    # grain 50 against the smallest mean fit time, 2010 (p = 0.5, seeds 0-2)
+    assert f"evaluation grain 50 = {50 / 2010:.2f} of the smallest mean fit time 2010" in growth
+    # ranks of p tie in threes (2, 2, 2, 5, 5, 5), fit times rank 1-6: rho = 2.25 / (1.5 *
+    # sqrt(35 / 12)) = 0.878
+    assert "ce control rho(p, fit time) 0.88" in growth
+    assert (frame.loc[frame.claim == "i", "regime"] == claims.NO_REGIME).all()
+
+
+def test_a_run_that_never_reaches_the_terminal_phase_is_not_reached(tmp_path):
+    runs = runs_table()
+    unheld = (runs.model == "ce") & (runs.seed == 1)
+    runs.loc[unheld, "iterations_held_fit"] = 0  # lost its fit at the end (or never fit)
+    frame, _ = tabulate(tmp_path, runs)
+    reason = "fit held for 0.00 of T = 3000 (least of 3 runs; needs >= 0.5)"
+    assert verdict_of(frame, "ii", "ce", "class means").verdict.startswith(
+        f"not reached: {reason}")
+    assert verdict_of(frame, "iii", "ce", "Spearman").regime == (
+        "not reached: fit held for 0.00 of T = 3000 (least of 6 runs; needs >= 0.5)")
+    # a verdict that replicates stands: the effect shows before the regime
+    assert verdict_of(frame, "ii", "ce", "NC4").verdict == "replicates"
+    assert verdict_of(frame, "ii", "supcon", "class means").verdict == "replicates"
+
+
+def two_lengths(ce_deviation_at) -> pd.DataFrame:
+    """runs_table() at T = 1000 and T = 3000, ce's NC2 deviation ``ce_deviation_at(T)``."""
+    frames = []
+    for length in (1000, 3000):
+        runs = runs_table()
+        runs["final_iteration"], runs["iterations_held_fit"] = length, length * 2 // 3
+        ce = runs.model == "ce"
+        runs.loc[ce, "nc2_simplex_angle_deviation"] = ce_deviation_at(length) + 0.001 * runs.seed
+        frames.append(runs)
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_a_flat_measure_over_training_lengths_does_not_replicate(tmp_path):
+    frame, _ = tabulate(tmp_path, two_lengths(lambda length: 0.3))
+    row = verdict_of(frame, "ii", "ce", "class means")
+    assert row.regime.startswith("reached: fit held for 0.67 of T = 1000")
+    assert "flat in T: Spearman rho(T, measure) 0.00" in row.regime
+    assert row.value == pytest.approx(0.301)  # at the longest T only
+    assert row.verdict == "does not"
+
+
+def test_a_measure_still_falling_with_training_length_is_not_reached(tmp_path):
+    frame, _ = tabulate(tmp_path, two_lengths(lambda length: 0.3 if length == 3000 else 0.6))
+    row = verdict_of(frame, "ii", "ce", "class means")
+    assert row.value == pytest.approx(0.301)
+    assert row.verdict.startswith("not reached: still improving with T: Spearman rho(T, "
+                                  "measure) -0.88")
+    assert "over T = 1000 to 3000" in row.verdict
+
+
+def test_growth_is_not_reached_when_the_control_is_flat_or_the_grain_coarse(tmp_path):
+    runs = runs_table()
+    runs["iterations_to_fit"] = 400.0 + 10 * runs.seed  # no growth with p: no control
+    runs["evaluation_interval"] = 100
+    growth = {"digits": {"none": {"rho1-tau0.1-b256": {
+        "supcon": {"exponent": 0.8, "exponent_ci95": [0.5, 1.1], "runs_used": 3,
+                   "runs_not_fit": 1},
+        "ce": {"exponent": 0.1, "exponent_ci95": [0.0, 0.2], "runs_used": 3,
+               "runs_not_fit": 0},
+    }}}}
+    frame, _ = tabulate(tmp_path, runs, growth)
+    supcon = verdict_of(frame, "iv", "supcon", "growth").verdict
+    assert supcon.startswith("not reached: 1 of 3 runs censored (allowed share 0)")
+    assert "evaluation grain 100 = 0.24 of the smallest mean fit time 410 (needs < 0.05)" in supcon
+    assert "ce control rho(p, fit time) 0.00" in supcon
+    ce = verdict_of(frame, "iv", "ce", "growth")
+    assert ce.verdict.startswith("not reached: evaluation grain 100")  # not "does not"
+    assert "0 of 3 runs censored" not in ce.verdict  # only what was not reached
+
+
+def test_growth_control_needs_a_ce_model_in_the_group(tmp_path):
+    runs = runs_table()
+    runs = runs[runs.model == "supcon"]
+    growth = {"digits": {"none": {"rho1-tau0.1-b256": {"supcon": GROWTH["digits"]["none"][
+        "rho1-tau0.1-b256"]["supcon"] | {"runs_not_fit": 0, "exponent_ci95": [0.5, 0.9]}}}}}
+    frame, _ = tabulate(tmp_path, runs, growth)
+    assert verdict_of(frame, "iv", "supcon", "growth").verdict == (
+        "not reached: no ce runs in the group to show the control")

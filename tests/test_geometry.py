@@ -221,6 +221,41 @@ def test_iterations_to_fit():
     assert metrics.iterations_to_fit(its, [1.0, 0.5, 0.5, 0.5], 1.0) == 500
 
 
+def naive_held(iterations, accuracies, threshold) -> int:
+    """Walk back from the last evaluation while it is fitted; held from the earliest one."""
+    start = None
+    for i in reversed(range(len(iterations))):
+        if not accuracies[i] >= threshold:  # NaN: not fitted
+            break
+        start = i
+    return 0 if start is None else iterations[-1] - iterations[start]
+
+
+def test_iterations_held_fit_against_a_naive_loop():
+    its = [500, 1000, 1500, 2000]
+    assert metrics.iterations_held_fit(its, [0.2, 1.0, 1.0, 1.0], 1.0) == 1000
+    assert metrics.iterations_held_fit(its, [1.0, 0.9, 1.0, 1.0], 1.0) == 500  # lost, regained
+    assert metrics.iterations_held_fit(its, [1.0, 1.0, 1.0, 0.9], 1.0) == 0  # lost at the end
+    assert metrics.iterations_held_fit(its, [0.2, 0.3, 0.4, 1.0], 1.0) == 0  # fit at the end
+    assert metrics.iterations_held_fit(its, [1.0, 1.0, np.nan, 1.0], 1.0) == 0
+    assert metrics.iterations_held_fit([], [], 1.0) == 0
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(1, 12))
+        iterations = np.cumsum(rng.integers(1, 100, n)).tolist()
+        accuracies = rng.choice([0.5, 0.99, 1.0, np.nan], n, p=[0.2, 0.1, 0.6, 0.1]).tolist()
+        for threshold in (0.99, 1.0):
+            assert metrics.iterations_held_fit(iterations, accuracies, threshold) == (
+                naive_held(iterations, accuracies, threshold))
+
+
+def test_evaluation_interval_is_the_largest_step_from_zero():
+    assert metrics.evaluation_interval([50, 100, 150, 175]) == 50
+    assert metrics.evaluation_interval([80, 100]) == 80  # the first row counts from 0
+    assert metrics.evaluation_interval([3000]) == 3000
+    assert metrics.evaluation_interval([]) == 0
+
+
 def test_nearest_class_mean_never_predicts_empty_class():
     means = np.array([[0.0, 0.0], [np.nan, np.nan], [10.0, 0.0]])
     z = np.array([[0.1, 0.0], [9.0, 1.0], [4.0, 0.0], [6.0, 0.0]])
@@ -320,6 +355,7 @@ def test_noisy_labels_by_hand(tmp_path):
     assert m["nc1"] == pytest.approx(0.5, rel=1e-12)
     assert m["class_mean_norm_cv"] == pytest.approx((1 - 1 / 3) / 2 / ((1 + 1 / 3) / 2))
     assert (m["iterations_to_fit"], m["final_iteration"]) == (200, 300)
+    assert (m["iterations_held_fit"], m["evaluation_interval"]) == (100, 100)
     assert m["final_loss"] == pytest.approx(2 / 3)
     samples = cos.loc[cos.kind == "sample_to_class_mean", "value"].to_numpy()
     np.testing.assert_allclose(samples, [1, 1, 1, 1, 1, -1])
@@ -423,6 +459,7 @@ def test_metrics_keys(tmp_path):
         "train_accuracy_noisy", "train_accuracy_clean", "train_accuracy_head_noisy",
         "test_accuracy_class_mean", "test_accuracy_head",
         "final_loss", "final_iteration", "iterations_to_fit",
+        "iterations_held_fit", "evaluation_interval",
         "supcon_optimum", "final_supcon_gap", "final_loss_gap",
         "nc2_equinorm_cv", "nc2_equiangular_std", "nc2_simplex_angle_deviation",
         "nc2_head_equinorm_cv", "nc3_self_duality", "nc4_head_ncm_agreement",

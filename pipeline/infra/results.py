@@ -279,9 +279,11 @@ def claims_in_words(table: pd.DataFrame) -> str:
         rows = table[table["claim"] == claim]
         if rows.empty:
             continue
+        # "not reached: <what>" verdicts (pipeline/stages/claims.py) count as one kind
+        kind = rows.verdict.where(~rows.verdict.str.startswith("not reached"), "not reached")
         by = {v: [f"{r.model} ({r.measure})" if claim in ("i", "ii", "T", "B", "R") else r.model
-                  for r in rows[rows.verdict == v].itertuples()]
-              for v in ("replicates", "does not", "inconclusive")}
+                  for r in rows[kind == v].itertuples()]
+              for v in ("replicates", "does not", "inconclusive", "not reached")}
         parts = [f"{verdict}: {', '.join(items)}" for verdict, items in by.items() if items]
         lines.append(f"- {name}: " + "; ".join(parts) + ".")
     return "\n".join(lines)

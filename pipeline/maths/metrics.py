@@ -114,6 +114,32 @@ def iterations_to_fit(iterations, accuracies, threshold: float) -> int | None:
     return int(np.asarray(iterations)[hits[0]]) if hits.size else None
 
 
+def iterations_held_fit(iterations, accuracies, threshold: float) -> int:
+    """Iterations over which the fit was held at the end of training: from the first
+    evaluation of the final unbroken stretch with accuracy >= threshold to the last
+    evaluation; 0 when the last evaluation is below the threshold (or the log is empty).
+
+    The terminal phase the paper's geometry claims are about is zero training error held
+    while training goes on; a run that fits at its last evaluation, or loses the fit and
+    regains it late, has not been in it for long. Rows in the log's order; a NaN accuracy
+    never counts as fitted (as in :func:`iterations_to_fit`).
+    """
+    it = np.asarray(iterations, dtype=np.int64)
+    fitted = np.asarray(accuracies, dtype=np.float64) >= threshold
+    if it.size == 0 or not fitted[-1]:
+        return 0
+    misses = np.flatnonzero(~fitted)
+    first = misses[-1] + 1 if misses.size else 0
+    return int(it[-1] - it[first])
+
+
+def evaluation_interval(iterations) -> int:
+    """The largest step between consecutive evaluations, counting from iteration 0: the
+    grain of :func:`iterations_to_fit` (a fit time is known only to within it)."""
+    it = np.asarray(iterations, dtype=np.int64)
+    return int(np.diff(np.concatenate([[0], it])).max()) if it.size else 0
+
+
 def summary(values: np.ndarray, prefix: str, stats=("mean", "std", "min", "max")) -> dict:
     """``{prefix}_{stat}`` of the finite entries of ``values`` (std with ddof 0); None for
     every stat when there is no finite entry."""

@@ -44,6 +44,23 @@ noise fraction; the setting column of their rows names the two settings held fix
     no criterion), and Spearman's rho of the ratio against that difference, claimed < 0 (the
     trend, free of the groups' intrinsic difference in difficulty).
 
+Regimes (issue 22): each claim about trained networks needs its runs to have reached the
+regime it is about, and the ``regime`` column says, measured, whether they did, before the
+verdict. (ii), (iii), T, B and R need the terminal phase: every run of the group held its
+fit (train accuracy >= geometry.fit_threshold on its own labels) for at least
+``claims.regime.held_share`` of its iterations (``iterations_held_fit / final_iteration``,
+the least over the runs); (ii) also needs the measure to have stopped improving with
+training length: with runs of two or more lengths T in a group, Spearman's rho of T against
+the measure must not lie wholly on the improving side (the value is then that of the
+longest T), and with one length the trend is unmeasured. (iv) needs no run censored beyond
+``claims.regime.max_censored_share``, fit times well above the evaluation grain
+(``evaluation_interval`` / the smallest mean fit time over p > 0 below
+``claims.regime.max_fit_rounding``) and the control the claim builds on (Zhang et al.
+2017: fitting noise takes longer as the noise grows) visible: Spearman's rho of p against
+the CE model's iterations-to-fit in the same group wholly above 0. A verdict "does not" or
+"inconclusive" whose regime is not reached reads "not reached: <what>" instead; a
+"replicates" stands (the effect shows before the regime the claim needs).
+
 Verdicts: "replicates" when the interval lies wholly on the claim's side of its criterion
 (for T, B and R: the stated hypothesis holds on this run), "does not" when wholly on the
 other side, "inconclusive" otherwise; a row without a hypothesis (criterion "none
@@ -58,6 +75,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +89,7 @@ from pipeline.maths import statistics
 log = logging.getLogger(__name__)
 
 COLUMNS = ("claim", "dataset", "augmentation", "setting", "model", "measure", "value",
-           "ci_low", "ci_high", "criterion", "verdict")
+           "ci_low", "ci_high", "criterion", "regime", "verdict")
 NO_SETTING = "—"  # free features: no training run, so no setting of the grid
 # The paper's claims compare models within one dataset, augmentation and setting.
 BY_MODEL = ["dataset", "augmentation", *SETTING, "model"]
@@ -82,6 +100,9 @@ NC2 = "nc2_simplex_angle_deviation"
 NC2_LABEL = "class means: mean |cos + 1/(K-1)| (NC2)"
 NO_CRITERION = "none predicted"  # a measure reported without a hypothesis (claim B's gap) ...
 NO_VERDICT = "—"  # ... and its verdict
+NO_REGIME = "—"  # free features: no training run, so no regime to reach
+NOT_REACHED = "not reached"  # the verdict's prefix when a row's regime is not reached
+CONTROL_MODEL = "ce"  # claim (iv)'s control: plain cross-entropy (Zhang et al. 2017)
 # How the rows of T, B and R name a value of their swept axis, and how the setting column
 # spells a fixed one (as pipeline.infra.runs.setting_name does; tests check they agree).
 AXIS_NAMES = {"imbalance_ratio": "imbalance ratio", "temperature": "tau", "batch_size": "b"}
@@ -119,10 +140,128 @@ def _groups(runs: pd.DataFrame):
 
 
 def _row(claim, dataset, augmentation, setting, model, measure, value, ci, criterion,
-         result) -> dict:
+         result, regime: Regime | None = None) -> dict:
+    """One table row; ``regime`` None: a row about no training run (claim i)."""
+    if regime is None:
+        regime_text = NO_REGIME
+    else:
+        regime_text = ("reached: " if regime.reached else "not reached: ") + regime.text
+        if not regime.reached and result in ("does not", "inconclusive"):
+            result = f"{NOT_REACHED}: {regime.text}"
     return dict(zip(COLUMNS, (claim, dataset, augmentation, setting, model, measure, value,
                               None if ci is None else ci[0], None if ci is None else ci[1],
-                              criterion, result), strict=True))
+                              criterion, regime_text, result), strict=True))
+
+
+# ------------------------------------------------------------------------------ regimes
+
+@dataclass(frozen=True)
+class Regime:
+    """Whether a group of runs reached the regime a claim is about, and the measurement
+    that says so (it reads after "reached: " or "not reached: ")."""
+
+    reached: bool
+    text: str
+
+    def __and__(self, other: Regime) -> Regime:
+        if self.reached and other.reached:
+            return Regime(True, f"{self.text}; {other.text}")
+        failed = [r.text for r in (self, other) if not r.reached]
+        return Regime(False, "; ".join(failed))
+
+
+def held_regime(group: pd.DataFrame, regime: dict) -> Regime:
+    """The terminal phase: the least share of its iterations over which a run of the group
+    held its fit, against ``regime["held_share"]``."""
+    need = float(regime["held_share"])
+    held, final = _column(group, "iterations_held_fit"), _column(group, "final_iteration")
+    keep = np.isfinite(held) & np.isfinite(final) & (final > 0)
+    if not keep.any():
+        return Regime(False, "the runs record no iterations_held_fit")
+    share = held[keep] / final[keep]
+    least = int(np.argmin(share))
+    text = (f"fit held for {share[least]:.2f} of T = {final[keep][least]:.0f} "
+            f"(least of {keep.sum()} runs; needs >= {need:g})")
+    return Regime(bool(share[least] >= need), text)
+
+
+def length_regime(group: pd.DataFrame, column: str, claim_above: bool) -> Regime:
+    """Has the measure stopped improving with training length T (``final_iteration``)?
+    Improving: rising for a measure claimed above its criterion, else falling."""
+    lengths = _column(group, "final_iteration")
+    distinct = np.unique(lengths[np.isfinite(lengths)])
+    if distinct.size < 2:
+        shown = f"T = {distinct[0]:.0f} only" if distinct.size else "no T recorded"
+        return Regime(False, f"training length not swept ({shown}): a measure still "
+                             "improving with T cannot be told from a flat one")
+    y = _column(group, column)
+    keep = np.isfinite(lengths) & np.isfinite(y)
+    rho, ci = (statistics.spearman_ci(lengths[keep], y[keep]) if keep.sum() >= 3
+               else (None, None))
+    span = f"T = {distinct[0]:.0f} to {distinct[-1]:.0f}"
+    if ci is None:
+        return Regime(False, f"trend with training length unmeasured ({span}, "
+                             f"{keep.sum()} runs with the measure)")
+    improving = ci[0] > 0 if claim_above else ci[1] < 0
+    trend = f"Spearman rho(T, measure) {rho:.2f} [{ci[0]:.2f}, {ci[1]:.2f}] over {span}"
+    return Regime(not improving, ("still improving with T: " if improving
+                                  else "flat in T: ") + trend)
+
+
+def _longest(group: pd.DataFrame) -> pd.DataFrame:
+    """The runs of the group's longest training (all of them when T is not recorded)."""
+    lengths = _column(group, "final_iteration")
+    if not np.isfinite(lengths).any():
+        return group
+    return group[lengths == np.nanmax(lengths)]
+
+
+def growth_regime(group: pd.DataFrame, fit: dict, control: pd.DataFrame | None,
+                  regime: dict) -> Regime:
+    """(iv): censoring within ``max_censored_share``, the fit times' grain below
+    ``max_fit_rounding``, and the control's fit time growing with p."""
+    used, censored = int(fit["runs_used"]), int(fit["runs_not_fit"])
+    share = censored / used if used else 1.0
+    allowed = float(regime["max_censored_share"])
+    parts = [Regime(used > 0 and share <= allowed,
+                    f"{censored} of {used} runs censored (allowed share {allowed:g})")]
+    noisy = group[group.noise_fraction > 0]
+    fits = _column(noisy, "iterations_to_fit")
+    means = [np.nanmean(f) for _, f in pd.Series(fits).groupby(noisy.noise_fraction.to_numpy())
+             if np.isfinite(f).any()]
+    grains = _column(group, "evaluation_interval")
+    grain = np.nanmax(grains) if np.isfinite(grains).any() else np.nan
+    limit = float(regime["max_fit_rounding"])
+    if means and np.isfinite(grain):
+        rounding = grain / min(means)
+        parts.append(Regime(bool(rounding < limit),
+                            f"evaluation grain {grain:.0f} = {rounding:.2f} of the smallest "
+                            f"mean fit time {min(means):.0f} (needs < {limit:g})"))
+    else:
+        parts.append(Regime(False, "no fit time at p > 0 to compare the evaluation grain with"))
+    parts.append(control_regime(control))
+    result = parts[0]
+    for part in parts[1:]:
+        result = result & part
+    return result
+
+
+def control_regime(control: pd.DataFrame | None) -> Regime:
+    """Zhang et al.'s control: Spearman's rho of p against the CE model's iterations-to-fit
+    (a run that never fit counts as the slowest: its rank is last) wholly above 0."""
+    if control is None or control.empty:
+        return Regime(False, f"no {CONTROL_MODEL} runs in the group to show the control")
+    p = control["noise_fraction"].to_numpy(np.float64)
+    fit = _column(control, "iterations_to_fit")
+    fit = np.where(np.isfinite(fit), fit, np.inf)  # censored: slower than any that fit
+    rho, ci = (statistics.spearman_ci(p, fit) if p.size >= 3 and np.unique(p).size >= 2
+               else (None, None))
+    if ci is None:
+        return Regime(False, f"{CONTROL_MODEL} control unmeasured (needs >= 3 runs over "
+                             ">= 2 noise fractions)")
+    text = (f"{CONTROL_MODEL} control rho(p, fit time) {rho:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]"
+            " (needs > 0)")
+    return Regime(bool(ci[0] > 0), text)
 
 
 def free_feature_claims(free: pd.DataFrame, tol: dict) -> list[dict]:
@@ -149,10 +288,12 @@ def free_feature_claims(free: pd.DataFrame, tol: dict) -> list[dict]:
 
 def simplex_claims(runs: pd.DataFrame, tol: dict) -> list[dict]:
     """(ii): at the grid's lowest noise fraction, per dataset, augmentation, setting and
-    model."""
+    model; each measure at the group's longest training, its regime the held fit and the
+    trend with training length."""
     rows = []
     at = runs[runs.noise_fraction == runs.noise_fraction.min()]
     for dataset, augmentation, setting, model, group in _groups(at):
+        held, longest = held_regime(group, tol["regime"]), _longest(group)
         measures = [
             (NC2_LABEL, NC2, tol["simplex_cosine_deviation"], False),
             ("sample-to-class-mean cosine", "sample_cosine_mean", tol["collapse_cosine"], True),
@@ -165,15 +306,17 @@ def simplex_claims(runs: pd.DataFrame, tol: dict) -> list[dict]:
                  tol["ncm_agreement"], True),
             ]
         for label, column, threshold, above in measures:
-            value, ci = mean_ci(group[column]) if column in group else (None, None)
+            value, ci = mean_ci(longest[column]) if column in group else (None, None)
             sign = ">" if above else "<"
             rows.append(_row("ii", dataset, augmentation, setting, model, label, value, ci,
-                             f"{sign} {threshold:g}", verdict(ci, threshold, above)))
+                             f"{sign} {threshold:g}", verdict(ci, threshold, above),
+                             held & length_regime(group, column, above)))
     return rows
 
 
-def generalisation_claims(runs: pd.DataFrame) -> list[dict]:
-    """(iii): Spearman's rho of the final gap against test accuracy, per loss."""
+def generalisation_claims(runs: pd.DataFrame, tol: dict) -> list[dict]:
+    """(iii): Spearman's rho of the final gap against test accuracy, per loss; its regime
+    the held fit of every run of the group."""
     rows = []
     for dataset, augmentation, setting, model, group in _groups(runs):
         gap = group["final_loss_gap"].to_numpy(np.float64)
@@ -183,18 +326,24 @@ def generalisation_claims(runs: pd.DataFrame) -> list[dict]:
                    else (None, None))
         rows.append(_row("iii", dataset, augmentation, setting, model,
                          "Spearman rho(final gap, test accuracy)", rho, ci, "< 0",
-                         verdict(ci, 0.0, claim_above=False)))
+                         verdict(ci, 0.0, claim_above=False),
+                         held_regime(group, tol["regime"])))
     return rows
 
 
-def growth_claims(growth: dict) -> list[dict]:
+def growth_claims(growth: dict, runs: pd.DataFrame, tol: dict) -> list[dict]:
     """(iv): supcon (single- and multi-view) superlinear (a > 1); the CE models about linear
-    (1 inside the interval)."""
+    (1 inside the interval); each with :func:`growth_regime` of its runs."""
     rows = []
+    groups = {(d, a, s, m): g for d, a, s, m, g in _groups(runs)}
     for dataset, by_aug in growth.items():
         for augmentation, by_setting in by_aug.items():
             for setting, model, fit in ((s, m, f) for s, by_model in by_setting.items()
                                         for m, f in by_model.items()):
+                group = groups.get((dataset, augmentation, setting, model), runs.iloc[:0])
+                regime = growth_regime(
+                    group, fit, groups.get((dataset, augmentation, setting, CONTROL_MODEL)),
+                    tol["regime"])
                 ci = None if fit["exponent_ci95"] is None else tuple(fit["exponent_ci95"])
                 if model in SUPCON_MODELS:
                     criterion, result = "> 1", verdict(ci, 1.0, claim_above=True)
@@ -205,7 +354,7 @@ def growth_claims(growth: dict) -> list[dict]:
                 rows.append(_row("iv", dataset, augmentation, setting, model,
                                  f"growth exponent a ({fit['runs_not_fit']} of "
                                  f"{fit['runs_used']} runs never fit)",
-                                 fit["exponent"], ci, criterion, result))
+                                 fit["exponent"], ci, criterion, result, regime))
     return rows
 
 
@@ -241,7 +390,7 @@ def _column(group: pd.DataFrame, column: str) -> np.ndarray:
     return group[column].to_numpy(np.float64)
 
 
-def _spearman_row(claim, where, group, axis, y, measure, claim_above) -> dict:
+def _spearman_row(claim, where, group, axis, y, measure, claim_above, regime) -> dict:
     """Spearman's rho of the swept ``axis`` against ``y`` (one value per run) over the runs,
     with its bootstrap interval; criterion > 0 (``claim_above``), < 0, or none (None)."""
     x = group[axis].to_numpy(np.float64)
@@ -249,9 +398,9 @@ def _spearman_row(claim, where, group, axis, y, measure, claim_above) -> dict:
     rho, ci = (statistics.spearman_ci(x[keep], y[keep])
                if keep.sum() >= 3 and np.unique(x[keep]).size >= 2 else (None, None))
     if claim_above is None:
-        return _row(claim, *where, measure, rho, ci, NO_CRITERION, NO_VERDICT)
+        return _row(claim, *where, measure, rho, ci, NO_CRITERION, NO_VERDICT, regime)
     return _row(claim, *where, measure, rho, ci, "> 0" if claim_above else "< 0",
-                verdict(ci, 0.0, claim_above))
+                verdict(ci, 0.0, claim_above), regime)
 
 
 def _simplex_by_value(claim, where, group, axis, tol) -> list[dict]:
@@ -262,7 +411,8 @@ def _simplex_by_value(claim, where, group, axis, tol) -> list[dict]:
     for value, runs_at in group.groupby(axis, sort=True):
         mean, ci = mean_ci(_column(runs_at, NC2))
         rows.append(_row(claim, *where, f"{_value_name(axis, value)}: {NC2_LABEL}", mean, ci,
-                         f"< {threshold:g}", verdict(ci, threshold, claim_above=False)))
+                         f"< {threshold:g}", verdict(ci, threshold, claim_above=False),
+                         held_regime(runs_at, tol["regime"])))
     return rows
 
 
@@ -275,7 +425,7 @@ def temperature_claims(runs: pd.DataFrame, tol: dict) -> list[dict]:
         rows += _simplex_by_value("T", where, group, "temperature", tol)
         rows.append(_spearman_row("T", where, group, "temperature", _column(group, NC2),
                                   "Spearman rho(tau, NC2 mean |cos + 1/(K-1)|)",
-                                  claim_above=False))
+                                  claim_above=False, regime=held_regime(group, tol["regime"])))
     return rows
 
 
@@ -284,34 +434,36 @@ def batch_size_claims(runs: pd.DataFrame, tol: dict) -> list[dict]:
     criterion; for the supcon family Spearman(b, NC2 deviation) < 0."""
     rows = []
     for where, group in _sweeps(runs, "batch_size"):
+        held = held_regime(group, tol["regime"])
         rows += _simplex_by_value("B", where, group, "batch_size", tol)
         rows.append(_spearman_row("B", where, group, "batch_size",
                                   _column(group, "final_supcon_gap"),
-                                  "Spearman rho(b, final supcon gap)", claim_above=None))
+                                  "Spearman rho(b, final supcon gap)", claim_above=None,
+                                  regime=held))
         if where[-1] in SUPCON_MODELS:
             rows.append(_spearman_row("B", where, group, "batch_size", _column(group, NC2),
                                       "Spearman rho(b, NC2 mean |cos + 1/(K-1)|)",
-                                      claim_above=False))
+                                      claim_above=False, regime=held))
     return rows
 
 
-def imbalance_claims(runs: pd.DataFrame) -> list[dict]:
+def imbalance_claims(runs: pd.DataFrame, tol: dict) -> list[dict]:
     """R: Spearman(ratio, NC2 deviation) > 0 (supcon family), Spearman(ratio, minority
     head-row cosine) > 0 (learned head); per ratio the minority minus majority test accuracy
     (< 0 above ratio 1) and Spearman(ratio, that difference) < 0."""
     rows = []
     axis = "imbalance_ratio"
     for where, group in _sweeps(runs, axis):
-        model = where[-1]
+        model, held = where[-1], held_regime(group, tol["regime"])
         if model in SUPCON_MODELS:
             rows.append(_spearman_row("R", where, group, axis, _column(group, NC2),
                                       "Spearman rho(imbalance ratio, NC2 mean |cos + 1/(K-1)|)",
-                                      claim_above=True))
+                                      claim_above=True, regime=held))
         if model in LEARNED_HEAD_MODELS:
             rows.append(_spearman_row("R", where, group, axis,
                                       _column(group, "head_cosine_minority"),
                                       "Spearman rho(imbalance ratio, minority head-row cosine)",
-                                      claim_above=True))
+                                      claim_above=True, regime=held))
         label = "minority - majority test accuracy (class means)"
         for ratio, runs_at in group.groupby(axis, sort=True):
             gap = (_column(runs_at, "test_accuracy_minority")
@@ -320,11 +472,12 @@ def imbalance_claims(runs: pd.DataFrame) -> list[dict]:
             criterion, result = ((NO_CRITERION, NO_VERDICT) if ratio == 1 else
                                  ("< 0", verdict(ci, 0.0, claim_above=False)))
             rows.append(_row("R", *where, f"{_value_name(axis, ratio)}: {label}", mean, ci,
-                             criterion, result))
+                             criterion, result, held_regime(runs_at, tol["regime"])))
         rows.append(_spearman_row("R", where, group, axis,
                                   _column(group, "test_accuracy_minority")
                                   - _column(group, "test_accuracy_majority"),
-                                  f"Spearman rho(imbalance ratio, {label})", claim_above=False))
+                                  f"Spearman rho(imbalance ratio, {label})", claim_above=False,
+                                  regime=held))
     return rows
 
 
@@ -337,8 +490,9 @@ def markdown(table: pd.DataFrame) -> str:
     def cell(text) -> str:
         return str(text).replace("|", "\\|")  # a measure like |cos| must not split the row
 
-    lines = ["| claim | data | model | measure | value | 95% interval | criterion | verdict |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| claim | data | model | measure | value | 95% interval | criterion | regime | "
+             "verdict |",
+             "|---|---|---|---|---|---|---|---|---|"]
     # A grid of one setting (the paper's protocol) does not name it in every row.
     several = table.loc[table.setting != NO_SETTING, "setting"].nunique() > 1
     for r in table.itertuples():
@@ -347,7 +501,7 @@ def markdown(table: pd.DataFrame) -> str:
             data += f", {r.setting}"
         interval = "—" if pd.isna(r.ci_low) else f"[{fmt(r.ci_low)}, {fmt(r.ci_high)}]"
         lines.append(f"| {r.claim} | {data} | {r.model} | {cell(r.measure)} | {fmt(r.value)} | "
-                     f"{interval} | {r.criterion} | **{r.verdict}** |")
+                     f"{interval} | {r.criterion} | {cell(r.regime)} | **{cell(r.verdict)}** |")
     return "\n".join(lines) + "\n"
 
 
@@ -362,9 +516,9 @@ def tabulate_claims(params: dict, *, runs: Path, growth: Path, free_features: Pa
         raise InputError(f"{growth}: unreadable growth fits ({e})") from e
     fits.pop("numerics", None)
     rows = (free_feature_claims(pq.read_table(free_features).to_pandas(), tol)
-            + simplex_claims(run_table, tol) + generalisation_claims(run_table)
-            + growth_claims(fits) + temperature_claims(run_table, tol)
-            + batch_size_claims(run_table, tol) + imbalance_claims(run_table))
+            + simplex_claims(run_table, tol) + generalisation_claims(run_table, tol)
+            + growth_claims(fits, run_table, tol) + temperature_claims(run_table, tol)
+            + batch_size_claims(run_table, tol) + imbalance_claims(run_table, tol))
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
     with atomic_path(table) as tmp:
         frame.to_csv(tmp, index=False, float_format="%.6g", na_rep="", lineterminator="\n")

@@ -24,7 +24,10 @@ of dimension h and class means mu_k:
   test; the head's argmax of z W^T on test and on train (vs noisy labels).
 - From the training log: the last row's loss and iteration, and ``iterations_to_fit``: the
   iteration of the first evaluation whose noisy-label train accuracy reaches
-  ``geometry.fit_threshold`` (None if none does).
+  ``geometry.fit_threshold`` (None if none does); ``iterations_held_fit``: how many
+  iterations before the last one the fit has held unbroken (0 if the last row is not
+  fitted); ``evaluation_interval``: the largest step between log rows, the grain of the fit
+  time. Stage claims checks its regimes with the last two.
 
 Classes with no training sample (possible with few samples and heavy label noise) have no
 mean: they are left out of every class-mean statistic (cosines, norms, NC1 with K the number
@@ -63,7 +66,12 @@ from pipeline.infra.io import (
 )
 from pipeline.infra.runs import Run
 from pipeline.maths.collapse import linear_probe
-from pipeline.maths.metrics import GeometryAccumulator, iterations_to_fit
+from pipeline.maths.metrics import (
+    GeometryAccumulator,
+    evaluation_interval,
+    iterations_held_fit,
+    iterations_to_fit,
+)
 
 log = logging.getLogger(__name__)
 
@@ -310,6 +318,11 @@ def measure_geometry(
         "iterations_to_fit": iterations_to_fit(
             train_rows["iteration"], train_rows["train_accuracy_noisy"], fit_threshold
         ),
+        # the regime checks of stage claims: how long the fit was held, and the fit's grain
+        "iterations_held_fit": iterations_held_fit(
+            train_rows["iteration"], train_rows["train_accuracy_noisy"], fit_threshold
+        ),
+        "evaluation_interval": evaluation_interval(train_rows["iteration"]),
     }
     result = {key: _json_value(v) for key, v in result.items()}
     write_parquet(cosines_table(acc.cosines()), cosines, metadata={"train_config": cfg})
