@@ -126,6 +126,46 @@ def test_an_imbalance_ratio_the_dataset_cannot_realise_is_refused_by_name(tmp_pa
     assert not out.exists() and list(tmp_path.iterdir()) == [params_file]
 
 
+@pytest.mark.parametrize("field,made,wrong", [
+    ("noise_fraction", ["--noise-fraction", "0.2"], "0.2"),
+    ("seed", ["--seed", "1"], "1"),
+])
+def test_labels_of_another_run_are_refused_by_train(tmp_path, field, made, wrong):
+    """Same dataset, same samples, same clean labels, the right shape: only the run the
+    file was made for differs, and train names it."""
+    params_file = write_params(tmp_path, tiny_params())
+    labels = tmp_path / "labels.parquet"
+    args = labels_args(params_file, labels)
+    args[args.index(made[0]) + 1] = made[1]
+    assert cli(*args).returncode == 0
+    out = tmp_path / "run"
+    result = cli(*train_args(params_file, labels, out))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert f"{labels}: labels made for {field} {wrong}" in line
+    assert "but run digits/rho1/supcon/none/tau0.1-b64/noise0.0-seed0 needs" in line
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_batch_that_cannot_fit_is_refused_before_allocation(tmp_path):
+    params = tiny_params()
+    params["grid"]["batch_sizes"] = [200000]
+    params_file = write_params(tmp_path, params)
+    labels = tmp_path / "labels.parquet"
+    assert cli(*labels_args(params_file, labels)).returncode == 0
+    out = tmp_path / "run"
+    args = train_args(params_file, labels, out)
+    args[args.index("--batch-size") + 1] = "200000"
+    result = cli(*args)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    # 200,000 inputs of 8x8 and four 200,000^2 float32 matrices: 596.1 GiB
+    assert "grid.batch_sizes: 200000 cannot fit: one training step of run " \
+           "digits/rho1/supcon/none/tau0.1-b200000/noise0.0-seed0 needs at least 596.1 GiB" in line
+    assert "but cpu has" in line and "GiB available" in line
+    assert not out.exists() or not any(out.iterdir())
+
+
 def test_interrupted_write_leaves_neither_output_nor_temporary(tmp_path, monkeypatch):
     target = tmp_path / "out.json"
 

@@ -146,3 +146,13 @@ def test_log_carries_the_gap_to_the_sampler_expected_optimum(tmp_path, small_par
     else:  # loss minus a valid per-batch lower bound: never negative
         assert (log["loss_gap"] >= -1e-6).all()
         assert (log["loss_gap"] <= log["loss"] + 1e-9).all()
+
+
+def test_allocator_refusals_are_told_from_other_errors():
+    from pipeline.stages.train import out_of_memory
+
+    assert out_of_memory(RuntimeError("[enforce fail at alloc_cpu.cpp:121] data. "
+                                      "DefaultCPUAllocator: can't allocate memory: you tried "
+                                      "to allocate 640000000000 bytes."))
+    assert out_of_memory(torch.OutOfMemoryError("CUDA out of memory."))
+    assert not out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))

@@ -32,7 +32,7 @@ import torch
 
 from pipeline.infra import datasets, numerics, schemas
 from pipeline.infra.devices import pick_device
-from pipeline.infra.io import atomic_path, read_parquet, write_parquet
+from pipeline.infra.io import InputError, atomic_path, read_metadata, read_parquet, write_parquet
 from pipeline.infra.runs import Run
 from pipeline.maths.batches import DeviceImages, channel_statistics
 from pipeline.maths.losses import cross_entropy_loss, multiview_supcon_loss, supcon_loss
@@ -163,14 +163,84 @@ def tracks_supcon(cfg: TrainConfig, step: int) -> bool:
     return done % _SUPCON_TRACK_EVERY == 0 or done % cfg.eval_every == 0 or done == cfg.iterations
 
 
+def step_memory_bytes(cfg: TrainConfig) -> int:
+    """A lower bound on the memory of one SGD step: the batch's n = views x b inputs as
+    float32, and supcon's n x n pair matrices (logits, their exponentials, the positive
+    mask and the log-probabilities, float32: every model computes them, CE models for the
+    tracked supcon loss). Activations come on top, so a step may need more, never less."""
+    n = cfg.views * cfg.batch_size
+    inputs = n * math.prod(datasets.spec(cfg.dataset).image_shape) * 4
+    return inputs + 4 * n * n * 4
+
+
+def available_memory_bytes(device: torch.device) -> int | None:
+    """Free memory of ``device``: the GPU's free bytes, or the host's MemAvailable (Linux);
+    None where neither can be read."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_batch_fits(cfg: TrainConfig, device: torch.device) -> None:
+    """Refuse, before anything is allocated, a batch whose step cannot fit on ``device``."""
+    need, free = step_memory_bytes(cfg), available_memory_bytes(device)
+    if free is not None and need > free:
+        raise InputError(
+            f"grid.batch_sizes: {cfg.batch_size} cannot fit: one training step of run "
+            f"{cfg.run.name} needs at least {need / 2**30:.1f} GiB ({cfg.views * cfg.batch_size}"
+            f" inputs and their pairwise supcon matrices), but {device} has "
+            f"{free / 2**30:.1f} GiB available"
+        )
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """Is ``error`` an allocator's refusal (CUDA's OutOfMemoryError, the CPU allocator's)?"""
+    return isinstance(error, torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and "can't allocate memory" in str(error))
+
+
+def check_labels_identity(labels: Path, run: Run) -> None:
+    """The labels file must have been made for ``run``: its recorded dataset, imbalance
+    ratio, noise fraction and seed (stage noisy_labels' metadata) are the run's. Another
+    run's labels hold the same samples and clean labels, so only this tells them apart; a
+    mismatch is an InputError naming the file, the field and both values. (The noise scheme
+    is recorded too, but train does not read the noisy_labels params to compare it with.)"""
+    meta = read_metadata(labels).get("noisy_labels")
+    if not isinstance(meta, dict):
+        raise InputError(f"{labels}: no noisy_labels metadata: not a labels file of stage "
+                         "noisy_labels (rerun it)")
+    found = {
+        "dataset": meta.get("dataset"),
+        "imbalance_ratio": float((meta.get("imbalance") or {}).get("ratio", 1.0)),
+        "noise_fraction": meta.get("noise_fraction"),
+        "seed": meta.get("seed"),
+    }
+    expected = {"dataset": run.dataset, "imbalance_ratio": run.imbalance_ratio,
+                "noise_fraction": run.noise_fraction, "seed": run.seed}
+    for field, want in expected.items():
+        got = found[field]
+        same = got == want if isinstance(want, str) else (
+            isinstance(got, int | float) and not isinstance(got, bool) and float(got) == want)
+        if not same:
+            raise InputError(f"{labels}: labels made for {field} {got!r}, but run {run.name} "
+                             f"needs {want!r} (labels of another run?)")
+
+
 def load_run_data(params: dict, run: Run, labels: Path) -> tuple[datasets.Data, pa.Table]:
     """The run's data, its training split cut to the samples its labels file holds, and
     that labels table; the file must hold exactly the samples the run's imbalance keeps,
     with the dataset's clean labels (so labels made under other params are refused)."""
     section = params["datasets"][run.dataset]
+    table = read_parquet(labels, {f.name: f.type for f in schemas.LABELS})
+    check_labels_identity(labels, run)
     data = datasets.load(run.dataset, section)
     kept = datasets.training_subset(run.dataset, section, data, run.imbalance_ratio)
-    table = read_parquet(labels, {f.name: f.type for f in schemas.LABELS})
     index = table["index"].to_numpy()
     if not np.array_equal(index, kept):
         raise ValueError(
@@ -349,6 +419,7 @@ def train(params: dict, *, run: Run, labels: Path, checkpoint: Path, train_log: 
     data, label_table = load_run_data(params, run, Path(labels))
     device = pick_device()
     numerics.configure_device(torch, device, cfg.deterministic)
+    check_batch_fits(cfg, device)
     trainer = Trainer(cfg, data, label_table["noisy_label"].to_numpy(), device)
 
     resume = resume_path(Path(checkpoint))
@@ -372,7 +443,14 @@ def train(params: dict, *, run: Run, labels: Path, checkpoint: Path, train_log: 
     bar = tqdm(total=cfg.iterations, initial=start, desc=cfg.run.name, disable=None,
                mininterval=1.0)
     for step in range(start, cfg.iterations):
-        loss, tracked, bound = trainer.step(step)
+        try:
+            loss, tracked, bound = trainer.step(step)
+        except (torch.OutOfMemoryError, RuntimeError) as e:
+            if not out_of_memory(e):
+                raise
+            # activations beyond check_batch_fits' bound: still a named error, not a trace
+            raise InputError(f"grid.batch_sizes: {cfg.batch_size} does not fit on {device} "
+                             f"(run {cfg.run.name}, iteration {step}): {e}") from e
         window_losses[window] = loss
         if tracked is not None:
             window_supcon[tracked_count] = tracked
