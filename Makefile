@@ -3,7 +3,13 @@
 #   make test  install, then run the test suite (unit, end-to-end Snakemake + DVC, lint)
 #   make test-fast  the inner loop: unit and property tests only (no e2e; docs/design.md times both)
 SHELL := /bin/bash
-PYTHON ?= python3.11
+# The interpreter the venv is made from: the newest supported one on PATH, or PYTHON=...
+# Supported: every pin of requirements.lock has a wheel for it (tools/resolvable_pythons.py
+# checks); the tests and the golden md5s run on 3.11 (README, "Python versions").
+SUPPORTED_PYTHONS := 3.13 3.12 3.11
+# (Asked to run, not just found: a pyenv shim of a version not selected exists but fails.)
+PYTHON ?= $(firstword $(foreach v,$(SUPPORTED_PYTHONS),\
+  $(shell python$(v) -c 'import sys; print(sys.executable)' 2>/dev/null)))
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 # Stage commands are plain `python -m pipeline ...`: put the venv first on PATH so that
@@ -17,7 +23,13 @@ CORES ?= all
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml requirements.lock
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -x $(BIN)/python || { \
+	  test -n "$(PYTHON)" || { echo "make: no supported Python on PATH: install one of" \
+	    "$(addprefix python,$(SUPPORTED_PYTHONS)) or set PYTHON=/path/to/python3.x" >&2; exit 1; }; \
+	  $(PYTHON) -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 13))' || { \
+	    echo "make: PYTHON=$(PYTHON) is not a supported Python (3.11 to 3.13, pyproject.toml):" \
+	      "$$($(PYTHON) --version 2>&1 | head -n 1)" >&2; exit 1; }; \
+	  echo "$(PYTHON) -m venv $(VENV)"; $(PYTHON) -m venv $(VENV); }
 	# requirements.lock pins every transitive version: same versions -> same bytes.
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'
 	touch $@
