@@ -86,14 +86,21 @@ def _load_digits(params: dict) -> Data:
     # The 1,797 real 8x8 handwritten digits shipped with scikit-learn: no download.
     table = np.loadtxt(_digits_csv(), delimiter=",", dtype=np.int64)  # (1797, 64 + 1)
     images = table[:, :64].astype(np.uint8).reshape(-1, 1, 8, 8)  # values 0..16
-    labels = table[:, 64]
+    return _split_data("digits", images, table[:, 64], params, pixel_max=16)
+
+
+def _split_data(name: str, images: np.ndarray, labels: np.ndarray, params: dict, *,
+                pixel_max: int, pixel_md5: str | None = None) -> Data:
+    """An embedded 10-class dataset cut by its fixed stratified split (``test_fraction``,
+    ``split_seed`` of its params section)."""
     train, test = _stratified_split(labels, params["test_fraction"], params["split_seed"])
     return Data(
-        name="digits",
+        name=name,
         num_classes=10,
-        pixel_max=16,
+        pixel_max=pixel_max,
         train=Split(images[train], labels[train]),
         test=Split(images[test], labels[test]),
+        pixel_md5=pixel_md5,
     )
 
 
@@ -157,15 +164,8 @@ def _load_mnist5k(params: dict) -> Data:
         keep = np.sort(np.concatenate([np.flatnonzero(labels == k)[:per_class]
                                        for k in range(10)]))
         images, labels = images[keep], labels[keep]
-    train, test = _stratified_split(labels, params["test_fraction"], params["split_seed"])
-    return Data(
-        name="mnist5k",
-        num_classes=10,
-        pixel_max=255,
-        train=Split(images[train], labels[train]),
-        test=Split(images[test], labels[test]),
-        pixel_md5=MNIST5K_PIXEL_MD5,
-    )
+    return _split_data("mnist5k", images, labels, params, pixel_max=255,
+                       pixel_md5=MNIST5K_PIXEL_MD5)
 
 
 @dataclass(frozen=True)

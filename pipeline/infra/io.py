@@ -7,6 +7,7 @@ or DVC could take for a finished one.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -24,6 +25,29 @@ from pipeline.infra import numerics
 
 class InputError(ValueError):
     """An upstream artifact is missing, truncated or has the wrong schema."""
+
+
+class OutputError(OSError):
+    """An output could not be written (disk full, a file-size limit, ...); nothing of it was
+    left under its final name, so a rerun with space starts from nothing and gives the same
+    bytes."""
+
+
+# A write that ran out of room: the disk or quota full, a file-size limit, a read-only or
+# failing device. pyarrow reports these with the OS's text but without an errno.
+_NO_ROOM = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EIO}
+_NO_ROOM_TEXT = ("No space left on device", "File too large", "Disk quota exceeded")
+
+
+def _failed_write(path: Path, error: OSError) -> OSError:
+    """``error`` as an OutputError naming ``path`` when it is a write that ran out of room;
+    any other OSError (a missing input, a lock) unchanged."""
+    if isinstance(error, OutputError) or not (
+            error.errno in _NO_ROOM or any(t in str(error) for t in _NO_ROOM_TEXT)):
+        return error
+    reason = error.strerror or str(error)
+    return OutputError(error.errno, f"{path}: could not be written ({reason}); nothing of it "
+                                    "is left under this name")
 
 
 class BusyError(OSError):
@@ -85,6 +109,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+    except OSError as e:  # a full disk, a size limit: named by the output, not the temporary
+        named = _failed_write(path, e)
+        if named is e:
+            raise
+        raise named from e
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -108,6 +137,11 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             os.replace(path, old)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+    except OSError as e:
+        named = _failed_write(path, e)
+        if named is e:
+            raise
+        raise named from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
