@@ -3,6 +3,7 @@ to override, and a named refusal (nothing created) when there is none."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -20,7 +21,9 @@ def project(tmp_path):
 
 
 def make(project, *args):
-    return subprocess.run(["make", "--no-print-directory", *args], cwd=project,
+    # without an inherited PYTHON (.ci/run exports one): the Makefile's own search decides
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHON", "MAKEFLAGS", "MFLAGS")}
+    return subprocess.run(["make", "--no-print-directory", *args], cwd=project, env=env,
                           capture_output=True, text=True, check=False)
 
 

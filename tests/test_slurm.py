@@ -281,7 +281,10 @@ def test_too_small_memory_request_reaches_the_user_and_marks_nothing_done(cluste
 
 def test_second_workflow_on_the_same_checkout_refuses(cluster, tmp_path):
     project = new_project(tmp_path / "project", tiny_params())
-    target = "data/labels/digits/rho1/noise0.3-seed0.parquet"
+    # Two Slurm jobs in a row (labels, then training): the first workflow holds its lock for
+    # several status checks, long after the second has started, even on a loaded machine
+    # (with the labels job alone it could finish before the second got going).
+    target = "data/models/digits/rho1/supcon/none/tau0.1-b64/noise0.3-seed0.pt"
     first = subprocess.Popen([*ON_CLUSTER, "--no-hooks", target],
                              cwd=project, env=cluster, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
