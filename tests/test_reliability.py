@@ -38,6 +38,18 @@ def train_args(params_file, labels, out, dataset="digits"):
             "--checkpoint", out / "m.pt", "--train-log", out / "log.parquet"]
 
 
+def with_flag(args: list, flag: str, value: str) -> list:
+    """``args`` with the value after ``flag`` replaced."""
+    at = args.index(flag) + 1
+    return [*args[:at], value, *args[at + 1:]]
+
+
+def named_failure(result) -> str:
+    """The one line a refused stage ends with: exit status 1 and no traceback."""
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    return result.stderr.strip().splitlines()[-1]
+
+
 @pytest.mark.parametrize(
     "dotted,value,message",
     [
@@ -113,11 +125,8 @@ def test_an_imbalance_ratio_the_dataset_cannot_realise_is_refused_by_name(tmp_pa
     params["grid"]["imbalance_ratios"] = [1, 1000]
     params_file = write_params(tmp_path, params)
     out = tmp_path / "labels.parquet"
-    args = labels_args(params_file, out)
-    args[args.index("--imbalance-ratio") + 1] = "1000"
-    result = cli(*args)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    line = result.stderr.strip().splitlines()[-1]
+    line = named_failure(cli(*with_flag(labels_args(params_file, out), "--imbalance-ratio",
+                                        "1000")))
     # step thins the last five classes of digits' training split to 1/rho of each
     assert "grid.imbalance_ratios: 1000 cannot be realised on dataset 'digits' with profile " \
            "'step'" in line
@@ -135,13 +144,9 @@ def test_labels_of_another_run_are_refused_by_train(tmp_path, field, made, wrong
     file was made for differs, and train names it."""
     params_file = write_params(tmp_path, tiny_params())
     labels = tmp_path / "labels.parquet"
-    args = labels_args(params_file, labels)
-    args[args.index(made[0]) + 1] = made[1]
-    assert cli(*args).returncode == 0
+    assert cli(*with_flag(labels_args(params_file, labels), *made)).returncode == 0
     out = tmp_path / "run"
-    result = cli(*train_args(params_file, labels, out))
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    line = result.stderr.strip().splitlines()[-1]
+    line = named_failure(cli(*train_args(params_file, labels, out)))
     assert f"{labels}: labels made for {field} {wrong}" in line
     assert "but run digits/rho1/supcon/none/tau0.1-b64/noise0.0-seed0 needs" in line
     assert not out.exists() or not any(out.iterdir())
@@ -154,11 +159,8 @@ def test_a_batch_that_cannot_fit_is_refused_before_allocation(tmp_path):
     labels = tmp_path / "labels.parquet"
     assert cli(*labels_args(params_file, labels)).returncode == 0
     out = tmp_path / "run"
-    args = train_args(params_file, labels, out)
-    args[args.index("--batch-size") + 1] = "200000"
-    result = cli(*args)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    line = result.stderr.strip().splitlines()[-1]
+    line = named_failure(cli(*with_flag(train_args(params_file, labels, out), "--batch-size",
+                                        "200000")))
     # 200,000 inputs of 8x8 and four 200,000^2 float32 matrices: 596.1 GiB
     assert "grid.batch_sizes: 200000 cannot fit: one training step of run " \
            "digits/rho1/supcon/none/tau0.1-b200000/noise0.0-seed0 needs at least 596.1 GiB" in line
