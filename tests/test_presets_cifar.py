@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 
+import pandas as pd
 import pytest
 import yaml
 from conftest import ROOT, copy_project, sh, tiny_params
@@ -20,7 +21,7 @@ from tiny_cifar import write_tiny_cifar
 def test_paper_preset_cut_to_a_few_iterations_runs_end_to_end(tmp_path, name):
     """The real Snakefile on the preset (and on its multi-view variant), with tiny archives of
     the official format, two SGD steps of a small batch and one noise level: every stage,
-    both datasets, all models."""
+    both datasets, all models, every free-features setting (a few steps each)."""
     project = copy_project(tmp_path / "project")
     preset = yaml.safe_load((ROOT / "presets" / f"{name}.yaml").read_text())
     for dataset in ("cifar10", "cifar100"):
@@ -30,6 +31,10 @@ def test_paper_preset_cut_to_a_few_iterations_runs_end_to_end(tmp_path, name):
     if name == "multiview_cifar":  # the paper's models ran above: supcon_mv alone, one dataset
         preset["grid"].update(datasets=["cifar10"], models=["supcon_mv"])
         preset["free_features"] = tiny_params()["free_features"]  # checked with "paper"
+    else:  # every free-features setting of the paper, cut to a few steps like the networks
+        preset["free_features"].update(iterations=50, log_every=25, snapshots=[0, 20, 50])
+        preset["free_features"]["multiset"].update(iterations=3, single_batch_iterations=5,
+                                                   single_batch_starts=1, snapshots=[0, 3])
     preset["train"]["common"].update(iterations=2, eval_every=1, compile=False)
     cut = project / "paper-cut.yaml"
     cut.write_text(yaml.safe_dump(preset))
@@ -42,3 +47,8 @@ def test_paper_preset_cut_to_a_few_iterations_runs_end_to_end(tmp_path, name):
     for dataset in grid["datasets"]:
         assert f"geometry_{dataset}.png" in figures
         assert f"geometry_{dataset}-standard.png" in figures
+    if name == "paper":
+        records = pd.read_parquet(project / "data/free_features/records.parquet")
+        free = preset["free_features"]
+        assert set(records.loss_name) == set(free["losses"])
+        assert set(records.num_classes) == set(free["num_classes"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -203,17 +204,32 @@ def test_a_job_whose_output_is_being_produced_elsewhere_stops(tmp_path):
     assert cli(*labels_args(params_file, labels), cwd=tmp_path).returncode == 0
 
 
+GATED_PYTHON = """#!/bin/sh
+# A job's `python`, held at its start until the test opens the gate: the first Snakemake run
+# is then mid-job, holding its lock, for as long as the test needs and no longer.
+touch "{started}"
+while [ ! -e "{gate}" ]; do sleep 0.05; done
+exec "{python}" "$@"
+"""
+
+
 @pytest.mark.e2e
 def test_two_snakemake_invocations_at_once_fail_cleanly(tmp_path):
     project = copy_project(tmp_path / "project")
     (project / "params.yaml").write_text(yaml.safe_dump(tiny_params()))
-    first = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "1"], cwd=project,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    started, gate, bin_dir = tmp_path / "started", tmp_path / "gate", tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text(GATED_PYTHON.format(started=started, gate=gate,
+                                                        python=sys.executable))
+    (bin_dir / "python").chmod(0o755)
+    target = "data/labels/digits/rho1/noise0.0-seed0.parquet"
+    env = os.environ | {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    first = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "1", target],
+                             cwd=project, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
-        while not (project / ".snakemake" / "locks").exists() or not any(
-            (project / ".snakemake" / "locks").iterdir()
-        ):
+        while not started.exists():
             assert time.monotonic() < deadline and first.poll() is None
             time.sleep(0.05)
         # Snakemake refuses a second run in the same directory: first because the running
@@ -225,10 +241,13 @@ def test_two_snakemake_invocations_at_once_fail_cleanly(tmp_path):
                     cwd=project, check=False)
         assert forced.returncode != 0
         assert "Directory cannot be locked" in forced.stdout + forced.stderr
-        assert first.wait(timeout=300) == 0  # the first run was not disturbed
+        assert first.poll() is None  # refused while the first was still mid-job
+        gate.touch()
+        assert first.wait(timeout=120) == 0  # the first run was not disturbed
     finally:
+        gate.touch()
         if first.poll() is None:
             first.kill()
             first.wait()
     assert "Nothing to be done" in sh(sys.executable, "-m", "snakemake", "-n", "--cores", "1",
-                                      cwd=project).stdout
+                                      target, cwd=project).stdout
