@@ -39,7 +39,8 @@ ITERATIONS = {
 
 def metrics_for(dataset: str, model: str, noise: float, seed: int) -> dict:
     """Known values: final_loss = 1 + noise + seed/10,
-    train_accuracy_noisy = 1 - noise/2 - seed/100, iterations_to_fit from ITERATIONS."""
+    train_accuracy_noisy = 1 - noise/2 - seed/100, nc1 and test accuracy linear in both too,
+    iterations_to_fit from ITERATIONS."""
     it = ITERATIONS.get((model, noise), (5, 5))[seed] if seed in (0, 1) else 12345
     return {
         "dataset": dataset,
@@ -53,6 +54,8 @@ def metrics_for(dataset: str, model: str, noise: float, seed: int) -> dict:
         "final_loss": 1.0 + noise + seed / 10,
         "train_accuracy_noisy": 1.0 - noise / 2 - seed / 100,
         "head_cosine_mean": None if model == "supcon" else -0.1 - seed / 100,
+        "nc1": 0.5 - noise / 4 + seed / 100,
+        "test_accuracy_class_mean": 0.9 - noise / 10 - seed / 50,
         "iterations_to_fit": it,
         "final_iteration": 3000,
         "note": "free text is not a metric",
@@ -102,6 +105,7 @@ def outputs(tmp_path):
         "summary_csv": out / "summary.csv",
         "curves": out / "training_curves.csv",
         "growth": out / "growth.json",
+        "headline": out / "headline.json",
     }
 
 
@@ -277,6 +281,33 @@ def test_growth_exponents_count_the_runs_that_never_fit(tmp_path):
     assert supcon["exponent"] > ce["exponent"]
     assert (supcon["runs_used"], supcon["runs_not_fit"]) == (4, 3)
     assert list(growth["digits"]["none"][SETTING_NAME]) == ["supcon", "ce"]  # the grid's order
+
+
+def test_headline_is_a_few_named_numbers_per_model_at_the_lowest_noise(tmp_path, geometry_dir):
+    """headline.json: per model, the seeds' mean at p = 0 of each HEADLINE_COLUMNS column
+    (a naive mean over the runs table here), then the growth fit as growth.json holds it."""
+    from pipeline.stages.aggregate import HEADLINE_COLUMNS
+
+    paths = outputs(tmp_path)
+    aggregate(tmp_path)
+    headline = json.loads(paths["headline"].read_text())
+    assert headline.pop("numerics")["mode"] == "portable"
+    growth = json.loads(paths["growth"].read_text())["digits"]["none"][SETTING_NAME]
+    runs = pd.read_parquet(paths["runs"])
+    names = [*HEADLINE_COLUMNS, "growth_exponent", "growth_exponent_ci95_low",
+             "growth_exponent_ci95_high"]
+    assert list(headline) == [f"digits/{m}/{n}" for m in ("supcon", "ce") for n in names]
+    for model in ("supcon", "ce"):
+        at0 = runs[(runs.model == model) & (runs.noise_fraction == 0.0)]
+        assert headline[f"digits/{model}/nc1"] is not None  # measured, not null
+        for name, column in HEADLINE_COLUMNS.items():
+            column = column.removesuffix("_mean")
+            expected = sum(at0[column]) / len(at0) if column in at0 else None
+            assert headline[f"digits/{model}/{name}"] == (
+                None if expected is None or np.isnan(expected) else pytest.approx(expected))
+        assert headline[f"digits/{model}/growth_exponent"] == growth[model]["exponent"]
+        assert [headline[f"digits/{model}/growth_exponent_ci95_{end}"]
+                for end in ("low", "high")] == growth[model]["exponent_ci95"]
 
 
 def test_training_curves_stack_every_log_of_the_grid_in_grid_order(tmp_path, geometry_dir):

@@ -38,6 +38,33 @@ def test_tables_carry_the_numbers_of_the_outputs(project):
     assert "docs/results.md" in block and "supcon a = " in block
 
 
+def test_claims_in_words_one_sentence_per_claim_with_measure_interval_and_criterion(project):
+    """Each sentence: the claim and its data, each verdict with the rows it covers (model,
+    measure, value [interval], criterion), then once each the measured reason of a
+    "not reached"; in README and docs/results.md, both above the full table."""
+    from pipeline.infra.results import CLAIM_NAMES, MEASURE_WORDS, claims_in_words
+
+    table = pd.read_csv(project / "data/claims/claims.csv")
+    words = claims_in_words(table).splitlines()
+    groups = table.groupby(["claim", "dataset"], sort=False).ngroups
+    assert len(words) == groups
+    for row in table.itertuples():
+        interval = "" if pd.isna(row.ci_low) else f" [{row.ci_low:.3g}, {row.ci_high:.3g}]"
+        value = "—" if pd.isna(row.value) else f"{row.value:.3g}"  # unmeasured: a dash
+        item = (f"{row.model} {MEASURE_WORDS.get(row.key, row.measure)} {value}"
+                f"{interval} ({row.criterion})")
+        (line,) = [w for w in words
+                   if w.startswith(f"- {CLAIM_NAMES[row.claim]}, {row.dataset}: ")]
+        verdict = row.verdict.split(":", 1)[0]
+        assert f"**{verdict}** for " in line and item in line
+        if verdict == "not reached":
+            assert "Not reached: " in line and row.verdict.split(": ", 1)[1] in line
+    doc = (project / "docs/results.md").read_text()
+    readme = (project / "README.md").read_text()
+    for text in (doc, readme):
+        assert words[0] in text and text.index(words[-1]) < text.index("| claim | data |")
+
+
 def test_check_passes_on_the_committed_text(project):
     result = results(project, "--check")
     assert result.returncode == 0, result.stderr

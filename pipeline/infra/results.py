@@ -228,7 +228,8 @@ def render_doc(out: Outputs) -> str:
                   f"From `{stage_table.CLAIMS_CSV}` (stage `claims`, "
                   "pipeline/stages/claims.py): each "
                   "verdict follows from the interval and the criterion (tolerances: "
-                  "`claims` in params.yaml).", "", out.claims]
+                  "`claims` in params.yaml). In words first, then the table.", "",
+                  claims_in_words(out.claims_table), "", out.claims]
     return "\n".join(parts)
 
 
@@ -272,20 +273,48 @@ CLAIM_NAMES = {
 }
 
 
+# How a sentence names a measure of the claims table, by its key (pipeline/stages/claims.py);
+# a key not listed (the extensions' per-value rows) is named by the table's own label.
+MEASURE_WORDS = {
+    "gap": "max |relative gap|",
+    "simplex": "max |cos + 1/(K-1)|",
+    "nc2": "NC2 |cos + 1/(K-1)|",
+    "collapse": "sample-to-mean cosine",
+    "nc1": "NC1",
+    "nc3": "NC3",
+    "nc4": "NC4",
+    "rho_gap_accuracy": "rho(gap, accuracy)",
+    "growth": "a",
+}
+VERDICT_ORDER = ("replicates", "does not", "inconclusive", "not reached")
+
+
+def _number(value) -> str:
+    return "—" if pd.isna(value) else f"{value:.3g}"
+
+
+def _measured(row) -> str:
+    """"supcon NC1 0.0108 [0.00945, 0.0122] (< 0.05)": model, measure, value, interval, and
+    the criterion it is held to."""
+    interval = "" if pd.isna(row.ci_low) else f" [{_number(row.ci_low)}, {_number(row.ci_high)}]"
+    measure = MEASURE_WORDS.get(row.key, row.measure)
+    return f"{row.model} {measure} {_number(row.value)}{interval} ({row.criterion})"
+
+
 def claims_in_words(table: pd.DataFrame) -> str:
-    """One generated sentence per claim: which of its rows replicate, which do not."""
+    """One generated sentence per claim and dataset: its verdicts first, each with the measure,
+    its interval and the criterion; then, once each, what was not reached."""
     lines = []
     for claim, name in CLAIM_NAMES.items():
-        rows = table[table["claim"] == claim]
-        if rows.empty:
-            continue
-        # "not reached: <what>" verdicts (pipeline/stages/claims.py) count as one kind
-        kind = rows.verdict.where(~rows.verdict.str.startswith("not reached"), "not reached")
-        by = {v: [f"{r.model} ({r.measure})" if claim in ("i", "ii", "T", "B", "R") else r.model
-                  for r in rows[kind == v].itertuples()]
-              for v in ("replicates", "does not", "inconclusive", "not reached")}
-        parts = [f"{verdict}: {', '.join(items)}" for verdict, items in by.items() if items]
-        lines.append(f"- {name}: " + "; ".join(parts) + ".")
+        for dataset, rows in table[table["claim"] == claim].groupby("dataset", sort=False):
+            kind = rows.verdict.str.split(":", n=1).str[0]
+            parts = [f"**{verdict}** for " + ", ".join(_measured(r) for r in
+                                                       rows[kind == verdict].itertuples())
+                     for verdict in VERDICT_ORDER if (kind == verdict).any()]
+            reasons = dict.fromkeys(
+                v.split(": ", 1)[1] for v in rows.verdict[kind == "not reached"])
+            missing = (f" Not reached: {'; '.join(reasons)}." if reasons else "")
+            lines.append(f"- {name}, {dataset}: " + "; ".join(parts) + "." + missing)
     return "\n".join(lines)
 
 

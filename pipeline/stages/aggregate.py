@@ -17,12 +17,15 @@ Outputs:
 - ``curves`` (CSV): every training log of the grid stacked, one row per evaluation, the run's
   identity columns first: the data of `dvc plots show`'s training curves (DVC cannot read
   Parquet) and of the training-curves figures.
-- ``growth`` (JSON, DVC metrics): per dataset, augmentation, setting (imbalance ratio,
+- ``growth`` (JSON): per dataset, augmentation, setting (imbalance ratio,
   temperature and batch size: ``runs.setting_name``) and model, the fitted exponent a
   of iterations-to-fit ~ c p^a across the noise fractions p > 0 (docs/paper.md: "a fitted exponent
   per loss"), fitted over the runs with those that never fit right-censored at their last
   evaluation, its 95% bootstrap interval and the "superlinear" verdict that follows from it;
   the same fit the iterations-to-fit figure draws; see :func:`growth_exponents`.
+- ``headline`` (JSON, DVC metrics): a few numbers per dataset and model, flat and named so
+  that a column of `dvc exp show` explains itself (:func:`headline_of`); the per-run
+  metrics.json stay outputs, not DVC metrics, so a comparison is not thousands of columns.
 """
 
 from __future__ import annotations
@@ -198,6 +201,46 @@ def load_train_logs(train_log_dir: Path, grid: dict) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+# The headline (headline.json, the project's DVC metrics beside the claims' verdicts): per
+# dataset and model, at the group's lowest noise fraction, the seeds' mean of these summary
+# columns under these names; then the growth exponent and its interval.
+HEADLINE_COLUMNS = {
+    "test_accuracy_class_means": "test_accuracy_class_mean_mean",
+    "test_accuracy_probe": "probe_test_accuracy_mean",
+    "collapse_cosine": "sample_cosine_mean_mean",
+    "nc1": "nc1_mean",
+    "simplex_deviation": "nc2_simplex_angle_deviation_mean",
+}
+
+
+def _finite(value) -> float | None:
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def headline_of(summary: pd.DataFrame, growth: dict) -> dict:
+    """The few numbers a comparison of experiments starts from, flat under
+    "<data>/<model>/<name>": <data> the dataset, followed by the augmentation and the setting
+    when the grid holds several for it (names of :data:`HEADLINE_COLUMNS`, then
+    ``growth_exponent`` and ``growth_exponent_ci95_low``/``_high``); null where unmeasured."""
+    settings = summary.assign(setting=[setting_name(r) for r in summary.to_dict("records")])
+    several = settings.groupby("dataset")[["augmentation", "setting"]].nunique().gt(1).any(axis=1)
+    out: dict = {}
+    for (dataset, augmentation, setting, model), group in settings.groupby(
+            ["dataset", "augmentation", "setting", "model"], sort=False):
+        data = f"{dataset}/{augmentation}/{setting}" if several[dataset] else dataset
+        lowest = group[group.noise_fraction == group.noise_fraction.min()].iloc[0]
+        for name, column in HEADLINE_COLUMNS.items():
+            out[f"{data}/{model}/{name}"] = (_finite(lowest[column]) if column in lowest
+                                             else None)
+        fit = growth.get(dataset, {}).get(augmentation, {}).get(setting, {}).get(model, {})
+        ci = fit.get("exponent_ci95") or (None, None)
+        out[f"{data}/{model}/growth_exponent"] = fit.get("exponent")
+        out[f"{data}/{model}/growth_exponent_ci95_low"] = ci[0]
+        out[f"{data}/{model}/growth_exponent_ci95_high"] = ci[1]
+    return out
+
+
 def metric_columns(runs: pd.DataFrame) -> list[str]:
     return [c for c in runs.columns if c not in ID_COLUMNS]
 
@@ -257,9 +300,10 @@ def aggregate_runs(
     summary_csv: Path,
     curves: Path,
     growth: Path,
+    headline: Path,
 ) -> pd.DataFrame:
     """Write the per-run table, the across-seed summary of the grid, the stacked training
-    logs and the growth exponents; return the summary."""
+    logs, the growth exponents and the headline; return the summary."""
     grid = params["grid"]
     run_table = load_runs(grid, Path(geometry_dir))
     summary_table = summarize_runs(run_table)
@@ -270,5 +314,6 @@ def aggregate_runs(
     write_csv(summary_table, Path(summary_csv))
     write_csv(logs, Path(curves))
     write_json(exponents, Path(growth), sort_keys=False)  # the grid's order
+    write_json(headline_of(summary_table, exponents), Path(headline), sort_keys=False)
     log.info("%d runs -> %d summary rows: %s", len(run_table), len(summary_table), summary)
     return summary_table

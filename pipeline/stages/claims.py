@@ -68,13 +68,15 @@ predicted") has the verdict "—". The criteria's tolerances are the ``claims`` 
 params.yaml, never typed here. Intervals are 95% percentile bootstraps
 (pipeline.maths.statistics): over seeds for (ii) and the per-value rows of T, B and R, over
 runs for (iii) and every Spearman rho. Writes a CSV (one row per claim and group), the same
-as Markdown (registered in the Snakemake report) and a JSON of the verdicts (DVC metrics).
+as Markdown (registered in the Snakemake report) and verdicts.json, the DVC metrics: one short
+verdict per row under a name that says which (:func:`headline`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,7 +90,7 @@ from pipeline.maths import statistics
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("claim", "dataset", "augmentation", "setting", "model", "measure", "value",
+COLUMNS = ("claim", "dataset", "augmentation", "setting", "model", "measure", "key", "value",
            "ci_low", "ci_high", "criterion", "regime", "verdict")
 NO_SETTING = "—"  # free features: no training run, so no setting of the grid
 # The paper's claims compare models within one dataset, augmentation and setting.
@@ -140,15 +142,16 @@ def _groups(runs: pd.DataFrame):
 
 
 def _row(claim, dataset, augmentation, setting, model, measure, value, ci, criterion,
-         result, regime: Regime | None = None) -> dict:
-    """One table row; ``regime`` None: a row about no training run (claim i)."""
+         result, regime: Regime | None = None, *, key: str) -> dict:
+    """One table row; ``key`` names the measure in verdicts.json (short, no spaces);
+    ``regime`` None: a row about no training run (claim i)."""
     if regime is None:
         regime_text = NO_REGIME
     else:
         regime_text = ("reached: " if regime.reached else "not reached: ") + regime.text
         if not regime.reached and result in ("does not", "inconclusive"):
             result = f"{NOT_REACHED}: {regime.text}"
-    return dict(zip(COLUMNS, (claim, dataset, augmentation, setting, model, measure, value,
+    return dict(zip(COLUMNS, (claim, dataset, augmentation, setting, model, measure, key, value,
                               None if ci is None else ci[0], None if ci is None else ci[1],
                               criterion, regime_text, result), strict=True))
 
@@ -278,11 +281,13 @@ def free_feature_claims(free: pd.DataFrame, tol: dict) -> list[dict]:
         rows.append(_row("i", "free features", "—", NO_SETTING, name, "max |relative gap|", gap,
                          None,
                          f"< {tol['free_relative_gap']:g}",
-                         "replicates" if gap < tol["free_relative_gap"] else "does not"))
+                         "replicates" if gap < tol["free_relative_gap"] else "does not",
+                         key="gap"))
         rows.append(_row("i", "free features", "—", NO_SETTING, name, "max |cos + 1/(K-1)|", dev,
                          None,
                          f"< {tol['free_cosine_deviation']:g}",
-                         "replicates" if dev < tol["free_cosine_deviation"] else "does not"))
+                         "replicates" if dev < tol["free_cosine_deviation"] else "does not",
+                         key="simplex"))
     return rows
 
 
@@ -295,22 +300,24 @@ def simplex_claims(runs: pd.DataFrame, tol: dict) -> list[dict]:
     for dataset, augmentation, setting, model, group in _groups(at):
         held, longest = held_regime(group, tol["regime"]), _longest(group)
         measures = [
-            (NC2_LABEL, NC2, tol["simplex_cosine_deviation"], False),
-            ("sample-to-class-mean cosine", "sample_cosine_mean", tol["collapse_cosine"], True),
-            ("NC1 tr(Sw Sb+)/K", "nc1", tol["nc1"], False),
+            ("nc2", NC2_LABEL, NC2, tol["simplex_cosine_deviation"], False),
+            ("collapse", "sample-to-class-mean cosine", "sample_cosine_mean",
+             tol["collapse_cosine"], True),
+            ("nc1", "NC1 tr(Sw Sb+)/K", "nc1", tol["nc1"], False),
         ]
         if model in CE_MODELS:
             measures += [
-                ("NC3 ||W/|W| - M/|M|||", "nc3_self_duality", tol["self_duality"], False),
-                ("NC4 head = nearest class mean", "nc4_head_ncm_agreement",
+                ("nc3", "NC3 ||W/|W| - M/|M|||", "nc3_self_duality", tol["self_duality"],
+                 False),
+                ("nc4", "NC4 head = nearest class mean", "nc4_head_ncm_agreement",
                  tol["ncm_agreement"], True),
             ]
-        for label, column, threshold, above in measures:
+        for key, label, column, threshold, above in measures:
             value, ci = mean_ci(longest[column]) if column in group else (None, None)
             sign = ">" if above else "<"
             rows.append(_row("ii", dataset, augmentation, setting, model, label, value, ci,
                              f"{sign} {threshold:g}", verdict(ci, threshold, above),
-                             held & length_regime(group, column, above)))
+                             held & length_regime(group, column, above), key=key))
     return rows
 
 
@@ -327,7 +334,7 @@ def generalisation_claims(runs: pd.DataFrame, tol: dict) -> list[dict]:
         rows.append(_row("iii", dataset, augmentation, setting, model,
                          "Spearman rho(final gap, test accuracy)", rho, ci, "< 0",
                          verdict(ci, 0.0, claim_above=False),
-                         held_regime(group, tol["regime"])))
+                         held_regime(group, tol["regime"]), key="rho_gap_accuracy"))
     return rows
 
 
@@ -354,7 +361,8 @@ def growth_claims(growth: dict, runs: pd.DataFrame, tol: dict) -> list[dict]:
                 rows.append(_row("iv", dataset, augmentation, setting, model,
                                  f"growth exponent a ({fit['runs_not_fit']} of "
                                  f"{fit['runs_used']} runs never fit)",
-                                 fit["exponent"], ci, criterion, result, regime))
+                                 fit["exponent"], ci, criterion, result, regime,
+                                 key="growth"))
     return rows
 
 
@@ -383,6 +391,11 @@ def _value_name(axis: str, value) -> str:
     return f"{AXIS_NAMES[axis]} = {number}"
 
 
+def _value_key(axis: str, value) -> str:
+    """A value of a swept axis in a verdicts.json key, e.g. "tau0.1", "b32", "rho10"."""
+    return SETTING_SPELLING[axis](value)
+
+
 def _column(group: pd.DataFrame, column: str) -> np.ndarray:
     """``column`` as float64, all NaN where the runs table lacks it."""
     if column not in group:
@@ -390,7 +403,7 @@ def _column(group: pd.DataFrame, column: str) -> np.ndarray:
     return group[column].to_numpy(np.float64)
 
 
-def _spearman_row(claim, where, group, axis, y, measure, claim_above, regime) -> dict:
+def _spearman_row(claim, where, group, axis, y, measure, claim_above, regime, key) -> dict:
     """Spearman's rho of the swept ``axis`` against ``y`` (one value per run) over the runs,
     with its bootstrap interval; criterion > 0 (``claim_above``), < 0, or none (None)."""
     x = group[axis].to_numpy(np.float64)
@@ -398,9 +411,9 @@ def _spearman_row(claim, where, group, axis, y, measure, claim_above, regime) ->
     rho, ci = (statistics.spearman_ci(x[keep], y[keep])
                if keep.sum() >= 3 and np.unique(x[keep]).size >= 2 else (None, None))
     if claim_above is None:
-        return _row(claim, *where, measure, rho, ci, NO_CRITERION, NO_VERDICT, regime)
+        return _row(claim, *where, measure, rho, ci, NO_CRITERION, NO_VERDICT, regime, key=key)
     return _row(claim, *where, measure, rho, ci, "> 0" if claim_above else "< 0",
-                verdict(ci, 0.0, claim_above), regime)
+                verdict(ci, 0.0, claim_above), regime, key=key)
 
 
 def _simplex_by_value(claim, where, group, axis, tol) -> list[dict]:
@@ -412,7 +425,8 @@ def _simplex_by_value(claim, where, group, axis, tol) -> list[dict]:
         mean, ci = mean_ci(_column(runs_at, NC2))
         rows.append(_row(claim, *where, f"{_value_name(axis, value)}: {NC2_LABEL}", mean, ci,
                          f"< {threshold:g}", verdict(ci, threshold, claim_above=False),
-                         held_regime(runs_at, tol["regime"])))
+                         held_regime(runs_at, tol["regime"]),
+                         key=f"{_value_key(axis, value)}_nc2"))
     return rows
 
 
@@ -425,7 +439,8 @@ def temperature_claims(runs: pd.DataFrame, tol: dict) -> list[dict]:
         rows += _simplex_by_value("T", where, group, "temperature", tol)
         rows.append(_spearman_row("T", where, group, "temperature", _column(group, NC2),
                                   "Spearman rho(tau, NC2 mean |cos + 1/(K-1)|)",
-                                  claim_above=False, regime=held_regime(group, tol["regime"])))
+                                  claim_above=False, regime=held_regime(group, tol["regime"]),
+                                  key="rho_tau_nc2"))
     return rows
 
 
@@ -439,11 +454,11 @@ def batch_size_claims(runs: pd.DataFrame, tol: dict) -> list[dict]:
         rows.append(_spearman_row("B", where, group, "batch_size",
                                   _column(group, "final_supcon_gap"),
                                   "Spearman rho(b, final supcon gap)", claim_above=None,
-                                  regime=held))
+                                  regime=held, key="rho_b_gap"))
         if where[-1] in SUPCON_MODELS:
             rows.append(_spearman_row("B", where, group, "batch_size", _column(group, NC2),
                                       "Spearman rho(b, NC2 mean |cos + 1/(K-1)|)",
-                                      claim_above=False, regime=held))
+                                      claim_above=False, regime=held, key="rho_b_nc2"))
     return rows
 
 
@@ -458,12 +473,12 @@ def imbalance_claims(runs: pd.DataFrame, tol: dict) -> list[dict]:
         if model in SUPCON_MODELS:
             rows.append(_spearman_row("R", where, group, axis, _column(group, NC2),
                                       "Spearman rho(imbalance ratio, NC2 mean |cos + 1/(K-1)|)",
-                                      claim_above=True, regime=held))
+                                      claim_above=True, regime=held, key="rho_ratio_nc2"))
         if model in LEARNED_HEAD_MODELS:
             rows.append(_spearman_row("R", where, group, axis,
                                       _column(group, "head_cosine_minority"),
                                       "Spearman rho(imbalance ratio, minority head-row cosine)",
-                                      claim_above=True, regime=held))
+                                      claim_above=True, regime=held, key="rho_ratio_head"))
         label = "minority - majority test accuracy (class means)"
         for ratio, runs_at in group.groupby(axis, sort=True):
             gap = (_column(runs_at, "test_accuracy_minority")
@@ -472,12 +487,13 @@ def imbalance_claims(runs: pd.DataFrame, tol: dict) -> list[dict]:
             criterion, result = ((NO_CRITERION, NO_VERDICT) if ratio == 1 else
                                  ("< 0", verdict(ci, 0.0, claim_above=False)))
             rows.append(_row("R", *where, f"{_value_name(axis, ratio)}: {label}", mean, ci,
-                             criterion, result, held_regime(runs_at, tol["regime"])))
+                             criterion, result, held_regime(runs_at, tol["regime"]),
+                             key=f"{_value_key(axis, ratio)}_accuracy_gap"))
         rows.append(_spearman_row("R", where, group, axis,
                                   _column(group, "test_accuracy_minority")
                                   - _column(group, "test_accuracy_majority"),
                                   f"Spearman rho(imbalance ratio, {label})", claim_above=False,
-                                  regime=held))
+                                  regime=held, key="rho_ratio_accuracy_gap"))
     return rows
 
 
@@ -505,6 +521,32 @@ def markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def short_verdict(text: str) -> str:
+    """The verdict's first words: "replicates", "does not", "inconclusive", "not reached"
+    (the measured reason after the colon stays in the table), or "—"."""
+    return text.split(":", 1)[0]
+
+
+def _slug(text: str) -> str:
+    """A table cell as one word of a metric name: "supcon (tau = 0.1)" -> "supcon_tau_0.1"."""
+    return re.sub(r"[^a-z0-9.]+", "_", str(text).lower()).strip("_")
+
+
+def headline(table: pd.DataFrame) -> dict:
+    """verdicts.json, the claims' DVC metrics: one short verdict per row of the table under
+    "<claim>/<data>/<model>/<key>", <data> the dataset, followed by the augmentation and the
+    setting when the table holds several; the numbers and the reasons stay in the table."""
+    trained = table[table.setting != NO_SETTING]
+    several = trained.groupby("dataset")[["augmentation", "setting"]].nunique().gt(1).any(axis=1)
+    out = {}
+    for r in table.itertuples():
+        data = _slug(r.dataset)
+        if several.get(r.dataset, False):
+            data = f"{data}/{r.augmentation}/{r.setting}"
+        out[f"{r.claim}/{data}/{_slug(r.model)}/{r.key}"] = short_verdict(r.verdict)
+    return out
+
+
 def tabulate_claims(params: dict, *, runs: Path, growth: Path, free_features: Path,
                     table: Path, markdown_table: Path, verdicts: Path) -> pd.DataFrame:
     """Write the claims table (CSV and Markdown) and the verdicts (JSON); return the table."""
@@ -524,10 +566,6 @@ def tabulate_claims(params: dict, *, runs: Path, growth: Path, free_features: Pa
         frame.to_csv(tmp, index=False, float_format="%.6g", na_rep="", lineterminator="\n")
     with atomic_path(markdown_table) as tmp:
         tmp.write_text(markdown(frame))
-    summary: dict = {}
-    for r in frame.itertuples():
-        key = f"{r.claim}/{r.dataset}/{r.augmentation}/{r.setting}/{r.model}/{r.measure}"
-        summary[key] = {"verdict": r.verdict, "value": None if pd.isna(r.value) else r.value}
-    write_json(summary, verdicts, sort_keys=False)
+    write_json(headline(frame), verdicts, sort_keys=False)
     log.info("%d claim rows: %s", len(frame), frame["verdict"].value_counts().to_dict())
     return frame
