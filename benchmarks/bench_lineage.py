@@ -90,7 +90,7 @@ def main() -> None:
     print(f"  trace            {plain:6.2f} s   (CLI, start-up included: {cli_plain:6.2f} s)")
     print(f"  trace --verify   {verified:6.2f} s   (CLI, start-up included: {cli_verify:6.2f} s)")
     if args.write_doc:
-        from pipeline.infra.results import write_measurement
+        from pipeline.report.results import write_measurement
 
         if checked.problems:
             sys.exit(f"--write-doc: lineage --verify finds {len(checked.problems)} problem(s) "

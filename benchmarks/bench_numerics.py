@@ -92,7 +92,7 @@ def main() -> None:
                  f"{numerics.record().get('torch')}; times include each job's start-up")
     print("\n".join(lines))
     if args.write_doc:
-        from pipeline.infra.results import write_measurement
+        from pipeline.report.results import write_measurement
 
         write_measurement(ROOT / "README.md", "numerics",
                           f"python benchmarks/bench_numerics.py --repeat {args.repeat} "

@@ -71,7 +71,7 @@ def main() -> None:
         import sys
 
         sys.path.insert(0, str(args.repo))
-        from pipeline.infra.results import write_measurement
+        from pipeline.report.results import write_measurement
 
         flags = " --with-test" if args.with_test else ""
         write_measurement(args.repo / "docs/design.md", "make",

@@ -67,7 +67,7 @@ def report(name: str, measured: dict, cores: int) -> str:
     from pipeline.infra import stage_table
     from pipeline.infra.config import load_params
     from pipeline.infra.numerics import cpu_model
-    from pipeline.infra.results import claims_in_words
+    from pipeline.report.results import claims_in_words
 
     clone = measured["clone"]
     runs = len(stage_table.grid_jobs(stage_table.TRAIN,
@@ -87,7 +87,7 @@ def report(name: str, measured: dict, cores: int) -> str:
         value = "—" if pd.isna(r.value) else f"{r.value:.3g}"
         out.write(f"  {r.model:<9} {r.setting:<14} {r.measure}: {value}{interval} "
                   f"(criterion {r.criterion}): {r.verdict}\n")
-    out.write("in words (pipeline/infra/results.py claims_in_words):\n")
+    out.write("in words (pipeline/report/results.py claims_in_words):\n")
     out.write(claims_in_words(rows) + "\n")
     return out.getvalue()
 
@@ -124,7 +124,7 @@ def main() -> None:
             text = report(name, measured, args.cores)
             print(text, end="", flush=True)
             if args.write_doc:
-                from pipeline.infra.results import write_measurement
+                from pipeline.report.results import write_measurement
 
                 write_preset_line(name, measured, args.cores)
                 write_measurement(REPO / "README.md", f"preset-{name}",

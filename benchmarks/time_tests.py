@@ -88,7 +88,7 @@ def main() -> None:
     print(text, end="")
     if args.write_doc:
         sys.path.insert(0, str(ROOT))
-        from pipeline.infra.results import write_measurement
+        from pipeline.report.results import write_measurement
 
         flags = " --fast" if args.fast else ""
         write_measurement(ROOT / "docs/design.md", "tests-fast" if args.fast else "tests",

@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return write_dvc_yaml(args.output, check=args.check)
     if args.command == "results":
-        from pipeline.infra.results import main as results
+        from pipeline.report.results import main as results
 
         return results(Path("."), check=args.check)
     if args.command == "record":

@@ -8,7 +8,7 @@ FIGURE_CATEGORIES = {
     "gap_vs_accuracy": "Gap to the optimum vs generalisation",
     "collapse": "Neural collapse NC1-NC4 and accuracies",
     "training_curves": "Training curves",
-    # drawn only when the grid sweeps that setting axis (pipeline/infra/sweep_plots.py)
+    # drawn only when the grid sweeps that setting axis (pipeline/report/sweep_plots.py)
     "temperature": "Temperature sweep (beyond the paper)",
     "batch_size": "Batch-size sweep (beyond the paper)",
     "imbalance": "Class-imbalance sweep (beyond the paper)",

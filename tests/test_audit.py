@@ -84,7 +84,7 @@ def lock_outputs(root: Path, artifact: str) -> set[str]:
     return files
 
 
-@pytest.mark.parametrize(("artifact", "n_stages", "keep"), [(FIGURE, 23, False),
+@pytest.mark.parametrize(("artifact", "n_stages", "keep"), [(FIGURE, 22, False),
                                                             (CHECKPOINT, 2, True)])
 def test_audit_of_the_clean_project_reproduces_every_link(clean, tmp_path, artifact, n_stages,
                                                           keep):

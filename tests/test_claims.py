@@ -60,11 +60,18 @@ GROWTH = {"digits": {"none": {"rho1-tau0.1-b256": {
 }}}}
 
 
-def tabulate(directory, runs: pd.DataFrame, growth: dict = GROWTH):
-    """Run the stage on ``runs`` (with ``growth`` and free_table()); (frame, output paths)."""
+# The grid aggregate records in both of its outputs that claims reads (any grid: claims
+# only checks that the two agree).
+RECORDED_GRID = {"datasets": ["digits"], "seeds": [0, 1, 2]}
+
+
+def tabulate(directory, runs: pd.DataFrame, growth: dict = GROWTH, grid=RECORDED_GRID):
+    """Run the stage on ``runs`` (with ``growth`` and free_table()); (frame, output paths).
+    ``grid``: what growth.json records (the runs table records RECORDED_GRID)."""
     directory.mkdir(parents=True, exist_ok=True)
-    write_parquet(pa.Table.from_pandas(runs, preserve_index=False), directory / "runs.parquet")
-    write_json(growth, directory / "growth.json")
+    write_parquet(pa.Table.from_pandas(runs, preserve_index=False), directory / "runs.parquet",
+                  metadata={"grid": RECORDED_GRID})
+    write_json({**growth, "grid": grid}, directory / "growth.json")
     write_parquet(free_table(), directory / "free.parquet")
     out = {"table": directory / "claims.csv", "markdown_table": directory / "claims.md",
            "verdicts": directory / "verdicts.json"}
@@ -124,6 +131,18 @@ def test_generalisation_and_growth_verdicts(table):
     (None, True, "inconclusive")])
 def test_verdict_from_interval(ci, above, expected):
     assert claims.verdict(ci, 1.0, claim_above=above) == expected
+
+
+def test_growth_fits_of_another_grid_are_refused_by_name(tmp_path):
+    """A growth.json of another aggregate run (same shape, other seeds) beside this runs
+    table: one named error, the differing key and both values, and no table written."""
+    other = {**RECORDED_GRID, "seeds": [0, 1]}
+    with pytest.raises(claims.InputError) as error:
+        tabulate(tmp_path, runs_table(), grid=other)
+    assert str(error.value) == (
+        f"{tmp_path / 'growth.json'}: growth fits made for another grid than "
+        f"{tmp_path / 'runs.parquet'}: grid.seeds: [0, 1], expected [0, 1, 2]")
+    assert not (tmp_path / "claims.csv").exists()
 
 
 def test_outputs_markdown_and_metrics(table):

@@ -31,7 +31,7 @@ WRITERS = {
     "figures": """
         import numpy as np
         from pipeline.infra.io import atomic_dir
-        from pipeline.infra.plotting import new_figure, save_figure
+        from pipeline.report.plotting import new_figure, save_figure
         with atomic_dir(TARGET) as tmp:
             fig = new_figure(4, 3)
             ax = fig.add_subplot()

@@ -6,6 +6,7 @@ import itertools
 import json
 import re
 
+import matplotlib as mpl
 import matplotlib.image
 import numpy as np
 import pandas as pd
@@ -175,8 +176,10 @@ def build_inputs(tmp_path, grid: dict) -> dict:
         summary_csv=tmp_path / "summary" / "summary.csv",
         curves=tmp_path / "summary" / "training_curves.csv",
         growth=tmp_path / "summary" / "growth.json",
+        headline=tmp_path / "summary" / "headline.json",
     )
-    return {"runs": runs, "geometry_dir": dirs["geometry"], "train_log_dir": dirs["logs"],
+    return {"runs": runs, "growth": tmp_path / "summary" / "growth.json",
+            "geometry_dir": dirs["geometry"], "train_log_dir": dirs["logs"],
             "free_features": free_features}
 
 
@@ -229,6 +232,22 @@ def test_missing_cosines_is_an_error_naming_its_path(tmp_path, inputs):
     assert not (tmp_path / "figures").exists()
 
 
+def test_growth_fits_of_another_grid_are_refused_by_name(tmp_path, inputs):
+    """growth.json of another aggregate run (same shape, another grid recorded): one named
+    error naming the file, the key and both values; nothing drawn."""
+    fits = json.loads(inputs["growth"].read_text())
+    fits["grid"] = {**fits["grid"], "seeds": [7]}
+    swapped = tmp_path / "other" / "growth.json"
+    swapped.parent.mkdir()
+    swapped.write_text(json.dumps(fits))
+    with pytest.raises(InputError) as error:
+        draw({**inputs, "growth": swapped}, tmp_path / "figures")
+    assert str(error.value) == (
+        f"{swapped}: growth fits made for another grid than params' (rerun aggregate): "
+        f"grid.seeds: [7], expected {GRID['seeds']}")
+    assert not (tmp_path / "figures").exists()
+
+
 def test_runs_table_must_cover_the_grid(tmp_path, inputs):
     grid = {**GRID, "seeds": [0, 1, 2]}
     with pytest.raises(InputError, match="no row for run"):
@@ -240,13 +259,23 @@ def test_iterations_figure_marks_not_fit_runs_and_reports_exponents(inputs):
     stats = iterations_by_noise(runs[runs["model"] == "supcon"])
     assert list(stats["n_fit"]) == [2, 1, 2]
     assert list(stats["mean"]) == [0.0, 25.0, 100.0]
-    fig = plot_iterations_to_fit(runs, dataset="digits", num_classes=K, models=["supcon", "ce"])
+    growth = json.loads(inputs["growth"].read_text())["digits"]["none"]
+    (fits,) = growth.values()  # the one setting
+    fig = plot_iterations_to_fit(runs, dataset="digits", num_classes=K, models=["supcon", "ce"],
+                                 fits=fits)
     ax = fig.axes[0]
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    # The legend's fit is aggregate.growth_of's (growth.json's): censored, with its interval.
-    # ce is flat (40.5 at every p, nothing censored): least squares, a = 0.
+    # The legend's fit is growth.json's, drawn as aggregate wrote it (aggregate.growth_of:
+    # censored, with its interval); ce is flat (40.5 at every p, nothing censored): a = 0.
     fit = growth_of(runs[runs["model"] == "supcon"])
+    assert fits["supcon"]["exponent"] == fit.exponent
     lo, hi = fit.ci95
+    # its band is the bootstrap's, point for point (the shaded area of the figure)
+    assert tuple(fits["supcon"]["band"]["lower"]) == fit.band[1]
+    (shaded,) = [c for c in ax.collections if c.get_alpha() == 0.12 and
+                 tuple(c.get_facecolor()[0][:3]) == mpl.colors.to_rgb("C0")]
+    vertices = shaded.get_paths()[0].vertices
+    assert min(vertices[:, 1]) == pytest.approx(min(fit.band[1]))
     assert labels[0].startswith(f"SupCon: a = {fit.exponent:.2f}")
     assert labels[0].endswith(f"95% CI [{lo:.2f}, {hi:.2f}]")
     assert labels[1].startswith("CE: a = -0.00") or labels[1].startswith("CE: a = 0.00")

@@ -1,9 +1,11 @@
 """The code's layers and the one name of each stage, checked from the source.
 
 pipeline/maths   pure maths: imports no other layer (no files, no params)
-pipeline/infra   params, I/O, numerics, devices, the stage table, provenance, front-ends:
-                 imports maths, never a stage
-pipeline/stages  one module per stage, named as the stage
+pipeline/infra   params, I/O, numerics, devices, the stage table, provenance, front-ends,
+                 lineage, audit: imports maths, never report or a stage
+pipeline/report  presentation (figure drawing, the rendered results text): imports maths
+                 and infra, never a stage
+pipeline/stages  one module per stage, named as the stage; may call any layer below
 
 Imports are read with ast, function-level ones included, so a lazy import cannot hide an
 edge. A stage may use another stage's module only along the edges listed here, so every new
@@ -23,7 +25,7 @@ from pipeline.infra import stage_table
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "pipeline"
-LAYERS = ("maths", "infra", "stages")
+LAYERS = ("maths", "infra", "report", "stages")  # the order: each imports only those before
 # (importer, imported) stage modules: the figures draw aggregate's growth fit exactly as
 # growth.json holds it; embed rebuilds the model from train's checkpoint and config.
 STAGE_EDGES = {("figures", "aggregate"), ("embed", "train")}
@@ -70,10 +72,27 @@ def test_maths_imports_no_other_layer(module):
     assert outside == set(), f"{module} imports {sorted(outside)}"
 
 
-@pytest.mark.parametrize("module", [m for m in modules() if layer_of(m) == "infra"])
-def test_infrastructure_imports_no_stage(module):
-    stages = {m for m in imports_of(modules()[module]) if layer_of(m) == "stages"}
-    assert stages == set(), f"{module} imports {sorted(stages)}"
+@pytest.mark.parametrize("module", [m for m in modules() if layer_of(m) in ("infra", "report")])
+def test_a_layer_imports_only_the_layers_before_it(module):
+    """infra: maths; report: maths and infra (never a stage, nor infra the report)."""
+    allowed = LAYERS[:LAYERS.index(layer_of(module)) + 1]
+    above = {m for m in imports_of(modules()[module]) if layer_of(m) not in allowed}
+    assert above == set(), f"{module} imports {sorted(above)}"
+
+
+def test_presentation_lives_in_report():
+    """Every module that draws (matplotlib) or renders the results text is in the report
+    layer or is a stage that calls it; none is infrastructure."""
+    def draws(path: Path) -> bool:
+        return any(name.split(".")[0] == "matplotlib"
+                   for node in ast.walk(ast.parse(path.read_text()))
+                   for name in ([a.name for a in node.names] if isinstance(node, ast.Import)
+                                else [node.module or ""] if isinstance(node, ast.ImportFrom)
+                                else []))
+
+    drawing = {m for m, path in modules().items() if draws(path)}
+    assert drawing and {layer_of(m) for m in drawing} <= {"report", "stages"}
+    assert "pipeline.report.results" in modules()
 
 
 def test_stages_use_each_other_only_along_the_listed_edges():

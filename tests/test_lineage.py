@@ -73,8 +73,9 @@ EVERY_RUN = (
 
 def test_figure_lineage_reaches_the_raw_data_with_lock_md5s_params_and_commit(project):
     doc = lineage_json(project, FIGURE)
-    # the figures stage also reads the free-features records (for a temperature sweep)
-    assert {link["stage"] for link in doc["links"]} == {"figures", "free_features"} | EVERY_RUN
+    # the figures stage also reads the free-features records (for a temperature sweep), but
+    # this figure is not drawn from them: only what it draws is in its chain
+    assert {link["stage"] for link in doc["links"]} == {"figures"} | EVERY_RUN
     assert doc["links"][0]["stage"] == "figures" and doc["links"][0]["depth"] == 0
     assert doc["artifact"]["md5"] == doc["artifact"]["md5_on_disk"] == md5(project / FIGURE)
     lock = locked(project)
@@ -99,9 +100,11 @@ def test_figure_lineage_reaches_the_raw_data_with_lock_md5s_params_and_commit(pr
     assert raw["path"] == "sklearn/datasets/data/digits.csv.gz"
     assert raw["version"] == importlib.metadata.version("scikit-learn")
     assert {name.split("@")[0] for name in raw["used_by"]} == {"noisy_labels", "train", "embed"}
-    # The figure's embedded record: the one file it was drawn from.
+    # The figure's embedded record: the files it was drawn from (the runs, and the growth
+    # fit with its interval and band, as aggregate wrote it).
     assert doc["provenance"]["inputs"] == {
-        "data/summary/runs.parquet": md5(project / "data/summary/runs.parquet")
+        "data/summary/runs.parquet": md5(project / "data/summary/runs.parquet"),
+        "data/summary/growth.json": md5(project / "data/summary/growth.json"),
     }
     assert doc["repository"] == {"root": str(project), "head": head(project), "dirty": []}
 
@@ -109,8 +112,10 @@ def test_figure_lineage_reaches_the_raw_data_with_lock_md5s_params_and_commit(pr
 def test_text_lineage_names_every_stage_family_and_the_raw_file(project):
     text = lineage(project, FIGURE).stdout
     assert f"HEAD {head(project)}, working tree clean" in text
-    # Breadth first: aggregate reads the training logs as well as the geometry.
-    assert "chain      23 stages: figures, free_features, aggregate, geometry x6, train x6, " \
+    # Breadth first: aggregate reads the training logs as well as the geometry. The figures
+    # stage also reads the free features (for the temperature figure), but this figure is
+    # not drawn from them: they are not in its chain.
+    assert "chain      22 stages: figures, aggregate, geometry x6, train x6, " \
         "embed x6, noisy_labels x2; raw data: digits" in text
     assert f"digits  sklearn/datasets/data/digits.csv.gz  {md5(_digits_csv())}" in text
     for line in ("in       data/summary/runs.parquet", "code     commit " + head(project)[:12]):
@@ -119,7 +124,7 @@ def test_text_lineage_names_every_stage_family_and_the_raw_file(project):
 
 def test_verify_passes_on_a_fresh_run(project):
     result = lineage(project, FIGURE, "--verify")
-    assert "verify: ok - 23 stages" in result.stdout
+    assert "verify: ok - 22 stages" in result.stdout
 
 
 def test_geometry_figure_follows_only_the_runs_it_shows(project):

@@ -42,7 +42,7 @@ def test_claims_in_words_one_sentence_per_claim_with_measure_interval_and_criter
     """Each sentence: the claim and its data, each verdict with the rows it covers (model,
     measure, value [interval], criterion), then once each the measured reason of a
     "not reached"; in README and docs/results.md, both above the full table."""
-    from pipeline.infra.results import CLAIM_NAMES, MEASURE_WORDS, claims_in_words
+    from pipeline.report.results import CLAIM_NAMES, MEASURE_WORDS, claims_in_words
 
     table = pd.read_csv(project / "data/claims/claims.csv")
     words = claims_in_words(table).splitlines()

@@ -1,4 +1,4 @@
-"""pipeline.infra.sweep_plots and the figures stage's sweep figures: which runs each draws,
+"""pipeline.report.sweep_plots and the figures stage's sweep figures: which runs each draws,
 that it is drawn exactly when the grid sweeps its axis, and that the plotted numbers are the
 means over seeds of the synthetic runs of tests/test_figures.py, recomputed here by a loop."""
 
@@ -17,7 +17,7 @@ from pipeline.infra import stage_table
 from pipeline.infra.io import read_parquet
 from pipeline.infra.provenance import read_provenance
 from pipeline.infra.runs import SETTING, setting_name
-from pipeline.infra.sweep_plots import (
+from pipeline.report.sweep_plots import (
     FREE_FEATURES_COLUMNS,
     fixed_name,
     plot_batch_size,
@@ -213,7 +213,7 @@ def test_sweeps_hold_the_other_axes_fixed_and_skip_what_has_one_value(caplog):
     rows = [("supcon", 1, t, 256, p, 0) for t in (0.05, 0.1, 0.5) for p in (0.0, 0.5)]
     rows += [("supcon", 1, 0.1, 32, 0.0, 0), ("ce", 1, 0.1, 32, 0.0, 0),
              ("ce", 1, 0.1, 256, 0.0, 0)]
-    caplog.set_level(logging.INFO, logger="pipeline.infra.sweep_plots")
+    caplog.set_level(logging.INFO, logger="pipeline.report.sweep_plots")
     found = sweeps(runs_frame(rows), grid)
     assert [s.stem("digits") for s in found] == [
         "temperature_digits-rho1-b256",  # at b = 32 supcon has one tau
@@ -257,7 +257,7 @@ def test_every_sweep_figure_is_filed_in_the_report_under_its_kind():
 
     from snakemake.io import regex_from_filepattern
 
-    from pipeline.infra import sweep_plots
+    from pipeline.report import sweep_plots
 
     text = (ROOT / "rules" / "figures.smk").read_text()
     categories = ast.literal_eval(re.search(r"FIGURE_CATEGORIES = (\{.*?\n\})", text,

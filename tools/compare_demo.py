@@ -21,7 +21,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from pipeline.infra.results import write_measurement  # noqa: E402
+from pipeline.report.results import write_measurement  # noqa: E402
 
 # A change of measurement, not of any claim's criterion: the probe's regularisation reruns
 # the 39 geometry stages and everything downstream of them, no training.

@@ -1,5 +1,6 @@
 """Infrastructure: params and schema, I/O, numerics, devices, the stage table, provenance,
-plotting, the two front-ends, lineage, audit and results.
+the two front-ends, lineage and audit.
 
-Imports maths, never a stage (tests/test_layers.py).
+Imports maths, never the presentation layer (pipeline/report) or a stage
+(tests/test_layers.py).
 """

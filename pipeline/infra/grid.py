@@ -64,3 +64,13 @@ def jobs(matrix: tuple[str, ...], grid: dict) -> list[dict[str, str]]:
         if any(all(v in s[w] for w, v in zip(matrix, combo, strict=True)) for s in sets):
             found.append(dict(zip(matrix, map(str, combo), strict=True)))
     return found
+
+
+def differences(found: dict | None, expected: dict) -> list[str]:
+    """How a grid an artifact records differs from the one expected, as "grid.<key>: <found>,
+    expected <expected>" per key (every key when nothing was recorded): the one spelling of
+    the refusal when an input was made for another grid than the stage is asked to use."""
+    if not isinstance(found, dict):
+        return [f"grid: {found!r} recorded, expected {expected!r}"]
+    return [f"grid.{key}: {found.get(key)!r}, expected {expected.get(key)!r}"
+            for key in sorted(set(found) | set(expected)) if found.get(key) != expected.get(key)]

@@ -61,3 +61,9 @@ def setting_name(values: Mapping[str, object]) -> str:
     """A setting as one key, e.g. "rho1-tau0.1-b256": of a Run's columns or a table row."""
     return (f"rho{float(values['imbalance_ratio']):g}-tau{float(values['temperature']):g}-"
             f"b{int(values['batch_size'])}")
+
+
+def with_setting(frame):
+    """A pandas ``frame`` of runs (or of grid points) with a ``setting`` column: each row's
+    :func:`setting_name`, the key every per-setting table, figure and fit groups by."""
+    return frame.assign(setting=[setting_name(r) for r in frame[list(SETTING)].to_dict("records")])

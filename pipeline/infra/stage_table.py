@@ -147,7 +147,7 @@ _RUN_CODE = ("pipeline/infra/runs.py",)  # a run's identity, for every stage tha
 # digest). tests/test_frontends.py checks every stage's code list against the imports of its
 # module, so a figure caption edited in the figures stage does not rerun free features.
 _PLOTTING_CODE = (
-    "pipeline/infra/plotting.py",
+    "pipeline/report/plotting.py",
     "pipeline/infra/provenance.py",
     "pipeline/infra/config.py",
     "pipeline/infra/datasets.py",
@@ -261,6 +261,7 @@ FIGURES = Stage(
     matrix=(),
     deps={
         "runs": RUNS_TABLE,
+        "growth": GROWTH_METRICS,  # the iterations figure's fit, interval and band, as is
         # metrics.json: the per-class test accuracies of the imbalance figure (the runs table
         # leaves lists out)
         "geometry_dir": GridDir(GEOMETRY_DIR, (COSINES, GEOMETRY_METRICS)),
@@ -272,13 +273,13 @@ FIGURES = Stage(
     # these three keys only, so another claims tolerance reruns no figure.
     params=("grid", "figures", "claims.simplex_cosine_deviation", "claims.free_relative_gap",
             "claims.free_cosine_deviation"),
-    # the figures draw aggregate's growth fit (and its bootstrap band) as growth.json holds it
+    # the figures read the training logs and per-run metrics with aggregate's own readers
     code=(
         "pipeline/stages/figures.py",
         "pipeline/stages/aggregate.py",
         "pipeline/maths/statistics.py",
-        "pipeline/infra/paper_plots.py",
-        "pipeline/infra/sweep_plots.py",
+        "pipeline/report/paper_plots.py",
+        "pipeline/report/sweep_plots.py",
         "pipeline/maths/imbalance.py",
         *_RUN_CODE,
         *_PLOTTING_CODE,
@@ -318,6 +319,7 @@ CLAIMS = Stage(
     code=(
         "pipeline/stages/claims.py",
         "pipeline/maths/statistics.py",
+        "pipeline/infra/grid.py",
         *_RUN_CODE,
         *_SHARED_CODE,
     ),

@@ -22,7 +22,9 @@ Outputs:
   of iterations-to-fit ~ c p^a across the noise fractions p > 0 (docs/paper.md: "a fitted exponent
   per loss"), fitted over the runs with those that never fit right-censored at their last
   evaluation, its 95% bootstrap interval and the "superlinear" verdict that follows from it;
-  the same fit the iterations-to-fit figure draws; see :func:`growth_exponents`.
+  the same fit the iterations-to-fit figure draws; see :func:`growth_exponents`; under
+  ``grid`` the grid they were fitted for, as the runs table's metadata records it, so a
+  reader can tell a growth.json of another run from the right one.
 - ``headline`` (JSON, DVC metrics): a few numbers per dataset and model, flat and named so
   that a column of `dvc exp show` explains itself (:func:`headline_of`); the per-run
   metrics.json stay outputs, not DVC metrics, so a comparison is not thousands of columns.
@@ -41,13 +43,22 @@ import pyarrow as pa
 from pipeline.infra import schemas, stage_table
 from pipeline.infra.grid import grid_axis
 from pipeline.infra.io import InputError, atomic_path, read_parquet, write_json, write_parquet
-from pipeline.infra.runs import COLUMN_TYPES, COLUMNS, SETTING, STRING_COLUMNS, Run, setting_name
+from pipeline.infra.runs import (
+    COLUMN_TYPES,
+    COLUMNS,
+    SETTING,
+    STRING_COLUMNS,
+    Run,
+    setting_name,
+    with_setting,
+)
 from pipeline.maths import statistics
 
 # Keys naming the run; the rest of metrics.json is metrics.
 ID_COLUMNS = COLUMNS  # a run's identity (pipeline/infra/runs.py), first in every table
 GROUP_COLUMNS = tuple(c for c in COLUMNS if c != "seed")  # a grid point: seeds vary
 FIT_METRIC = "iterations_to_fit"  # null = never reached the fit threshold
+GRID_RECORD = "grid"  # growth.json's key for the grid its fits were made for (as runs.parquet)
 log = logging.getLogger(__name__)
 
 CSV_FLOAT_FORMAT = "%.10g"  # fixed formatting: equal numbers -> equal CSV bytes
@@ -166,7 +177,9 @@ def growth_exponents(runs: pd.DataFrame) -> dict:
     fewer than two noise fractions p > 0 have a run, or all their runs are censored),
     ``sigma`` (spread of log iterations about the fit), ``exponent_ci95``, ``superlinear``
     ("yes" when the whole interval lies above 1, "no" when below, else "inconclusive"),
-    ``runs_used`` (p > 0) and ``runs_not_fit`` of those, counted in the fit, not dropped.
+    ``runs_used`` (p > 0) and ``runs_not_fit`` of those, counted in the fit, not dropped, and
+    ``band``: the pointwise 95% bootstrap band of the curve (``noise_fraction``, ``lower``,
+    ``upper``), which the figures stage draws as it is, without refitting.
     """
     if FIT_METRIC not in runs or "final_iteration" not in runs:
         raise InputError(f"the runs carry no {FIT_METRIC!r} metric: no growth to fit")
@@ -185,6 +198,9 @@ def growth_exponents(runs: pd.DataFrame) -> dict:
             "runs_used": fit.runs,
             "runs_not_fit": fit.censored,
             "bootstrap_resamples": statistics.RESAMPLES,
+            # the pointwise 95% band of c p^a the iterations figure draws (null without a fit)
+            "band": None if fit.band is None else dict(
+                zip(("noise_fraction", "lower", "upper"), map(list, fit.band), strict=True)),
         }
     return growth
 
@@ -223,7 +239,7 @@ def headline_of(summary: pd.DataFrame, growth: dict) -> dict:
     "<data>/<model>/<name>": <data> the dataset, followed by the augmentation and the setting
     when the grid holds several for it (names of :data:`HEADLINE_COLUMNS`, then
     ``growth_exponent`` and ``growth_exponent_ci95_low``/``_high``); null where unmeasured."""
-    settings = summary.assign(setting=[setting_name(r) for r in summary.to_dict("records")])
+    settings = with_setting(summary)
     several = settings.groupby("dataset")[["augmentation", "setting"]].nunique().gt(1).any(axis=1)
     out: dict = {}
     for (dataset, augmentation, setting, model), group in settings.groupby(
@@ -313,7 +329,8 @@ def aggregate_runs(
     write_parquet(to_arrow(summary_table), summary, metadata={"grid": grid})
     write_csv(summary_table, Path(summary_csv))
     write_csv(logs, Path(curves))
-    write_json(exponents, Path(growth), sort_keys=False)  # the grid's order
+    # the grid's order; and the grid itself, which claims and figures check their inputs by
+    write_json({**exponents, GRID_RECORD: grid}, Path(growth), sort_keys=False)
     write_json(headline_of(summary_table, exponents), Path(headline), sort_keys=False)
     log.info("%d runs -> %d summary rows: %s", len(run_table), len(summary_table), summary)
     return summary_table

@@ -84,7 +84,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from pipeline.infra.io import InputError, atomic_path, read_parquet, write_json
+from pipeline.infra.grid import differences as grid_differences
+from pipeline.infra.io import InputError, atomic_path, read_metadata, read_parquet, write_json
 from pipeline.infra.runs import SETTING, setting_name
 from pipeline.maths import statistics
 
@@ -557,6 +558,13 @@ def tabulate_claims(params: dict, *, runs: Path, growth: Path, free_features: Pa
     except (OSError, ValueError) as e:
         raise InputError(f"{growth}: unreadable growth fits ({e})") from e
     fits.pop("numerics", None)
+    made_for, runs_grid = fits.pop("grid", None), read_metadata(runs).get("grid")
+    if not isinstance(runs_grid, dict):
+        raise InputError(f"{runs}: records no grid: not a runs table of stage aggregate")
+    mismatch = grid_differences(made_for, runs_grid)
+    if mismatch:  # two outputs of different aggregate runs (a copied or swapped file)
+        raise InputError(f"{growth}: growth fits made for another grid than {runs}: "
+                         + "; ".join(mismatch))
     rows = (free_feature_claims(pq.read_table(free_features).to_pandas(), tol)
             + simplex_claims(run_table, tol) + generalisation_claims(run_table, tol)
             + growth_claims(fits, run_table, tol) + temperature_claims(run_table, tol)

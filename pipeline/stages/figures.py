@@ -7,7 +7,7 @@
 - ``iterations_to_fit_{dataset}``: Section 5.3. Iterations to fit the (noisy) training labels
   against the noise fraction p per model, with every seed shown, runs that never fit marked at
   the top, the censored growth fit c * p^a with its exponent, 95% bootstrap interval and
-  band (aggregate.growth_of, the fit growth.json holds).
+  band, read from growth.json as the aggregate stage wrote it (never refitted here).
 - ``gap_vs_accuracy_{dataset}``: claim (iii), one point per run: the final supcon gap to its
   sampler-expected optimum (tracked for ce models) and each model's own loss gap, against
   test accuracy.
@@ -17,7 +17,7 @@
   accuracy of the class-mean classifier over iterations, mean over seeds.
 
 Beyond the paper, drawn only for a setting axis the grid gives two values or more (so the
-paper's protocol draws none), per dataset and augmentation (pipeline/infra/sweep_plots.py):
+paper's protocol draws none), per dataset and augmentation (pipeline/report/sweep_plots.py):
 ``temperature_*`` (supcon's geometry, gap and accuracy against tau, and the free features'
 final gap and simplex distance), ``batch_size_*`` (gap, optimum, geometry, accuracy against b)
 and ``imbalance_*`` (cosines by class group, head cosines, per-class accuracy against rho).
@@ -33,6 +33,7 @@ and under matplotlib's default rc settings, so a user's matplotlibrc cannot chan
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 from pathlib import Path
 
@@ -43,18 +44,20 @@ import pyarrow as pa
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from pipeline.infra import provenance, schemas, stage_table, sweep_plots
+from pipeline.infra import numerics, provenance, schemas, stage_table
+from pipeline.infra.grid import differences as grid_differences
 from pipeline.infra.io import InputError, atomic_dir, read_parquet
-from pipeline.infra.paper_plots import (
+from pipeline.infra.runs import COLUMN_TYPES, COLUMNS, Run, setting_name, with_setting
+from pipeline.report import sweep_plots
+from pipeline.report.paper_plots import (
     plot_collapse,
     plot_gap_vs_accuracy,
     plot_geometry,
     plot_training_curves,
 )
-from pipeline.infra.plotting import new_figure, save_figure, style
-from pipeline.infra.runs import COLUMN_TYPES, COLUMNS, SETTING, Run, setting_name
-from pipeline.infra.sweep_plots import model_name
-from pipeline.stages.aggregate import growth_of, load_train_logs, read_run_metrics
+from pipeline.report.plotting import new_figure, save_figure, style
+from pipeline.report.sweep_plots import model_name
+from pipeline.stages.aggregate import GRID_RECORD, load_train_logs, read_run_metrics
 
 log = logging.getLogger(__name__)
 
@@ -133,11 +136,6 @@ def load_class_accuracies(files: dict[str, Path], jobs: list[dict[str, str]]) ->
     return pd.DataFrame(rows, columns=[*COLUMNS, "class", "accuracy"])
 
 
-def _with_setting(frame: pd.DataFrame) -> pd.DataFrame:
-    """``frame`` with a ``setting`` column: its rows' setting (pipeline/infra/runs.py)."""
-    return frame.assign(setting=[setting_name(r) for r in frame[list(SETTING)].to_dict("records")])
-
-
 # ----------------------------------------------------------------------------- analysis
 
 
@@ -160,10 +158,11 @@ def iterations_by_noise(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot_iterations_to_fit(
-    runs: pd.DataFrame, *, dataset: str, num_classes: int, models: list[str]
+    runs: pd.DataFrame, *, dataset: str, num_classes: int, models: list[str], fits: dict
 ) -> Figure:
     """Section 5.3: iterations to fit vs noise fraction; mean +- std over the seeds that fit,
-    every seed as a dot, seeds that never fit as an x on the line at the top."""
+    every seed as a dot, seeds that never fit as an x on the line at the top; ``fits``: model
+    -> its growth fit as growth.json holds it (exponent, interval, band)."""
     runs = runs[runs["dataset"] == dataset]
     iterations = runs["iterations_to_fit"].astype(np.float64)
     top = _not_fit_level(runs, iterations)
@@ -176,7 +175,8 @@ def plot_iterations_to_fit(
         for i, model in enumerate(models):
             shift = (i - (len(models) - 1) / 2) * dodge
             of_model = runs[runs["model"] == model]
-            any_not_fit |= _plot_model_iterations(ax, of_model, model, f"C{i}", shift, top)
+            any_not_fit |= _plot_model_iterations(ax, of_model, model, fits.get(model, {}),
+                                                  f"C{i}", shift, top)
         handles, labels = ax.get_legend_handles_labels()
         if any_not_fit:
             ax.axhline(top, color="0.5", lw=0.8, ls=":")
@@ -196,18 +196,19 @@ def plot_iterations_to_fit(
 
 
 def _plot_model_iterations(
-    ax, runs: pd.DataFrame, model: str, color: str, shift: float, top: float
+    ax, runs: pd.DataFrame, model: str, fit: dict, color: str, shift: float, top: float
 ) -> bool:
     """One model's mean +- std, seed dots, not-fit crosses at ``top``, the censored power-law
-    fit (aggregate.growth_of, as in growth.json) and its bootstrap band; ``shift`` moves the
-    markers sideways (noise units). True if any run never fit."""
+    ``fit`` (growth.json's) and its bootstrap band; ``shift`` moves the markers sideways
+    (noise units). True if any run never fit."""
     stats = iterations_by_noise(runs)
-    fit = growth_of(runs)
-    label = model_name(model) + (": a = n/a" if fit.exponent is None else
-                                 f": a = {fit.exponent:.2f} (iters ~ {fit.coefficient:.3g} "
-                                 f"p^{fit.exponent:.2f})")
-    if fit.ci95 is not None:
-        label += f", 95% CI [{fit.ci95[0]:.2f}, {fit.ci95[1]:.2f}]"
+    exponent, coefficient = fit.get("exponent"), fit.get("coefficient")
+    ci, band = fit.get("exponent_ci95"), fit.get("band")
+    label = model_name(model) + (": a = n/a" if exponent is None else
+                                 f": a = {exponent:.2f} (iters ~ {coefficient:.3g} "
+                                 f"p^{exponent:.2f})")
+    if ci is not None:
+        label += f", 95% CI [{ci[0]:.2f}, {ci[1]:.2f}]"
     p = stats["noise_fraction"].to_numpy()
     ax.errorbar(
         p + shift,
@@ -228,12 +229,12 @@ def _plot_model_iterations(
     if not_fit.size:  # never dropped: drawn as crosses at the training length
         x = not_fit + shift
         ax.plot(x, np.full(x.size, top), ls="none", marker="x", ms=8, mew=2, color=color)
-    if fit.exponent is not None:
+    if exponent is not None:
         curve = np.linspace(p[p > 0].min(), p.max(), 100)
-        ax.plot(curve, fit.coefficient * curve**fit.exponent, color=color, ls="--", lw=0.8)
-    if fit.band is not None:  # pointwise 95% bootstrap band of the fitted curve
-        grid, lower, upper = fit.band
-        ax.fill_between(grid, lower, upper, color=color, alpha=0.12, lw=0)
+        ax.plot(curve, coefficient * curve**exponent, color=color, ls="--", lw=0.8)
+    if band is not None:  # pointwise 95% bootstrap band of the fitted curve
+        ax.fill_between(band["noise_fraction"], band["lower"], band["upper"], color=color,
+                        alpha=0.12, lw=0)
     return bool(not_fit.size)
 
 
@@ -246,6 +247,21 @@ def _not_fit_level(runs: pd.DataFrame, iterations: pd.Series) -> float:
 
 
 
+def read_growth(path: Path, grid: dict) -> dict:
+    """growth.json: dataset -> augmentation -> setting -> model -> fit (aggregate's), checked
+    to have been fitted for ``grid`` (the grid of params.yaml the figures are drawn for)."""
+    try:
+        fits = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: unreadable growth fits ({e})") from e
+    fits.pop(numerics.METADATA_KEY, None)
+    mismatch = grid_differences(fits.pop(GRID_RECORD, None), grid)
+    if mismatch:
+        raise InputError(f"{path}: growth fits made for another grid than params' (rerun "
+                         "aggregate): " + "; ".join(mismatch))
+    return fits
+
+
 def run_files(pattern: str, directory: Path, jobs: list[dict[str, str]]) -> dict[str, Path]:
     """Each job's file of ``pattern``: project-layout path -> the file in ``directory``."""
     return {stage_table.fill(pattern, **job): stage_table.run_file(pattern, directory, **job)
@@ -254,7 +270,7 @@ def run_files(pattern: str, directory: Path, jobs: list[dict[str, str]]) -> dict
 
 def figure_inputs(
     grid: dict, dataset: str, augmentation: str, setting: str, noise: float, *, runs: Path,
-    geometry_dir: Path, train_log_dir: Path,
+    growth: Path, geometry_dir: Path, train_log_dir: Path,
 ) -> dict[str, dict[str, Path]]:
     """Per figure kind, the files it is drawn from: project-layout path -> file read. Every
     figure reads the runs table (for K); the record names exactly these, never a whole
@@ -266,7 +282,7 @@ def figure_inputs(
     at_noise = [job for job in of_dataset if float(job["noise_fraction"]) == noise]
     return {
         "geometry": table | run_files(stage_table.COSINES, geometry_dir, at_noise),
-        "iterations_to_fit": dict(table),
+        "iterations_to_fit": table | {stage_table.GROWTH_METRICS: Path(growth)},
         "gap_vs_accuracy": dict(table),
         "collapse": dict(table),
         "training_curves": table | run_files(stage_table.TRAIN_LOG, train_log_dir, of_dataset),
@@ -275,7 +291,7 @@ def figure_inputs(
 
 def draw_sweeps(params: dict, directory: Path, run_table: pd.DataFrame, free: pd.DataFrame, *,
                 runs: Path, geometry_dir: Path, free_features: Path) -> list[str]:
-    """The sweep figures (pipeline/infra/sweep_plots.py) of every dataset and augmentation into
+    """The sweep figures (pipeline/report/sweep_plots.py) of every dataset and augmentation into
     ``directory``, each recording the files it is drawn from; the names of the files written."""
     grid, names = params["grid"], []
     for dataset, augmentation in itertools.product(grid["datasets"], grid["augmentations"]):
@@ -302,8 +318,8 @@ def draw_sweeps(params: dict, directory: Path, run_table: pd.DataFrame, free: pd
 
 
 def draw_figures(
-    params: dict, *, runs: Path, geometry_dir: Path, train_log_dir: Path, free_features: Path,
-    figures: Path,
+    params: dict, *, runs: Path, growth: Path, geometry_dir: Path, train_log_dir: Path,
+    free_features: Path, figures: Path,
 ) -> list[Path]:
     """Draw the five figures of every dataset, and the sweep figures of a grid that sweeps a
     setting axis, into directory ``figures`` (replaced as a whole); return the paths of the
@@ -311,10 +327,11 @@ def draw_figures(
     grid = params["grid"]
     dpi = int(params["figures"]["dpi"])
     noise = float(params["figures"]["geometry_noise"])
-    run_table = _with_setting(load_runs_table(Path(runs), grid))
-    cosines = _with_setting(load_cosines(Path(geometry_dir), grid, noise))
-    logs = _with_setting(load_train_logs(Path(train_log_dir), grid))
+    run_table = with_setting(load_runs_table(Path(runs), grid))
+    cosines = with_setting(load_cosines(Path(geometry_dir), grid, noise))
+    logs = with_setting(load_train_logs(Path(train_log_dir), grid))
     free = read_parquet(Path(free_features), sweep_plots.FREE_FEATURES_COLUMNS).to_pandas()
+    fits = read_growth(Path(growth), grid)
     settings = list(dict.fromkeys(run_table["setting"]))  # in grid order
     names: list[str] = []
     with atomic_dir(figures) as tmp:
@@ -344,7 +361,8 @@ def draw_figures(
                     cosines_of, dataset=dataset, num_classes=k, models=models, noise_fraction=noise
                 ),
                 f"iterations_to_fit_{label}": plot_iterations_to_fit(
-                    runs_of, dataset=dataset, num_classes=k, models=models
+                    runs_of, dataset=dataset, num_classes=k, models=models,
+                    fits=fits.get(dataset, {}).get(augmentation, {}).get(setting, {}),
                 ),
                 f"gap_vs_accuracy_{label}": plot_gap_vs_accuracy(
                     runs_of, dataset=dataset, num_classes=k, models=models
@@ -358,7 +376,7 @@ def draw_figures(
                 ),
             }
             read = figure_inputs(
-                grid, dataset, augmentation, setting, noise, runs=runs,
+                grid, dataset, augmentation, setting, noise, runs=runs, growth=growth,
                 geometry_dir=geometry_dir, train_log_dir=train_log_dir,
             )
             for stem, fig in drawn.items():

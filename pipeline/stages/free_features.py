@@ -9,7 +9,7 @@ of ``batch_sizes`` (``full``: the dataset as one batch), run by run with Adam
 (maths.free_features.multiset_experiment) runs from ``seed``.
 
 Outputs: one Parquet table (``TABLE_SCHEMA``, one row per record) and a directory of figures
-(PNG and PDF, via pipeline.infra.plotting.save_figure): ``convergence_<loss>``, ``circle_k3``
+(PNG and PDF, via pipeline.report.plotting.save_figure): ``convergence_<loss>``, ``circle_k3``
 (K = 3, h = 2 points at a few iterations, Figure 1) and ``multiset_batches_k3`` (Figure 5).
 Deterministic: float64, one CPU thread, every draw from a seeded generator.
 """
@@ -29,7 +29,6 @@ import torch
 
 from pipeline.infra import numerics
 from pipeline.infra.io import atomic_dir, write_parquet
-from pipeline.infra.plotting import new_figure, save_figure, style
 from pipeline.maths.free_features import (
     LOSSES,
     MultisetResult,
@@ -37,6 +36,7 @@ from pipeline.maths.free_features import (
     multiset_experiment,
     optimise,
 )
+from pipeline.report.plotting import new_figure, save_figure, style
 
 log = logging.getLogger(__name__)
 

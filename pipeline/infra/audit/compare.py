@@ -59,7 +59,7 @@ class LinkResult:
 
 class Originals:
     """dvc.lock's version of each output, from the workspace if it still hashes to the
-    recorded md5, else from the DVC cache (``files/md5/<2>/<30>``). Each is linked under
+    recorded md5, else from the DVC cache (where DVC's API says it keeps it). Each is linked under
     ``where`` by its project path, so readers that go by suffix can open it."""
 
     def __init__(self, project: lineage.Project, where: Path):
@@ -73,7 +73,7 @@ class Originals:
             source, kind = self.project.root / path, "workspace"
         else:
             kind = "DVC cache"
-            source = self.project.manifests.cache / "files" / "md5" / md5[:2] / md5[2:]
+            source = self.project.manifests.cached_file(md5)
             if not source.is_file():
                 return None
         self.sources[kind] += count

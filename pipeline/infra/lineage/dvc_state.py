@@ -229,6 +229,11 @@ class DvcRepo:
         """The DVC cache (``dvc cache dir``)."""
         return Path(self.repo.cache.local_cache_dir)
 
+    def cached_file(self, md5: str) -> Path:
+        """Where the DVC cache keeps the file of content ``md5`` (DVC's own layout, asked of
+        DVC, not rebuilt here); it may not exist (never cached, or garbage-collected)."""
+        return Path(self.repo.cache.local.oid_to_path(md5))
+
     def cached_manifest(self, md5: str) -> dict[str, str] | None:
         """relpath -> md5 of the directory with md5 ``md5`` as the DVC cache holds it (None
         if not there: a directory that is only a dep, or one not pulled)."""
@@ -269,6 +274,9 @@ class Manifests:
     @property
     def cache(self) -> Path:
         return self.dvc.cache_dir
+
+    def cached_file(self, md5: str) -> Path:
+        return self.dvc.cached_file(md5)
 
     def get(self, md5: str | None, path: str | None = None) -> dict[str, str] | None:
         if not md5 or not Entry("", md5).is_dir:

@@ -168,6 +168,9 @@ def _walk(project: Project, lineage: Lineage, start, figure_inputs: set[str] | N
             read = reads.get(dep.path)
             if depth == 0 and figure_inputs is not None:
                 read = {p for p in figure_inputs if under(p, dep.path)}
+                if not read and (project.producer_of(dep.path)
+                                 or project.has_produced_members(dep.path)):
+                    continue  # a data input of the stage this figure was not drawn from
             producers, other = project.producers(dep, read)
             if read is not None and not read and producers == []:
                 if project.producer_of(dep.path) or project.has_produced_members(dep.path):

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from pipeline.infra import numerics, stage_table
 from pipeline.infra.io import read_metadata
-from pipeline.infra.runs import COLUMNS, Run, setting_name
+from pipeline.infra.runs import COLUMNS, Run, with_setting
 
 DOC = Path("docs/results.md")
 README = Path("README.md")
@@ -53,11 +53,6 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _with_setting(table: pd.DataFrame) -> pd.DataFrame:
-    """``table`` with a ``setting`` column (pipeline/infra/runs.py's name of its setting)."""
-    return table.assign(setting=[setting_name(r) for r in table.to_dict("records")])
-
-
 class Outputs:
     """The default run's outputs, read once."""
 
@@ -68,9 +63,10 @@ class Outputs:
         # per-run paths (rho1, not the table's 1.0)
         self.jobs = stage_table.grid_jobs(stage_table.GEOMETRY,
                                           read_metadata(root / stage_table.RUNS_TABLE)["grid"])
-        self.summary = _with_setting(pq.read_table(root / stage_table.SUMMARY_TABLE).to_pandas())
+        self.summary = with_setting(pq.read_table(root / stage_table.SUMMARY_TABLE).to_pandas())
         growth = json.loads((root / stage_table.GROWTH_METRICS).read_text())
         self.numerics = growth.pop(numerics.METADATA_KEY, None)
+        growth.pop("grid", None)  # the grid the fits were made for (aggregate's record)
         self.growth = growth
         free = root / stage_table.FREE_FEATURES_TABLE
         self.free = pq.read_table(free).to_pandas() if free.exists() else None

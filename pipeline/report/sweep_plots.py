@@ -38,9 +38,9 @@ from matplotlib.ticker import NullLocator
 
 from pipeline.infra.grid import GRID_AXES, grid_axis
 from pipeline.infra.grid import jobs as grid_jobs
-from pipeline.infra.plotting import new_figure, style
 from pipeline.infra.runs import COLUMNS, SETTING, Run
 from pipeline.maths.imbalance import minority_classes
+from pipeline.report.plotting import new_figure, style
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from pipeline.infra import schemas
-from pipeline.infra.plotting import new_figure, style
-from pipeline.infra.sweep_plots import model_name
+from pipeline.report.plotting import new_figure, style
+from pipeline.report.sweep_plots import model_name
 
 COSINE_KINDS = schemas.COSINE_KINDS
 COSINE_LABELS = {
