@@ -45,7 +45,7 @@ def expected_inputs(params: dict, augmentation: str = "none") -> dict[str, set[s
     table = {stage_table.RUNS_TABLE}
     return {
         "geometry": table | {stage_table.fill(stage_table.COSINES, **j) for j in at_noise},
-        "iterations_to_fit": table,
+        "iterations_to_fit": table | {stage_table.GROWTH_METRICS},  # its fit, as aggregate wrote it
         "training_curves": table | {stage_table.fill(stage_table.TRAIN_LOG, **j) for j in jobs},
     }
 
