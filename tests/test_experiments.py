@@ -111,3 +111,21 @@ def test_the_same_comparison_after_a_snakemake_run(project):
     assert "claims.collapse_cosine" in json.loads(dvc(project, "params", "diff", "--json"))[
         "params.yaml"]
     assert dvc(project, "status").strip() == "Data and pipelines are up to date."
+
+
+def test_a_caption_or_a_figure_title_reruns_no_training(project):
+    """The report's caption is read by `snakemake --report` alone: editing it reruns nothing.
+    A figure's drawn title is code of the figures stage: editing it reruns figures, no
+    training, no embedding, no geometry (both front-ends plan the same)."""
+    with open(project / "report" / "figure.rst", "a") as f:
+        f.write("\nA sentence added to the caption.\n")
+    assert "Nothing to be done" in sh(sys.executable, "-m", "snakemake", "-n", "--cores", "1",
+                                      cwd=project).stdout
+    assert dvc(project, "status").strip() == "Data and pipelines are up to date."
+    figures = project / "pipeline" / "stages" / "figures.py"
+    figures.write_text(figures.read_text().replace("iterations to fit (SGD steps)",
+                                                   "iterations to fit (steps of SGD)", 1))
+    stale = json.loads(dvc(project, "status", "--json"))
+    assert set(stale) == {"figures"}
+    planned = sh(sys.executable, "-m", "snakemake", "-n", "--cores", "1", cwd=project).stdout
+    assert set(re.findall(r"^(?:local)?rule (\w+):", planned, re.M)) == {"figures", "all"}
