@@ -66,6 +66,11 @@ def jobs(matrix: tuple[str, ...], grid: dict) -> list[dict[str, str]]:
     return found
 
 
+# The key under which an artifact records the grid it was made for: the runs table's metadata
+# and growth.json (stage aggregate), checked by claims and figures with :func:`differences`.
+RECORD_KEY = "grid"
+
+
 def differences(found: dict | None, expected: dict) -> list[str]:
     """How a grid an artifact records differs from the one expected, as "grid.<key>: <found>,
     expected <expected>" per key (every key when nothing was recorded): the one spelling of

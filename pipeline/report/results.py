@@ -23,6 +23,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from pipeline.infra import numerics, stage_table
+from pipeline.infra.grid import RECORD_KEY as grid_record
 from pipeline.infra.io import read_metadata
 from pipeline.infra.runs import COLUMNS, Run, with_setting
 
@@ -66,7 +67,7 @@ class Outputs:
         self.summary = with_setting(pq.read_table(root / stage_table.SUMMARY_TABLE).to_pandas())
         growth = json.loads((root / stage_table.GROWTH_METRICS).read_text())
         self.numerics = growth.pop(numerics.METADATA_KEY, None)
-        growth.pop("grid", None)  # the grid the fits were made for (aggregate's record)
+        growth.pop(grid_record, None)  # the grid the fits were made for (aggregate's)
         self.growth = growth
         free = root / stage_table.FREE_FEATURES_TABLE
         self.free = pq.read_table(free).to_pandas() if free.exists() else None

@@ -41,6 +41,7 @@ import pandas as pd
 import pyarrow as pa
 
 from pipeline.infra import schemas, stage_table
+from pipeline.infra.grid import RECORD_KEY as grid_record
 from pipeline.infra.grid import grid_axis
 from pipeline.infra.io import InputError, atomic_path, read_parquet, write_json, write_parquet
 from pipeline.infra.runs import (
@@ -58,7 +59,6 @@ from pipeline.maths import statistics
 ID_COLUMNS = COLUMNS  # a run's identity (pipeline/infra/runs.py), first in every table
 GROUP_COLUMNS = tuple(c for c in COLUMNS if c != "seed")  # a grid point: seeds vary
 FIT_METRIC = "iterations_to_fit"  # null = never reached the fit threshold
-GRID_RECORD = "grid"  # growth.json's key for the grid its fits were made for (as runs.parquet)
 log = logging.getLogger(__name__)
 
 CSV_FLOAT_FORMAT = "%.10g"  # fixed formatting: equal numbers -> equal CSV bytes
@@ -325,12 +325,12 @@ def aggregate_runs(
     summary_table = summarize_runs(run_table)
     exponents = growth_exponents(run_table)
     logs = load_train_logs(Path(train_log_dir), grid)
-    write_parquet(to_arrow(run_table), runs, metadata={"grid": grid})
-    write_parquet(to_arrow(summary_table), summary, metadata={"grid": grid})
+    write_parquet(to_arrow(run_table), runs, metadata={grid_record: grid})
+    write_parquet(to_arrow(summary_table), summary, metadata={grid_record: grid})
     write_csv(summary_table, Path(summary_csv))
     write_csv(logs, Path(curves))
     # the grid's order; and the grid itself, which claims and figures check their inputs by
-    write_json({**exponents, GRID_RECORD: grid}, Path(growth), sort_keys=False)
+    write_json({**exponents, grid_record: grid}, Path(growth), sort_keys=False)
     write_json(headline_of(summary_table, exponents), Path(headline), sort_keys=False)
     log.info("%d runs -> %d summary rows: %s", len(run_table), len(summary_table), summary)
     return summary_table

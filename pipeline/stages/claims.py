@@ -84,6 +84,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from pipeline.infra.grid import RECORD_KEY as grid_record
 from pipeline.infra.grid import differences as grid_differences
 from pipeline.infra.io import InputError, atomic_path, read_metadata, read_parquet, write_json
 from pipeline.infra.runs import SETTING, setting_name
@@ -392,11 +393,6 @@ def _value_name(axis: str, value) -> str:
     return f"{AXIS_NAMES[axis]} = {number}"
 
 
-def _value_key(axis: str, value) -> str:
-    """A value of a swept axis in a verdicts.json key, e.g. "tau0.1", "b32", "rho10"."""
-    return SETTING_SPELLING[axis](value)
-
-
 def _column(group: pd.DataFrame, column: str) -> np.ndarray:
     """``column`` as float64, all NaN where the runs table lacks it."""
     if column not in group:
@@ -427,7 +423,7 @@ def _simplex_by_value(claim, where, group, axis, tol) -> list[dict]:
         rows.append(_row(claim, *where, f"{_value_name(axis, value)}: {NC2_LABEL}", mean, ci,
                          f"< {threshold:g}", verdict(ci, threshold, claim_above=False),
                          held_regime(runs_at, tol["regime"]),
-                         key=f"{_value_key(axis, value)}_nc2"))
+                         key=f"{SETTING_SPELLING[axis](value)}_nc2"))
     return rows
 
 
@@ -489,7 +485,7 @@ def imbalance_claims(runs: pd.DataFrame, tol: dict) -> list[dict]:
                                  ("< 0", verdict(ci, 0.0, claim_above=False)))
             rows.append(_row("R", *where, f"{_value_name(axis, ratio)}: {label}", mean, ci,
                              criterion, result, held_regime(runs_at, tol["regime"]),
-                             key=f"{_value_key(axis, ratio)}_accuracy_gap"))
+                             key=f"{SETTING_SPELLING[axis](ratio)}_accuracy_gap"))
         rows.append(_spearman_row("R", where, group, axis,
                                   _column(group, "test_accuracy_minority")
                                   - _column(group, "test_accuracy_majority"),
@@ -558,7 +554,8 @@ def tabulate_claims(params: dict, *, runs: Path, growth: Path, free_features: Pa
     except (OSError, ValueError) as e:
         raise InputError(f"{growth}: unreadable growth fits ({e})") from e
     fits.pop("numerics", None)
-    made_for, runs_grid = fits.pop("grid", None), read_metadata(runs).get("grid")
+    made_for = fits.pop(grid_record, None)
+    runs_grid = read_metadata(runs).get(grid_record)
     if not isinstance(runs_grid, dict):
         raise InputError(f"{runs}: records no grid: not a runs table of stage aggregate")
     mismatch = grid_differences(made_for, runs_grid)

@@ -45,6 +45,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from pipeline.infra import numerics, provenance, schemas, stage_table
+from pipeline.infra.grid import RECORD_KEY as grid_record
 from pipeline.infra.grid import differences as grid_differences
 from pipeline.infra.io import InputError, atomic_dir, read_parquet
 from pipeline.infra.runs import COLUMN_TYPES, COLUMNS, Run, setting_name, with_setting
@@ -57,7 +58,7 @@ from pipeline.report.paper_plots import (
 )
 from pipeline.report.plotting import new_figure, save_figure, style
 from pipeline.report.sweep_plots import model_name
-from pipeline.stages.aggregate import GRID_RECORD, load_train_logs, read_run_metrics
+from pipeline.stages.aggregate import load_train_logs, read_run_metrics
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +256,7 @@ def read_growth(path: Path, grid: dict) -> dict:
     except (OSError, ValueError) as e:
         raise InputError(f"{path}: unreadable growth fits ({e})") from e
     fits.pop(numerics.METADATA_KEY, None)
-    mismatch = grid_differences(fits.pop(GRID_RECORD, None), grid)
+    mismatch = grid_differences(fits.pop(grid_record, None), grid)
     if mismatch:
         raise InputError(f"{path}: growth fits made for another grid than params' (rerun "
                          "aggregate): " + "; ".join(mismatch))
