@@ -25,11 +25,13 @@ from pipeline.infra import io, schemas
 STAGE = """
 import sys
 from pathlib import Path
+from pipeline.infra.runs import Run
 from pipeline.stages.geometry import measure_geometry
 d = Path(sys.argv[1])
 probe = {"inverse_regularisation": 1.0, "max_iterations": 1000}
 measure_geometry({"geometry": {"fit_threshold": 1.0, "probe": probe}},
-                 run=Run("synthetic", "ce", "none", 0.0, 0), embeddings=d / "emb.parquet",
+                 run=Run("synthetic", 1.0, "ce", "none", 0.1, 256, 3000, 0.0, 0),
+                 embeddings=d / "emb.parquet",
                  head=d / "head.parquet", train_log=d / "log.parquet", metrics=d / "metrics.json",
                  cosines=d / "cosines.parquet")
 """

@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true",
                    help="write nothing; exit 1 naming any drift from the committed text or "
                    "dvc.lock")
+    p.add_argument("--preset", type=Path, default=None,
+                   help="the outputs are this preset's run: write docs/<preset>.md and its "
+                   "README block instead")
     p = sub.add_parser("dvc-yaml", help="render dvc.yaml from pipeline/infra/stage_table.py")
     p.add_argument("--check", action="store_true", help="exit 1 if dvc.yaml is out of date")
     p.add_argument("--output", type=Path, default=Path("dvc.yaml"))
@@ -107,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "results":
         from pipeline.report.results import main as results
 
-        return results(Path("."), check=args.check)
+        return results(Path("."), check=args.check, preset=args.preset)
     if args.command == "record":
         from pipeline.infra.frontends import record
 

@@ -110,7 +110,8 @@ def tiny_params() -> dict:
     p["grid"]["noise_fractions"] = [0.0, 0.3]
     p["grid"]["seeds"] = [0]
     p["grid"]["batch_sizes"] = [64]
-    p["train"]["common"].update(hidden_dims=[64], iterations=60, eval_every=20)
+    p["grid"]["iterations"] = [60]
+    p["train"]["common"].update(hidden_dims=[64], eval_every=20)
     p["free_features"].update(
         num_classes=[3], dims=["K-1"], samples_per_class=3, batch_sizes=["full", 8],
         temperatures=[0.5], iterations=40, log_every=20, eval_batches=4, snapshots=[0, 40],

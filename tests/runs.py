@@ -20,11 +20,11 @@ def labels(tmp_path, small_params):
 
 def run_of(params: dict, model: str, augmentation: str = "none", noise_fraction: float = 0.3,
            seed: int = 0, dataset: str = "digits") -> Run:
-    """A run of ``params``' grid, its setting (imbalance, temperature, batch size) the grid's
-    first values."""
+    """A run of ``params``' grid, its setting (imbalance, temperature, batch size, T) the
+    grid's first values."""
     grid = params["grid"]
     return Run(dataset, grid["imbalance_ratios"][0], model, augmentation, grid["temperatures"][0],
-               grid["batch_sizes"][0], noise_fraction, seed)
+               grid["batch_sizes"][0], grid["iterations"][0], noise_fraction, seed)
 
 
 def run(tmp_path, params, labels, model, tag="a"):

@@ -19,12 +19,14 @@ from pipeline.stages.aggregate import aggregate_runs
 # Model order deliberately not alphabetical: the outputs must keep the grid's order.
 GRID = {"datasets": ["digits"], "imbalance_ratios": [1], "models": ["supcon", "ce"],
         "augmentations": ["none"], "temperatures": [0.1], "batch_sizes": [256],
-        "noise_fractions": [0.0, 0.5, 1.0], "seeds": [0, 1]}
-SETTING = {"imbalance_ratio": 1.0, "temperature": 0.1, "batch_size": 256}  # GRID's one setting
-SETTING_TEXT = {"imbalance_ratio": "1", "temperature": "0.1", "batch_size": "256"}
-SETTING_NAME = "rho1-tau0.1-b256"
+        "iterations": [3000], "noise_fractions": [0.0, 0.5, 1.0], "seeds": [0, 1]}
+SETTING = {"imbalance_ratio": 1.0, "temperature": 0.1, "batch_size": 256,  # GRID's one setting
+           "iterations": 3000}
+SETTING_TEXT = {"imbalance_ratio": "1", "temperature": "0.1", "batch_size": "256",
+                "iterations": "3000"}
+SETTING_NAME = "rho1-tau0.1-b256-T3000"
 IDENTITY = ["dataset", "imbalance_ratio", "model", "augmentation", "temperature", "batch_size",
-            "noise_fraction", "seed"]
+            "iterations", "noise_fraction", "seed"]
 PARAMS = {"grid": GRID}
 # iterations_to_fit per (model, noise) for seeds 0 and 1; None = never fit.
 ITERATIONS = {
@@ -129,7 +131,7 @@ def test_runs_table_has_one_row_per_grid_run_in_grid_order(tmp_path, geometry_di
     aggregate(tmp_path)
     runs = pq.read_table(paths["runs"]).to_pandas()
     assert len(runs) == 12
-    assert list(runs.columns[:8]) == IDENTITY
+    assert list(runs.columns[:9]) == IDENTITY
     assert list(runs["model"]) == ["supcon"] * 6 + ["ce"] * 6
     assert list(runs["noise_fraction"][:6]) == [0.0, 0.0, 0.5, 0.5, 1.0, 1.0]
     assert list(runs["seed"][:6]) == [0, 1, 0, 1, 0, 1]
@@ -147,7 +149,7 @@ def test_summary_means_stds_and_fit_counts(tmp_path, geometry_dir):
     returned = aggregate(tmp_path)
     summary = pq.read_table(paths["summary"]).to_pandas()
     assert len(summary) == 6
-    assert list(summary.columns[:9]) == [*IDENTITY[:-1], "n_seeds", "n_fit"]
+    assert list(summary.columns[:10]) == [*IDENTITY[:-1], "n_seeds", "n_fit"]
     assert list(zip(summary["model"], summary["noise_fraction"], strict=True)) == [
         ("supcon", 0.0), ("supcon", 0.5), ("supcon", 1.0), ("ce", 0.0), ("ce", 0.5), ("ce", 1.0),
     ]
@@ -182,7 +184,7 @@ def test_csv_matches_parquet_with_fixed_formatting(tmp_path, geometry_dir):
     header, first = text.splitlines()[:2]
     summary = pq.read_table(paths["summary"]).to_pandas()
     assert header.split(",") == list(summary.columns)
-    assert first.startswith("digits,1,supcon,none,0.1,256,0,2,2,")  # %.10g: 0.0 -> "0"
+    assert first.startswith("digits,1,supcon,none,0.1,256,3000,0,2,2,")  # %.10g: 0.0 -> "0"
     assert "0.1111111111" in first  # -1/9 with 10 significant digits
     csv = pd.read_csv(paths["summary_csv"])
     np.testing.assert_allclose(csv["final_loss_mean"], summary["final_loss_mean"], rtol=1e-9)

@@ -20,13 +20,13 @@ from pipeline.infra import audit as audit_module
 pytestmark = pytest.mark.e2e
 
 FIGURE = "data/figures/iterations_to_fit_digits.png"
-CHECKPOINT = "data/models/digits/rho1/ce/none/tau0.1-b64/noise0.3-seed0.pt"
-RUN = "digits/rho1/ce/none/tau0.1-b64/noise0.0-seed0"
+CHECKPOINT = "data/models/digits/rho1/ce/none/tau0.1-b64-T60/noise0.3-seed0.pt"
+RUN = "digits/rho1/ce/none/tau0.1-b64-T60/noise0.0-seed0"
 METRICS = f"data/geometry/{RUN}/metrics.json"
 COSINES = f"data/geometry/{RUN}/cosines.parquet"
-GEOMETRY_STAGE = "geometry@digits-1-ce-none-0.1-64-0.0-0"
-UPSTREAM_OF_METRICS = {"noisy_labels@digits-1-0.0-0", "train@digits-1-ce-none-0.1-64-0.0-0",
-                       "embed@digits-1-ce-none-0.1-64-0.0-0"}
+GEOMETRY_STAGE = "geometry@digits-1-ce-none-0.1-64-60-0.0-0"
+UPSTREAM_OF_METRICS = {"noisy_labels@digits-1-0.0-0", "train@digits-1-ce-none-0.1-64-60-0.0-0",
+                       "embed@digits-1-ce-none-0.1-64-60-0.0-0"}
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +130,7 @@ def test_a_code_change_recorded_without_a_rerun_is_found_and_located(private):
     text = audit(private, METRICS, code=1).stdout
     found = rows(text)
     assert "originals  6 from the workspace, 1 from the DVC cache" in text
-    assert found[checkpoint] == ("train@digits-1-ce-none-0.1-64-0.0-0", "identical")
+    assert found[checkpoint] == ("train@digits-1-ce-none-0.1-64-60-0.0-0", "identical")
     assert {found[path] for path in (METRICS, COSINES)} == {(GEOMETRY_STAGE, "DIFFERS")}
     assert {stage for stage, verdict in found.values() if verdict == "identical"} \
         == UPSTREAM_OF_METRICS

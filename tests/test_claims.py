@@ -27,6 +27,7 @@ def runs_table(noise=(0.0, 0.5), seeds=(0, 1, 2)) -> pd.DataFrame:
                 rows.append({
                     "dataset": "digits", "model": model, "augmentation": "none",
                     "imbalance_ratio": 1.0, "temperature": 0.1, "batch_size": 256,
+                    "iterations": 3000,
                     "noise_fraction": p, "seed": seed,
                     "nc2_simplex_angle_deviation": deviation + 0.001 * seed,
                     "sample_cosine_mean": collapse, "nc1": 0.01,
@@ -54,7 +55,7 @@ def free_table() -> pa.Table:
     return pa.Table.from_pylist(rows)
 
 
-GROWTH = {"digits": {"none": {"rho1-tau0.1-b256": {
+GROWTH = {"digits": {"none": {"rho1-tau0.1-b256-T3000": {
     "supcon": {"exponent": 1.6, "exponent_ci95": [1.2, 2.0], "runs_used": 3, "runs_not_fit": 1},
     "ce": {"exponent": 0.9, "exponent_ci95": [0.7, 1.1], "runs_used": 3, "runs_not_fit": 0},
 }}}}
@@ -168,7 +169,8 @@ def test_outputs_markdown_and_metrics(table):
 
 # ------------------------------------------------------- extensions T, B, R (issue 15)
 
-DEFAULT_SETTING = {"imbalance_ratio": 1.0, "temperature": 0.1, "batch_size": 256}
+DEFAULT_SETTING = {"imbalance_ratio": 1.0, "temperature": 0.1, "batch_size": 256,
+                   "iterations": 3000}
 BASE_METRICS = {"nc2_simplex_angle_deviation": 0.01, "sample_cosine_mean": 0.999, "nc1": 0.01,
                 "nc3_self_duality": np.nan, "nc4_head_ncm_agreement": np.nan,
                 "final_loss_gap": 0.01, "final_supcon_gap": 0.01,
@@ -213,15 +215,16 @@ def naive_threshold_verdict(values, threshold: float) -> str:
             "does not" if values.min() > threshold else "inconclusive")
 
 
-def test_fixed_setting_spelling_is_setting_names(tmp_path):
+def test_a_sweep_setting_leaves_out_the_swept_axis_and_spells_the_rest_as_setting_name():
     for values in (DEFAULT_SETTING, {"imbalance_ratio": 12.5, "temperature": 0.05,
-                                     "batch_size": 32}):
+                                     "batch_size": 32, "iterations": 100}):
         full = setting_name(values)
-        assert "-".join(claims.SETTING_SPELLING[a](values[a]) for a in SETTING) == full
+        assert full.count("-") == len(SETTING) - 1
         for axis in SETTING:  # the swept part left out, the rest as setting_name spells it
             kept = [part for part, a in zip(full.split("-"), SETTING, strict=True) if a != axis]
-            assert claims.fixed_setting_name(values, axis) == "-".join(kept)
-    assert claims.fixed_setting_name(DEFAULT_SETTING, "temperature") == "rho1-b256"
+            assert setting_name(values, left_out=(axis,)) == "-".join(kept)
+    assert setting_name(DEFAULT_SETTING, left_out=("temperature",)) == "rho1-b256-T3000"
+    assert setting_name(DEFAULT_SETTING) == "rho1-tau0.1-b256-T3000"
 
 
 TAU_DEVIATIONS = {  # NC2 deviation at tau = 0.05, 0.1, 0.5 (plus 0.001 per seed)
@@ -248,7 +251,7 @@ def test_temperature_claim_against_scipy(pattern):
                       noise=(0.0, 0.5))
     frame = pd.DataFrame(claims.temperature_claims(runs, TOLERANCES))
     assert set(frame.model) == {"supcon", "supcon_mv"}  # CE does not use tau: no T rows
-    assert set(frame.setting) == {"rho1-b256"}
+    assert set(frame.setting) == {"rho1-b256-T3000"}
     for model in ("supcon", "supcon_mv"):
         rows = rows_of(frame, "T", model)
         assert list(rows.measure) == [f"tau = {t:g}: {claims.NC2_LABEL}" for t in taus] + [
@@ -288,7 +291,7 @@ def test_batch_size_claim_against_scipy():
 
     runs = sweep_runs({"batch_size": bs}, metrics, models=("supcon", "ce"))
     frame = pd.DataFrame(claims.batch_size_claims(runs, TOLERANCES))
-    assert set(frame.setting) == {"rho1-tau0.1"}
+    assert set(frame.setting) == {"rho1-tau0.1-T3000"}
     supcon, ce = rows_of(frame, "B", "supcon"), rows_of(frame, "B", "ce")
     assert supcon.verdict.tolist()[:3] == ["does not", "replicates", "replicates"]
     assert ce.verdict.tolist()[:3] == ["does not"] * 3  # 0.3 at every b
@@ -323,7 +326,7 @@ def test_imbalance_claim_against_scipy():
 
     runs = sweep_runs({"imbalance_ratio": ratios}, metrics, models=("supcon", "ce", "ce_fixed"))
     frame = pd.DataFrame(claims.imbalance_claims(runs, TOLERANCES))
-    assert set(frame.setting) == {"tau0.1-b256"}
+    assert set(frame.setting) == {"tau0.1-b256-T3000"}
     difference = lambda at: at.test_accuracy_minority - at.test_accuracy_majority  # noqa: E731
     for model in ("supcon", "ce", "ce_fixed"):
         rows, at = rows_of(frame, "R", model), runs[runs.model == model]
@@ -384,23 +387,24 @@ def test_a_two_axis_grid_judges_each_axis_per_fixed_setting_and_keeps_markdown_r
     runs = sweep_runs({"temperature": (0.1, 0.5), "batch_size": (64, 256)}, metrics,
                       models=("supcon", "ce"))
     frame, out = tabulate(tmp_path, runs)
-    assert set(rows_of(frame, "T").setting) == {"rho1-b64", "rho1-b256"}
-    assert set(rows_of(frame, "B").setting) == {"rho1-tau0.1", "rho1-tau0.5"}
+    assert set(rows_of(frame, "T").setting) == {"rho1-b64-T3000", "rho1-b256-T3000"}
+    assert set(rows_of(frame, "B").setting) == {"rho1-tau0.1-T3000", "rho1-tau0.5-T3000"}
     assert rows_of(frame, "R").empty
-    for setting in ("rho1-b64", "rho1-b256"):
+    for setting in ("rho1-b64-T3000", "rho1-b256-T3000"):
         rows = frame[(frame.claim == "T") & (frame.setting == setting)]
         assert rows.verdict.tolist() == ["does not", "replicates", "replicates"]  # 0.2, 0.04
     lines = out["markdown_table"].read_text().splitlines()
     assert len(lines) == len(frame) + 2  # header, rule, one line per row
     for line in lines[2:]:  # 9 cells: a measure's |cos| is escaped
         assert len(line.replace("\\|", "").split("|")) == 11, line
-    assert "| T | digits, none, rho1-b64 | supcon | tau = 0.1: class means" in "\n".join(lines)
+    assert ("| T | digits, none, rho1-b64-T3000 | supcon | tau = 0.1: class means"
+            in "\n".join(lines))
     verdicts = json.loads(out["verdicts"].read_text())
     verdicts.pop("numerics", None)  # write_json's record of the numerics, not a row
     assert len(verdicts) == len(frame)  # every row keyed apart
     # several settings: the augmentation and the setting join the dataset in the name
-    assert verdicts["B/digits/none/rho1-tau0.1/supcon/rho_b_gap"] == claims.NO_VERDICT
-    assert verdicts["T/digits/none/rho1-b64/supcon/tau0.1_nc2"] == "does not"
+    assert verdicts["B/digits/none/rho1-tau0.1-T3000/supcon/rho_b_gap"] == claims.NO_VERDICT
+    assert verdicts["T/digits/none/rho1-b64-T3000/supcon/tau0.1_nc2"] == "does not"
     assert pd.read_csv(out["table"]).shape == (len(frame), len(claims.COLUMNS))
 
 
@@ -442,7 +446,8 @@ def two_lengths(ce_deviation_at) -> pd.DataFrame:
     frames = []
     for length in (1000, 3000):
         runs = runs_table()
-        runs["final_iteration"], runs["iterations_held_fit"] = length, length * 2 // 3
+        runs["iterations"] = runs["final_iteration"] = length
+        runs["iterations_held_fit"] = length * 2 // 3
         ce = runs.model == "ce"
         runs.loc[ce, "nc2_simplex_angle_deviation"] = ce_deviation_at(length) + 0.001 * runs.seed
         frames.append(runs)
@@ -471,7 +476,7 @@ def test_growth_is_not_reached_when_the_control_is_flat_or_the_grain_coarse(tmp_
     runs = runs_table()
     runs["iterations_to_fit"] = 400.0 + 10 * runs.seed  # no growth with p: no control
     runs["evaluation_interval"] = 100
-    growth = {"digits": {"none": {"rho1-tau0.1-b256": {
+    growth = {"digits": {"none": {"rho1-tau0.1-b256-T3000": {
         "supcon": {"exponent": 0.8, "exponent_ci95": [0.5, 1.1], "runs_used": 3,
                    "runs_not_fit": 1},
         "ce": {"exponent": 0.1, "exponent_ci95": [0.0, 0.2], "runs_used": 3,
@@ -490,8 +495,29 @@ def test_growth_is_not_reached_when_the_control_is_flat_or_the_grain_coarse(tmp_
 def test_growth_control_needs_a_ce_model_in_the_group(tmp_path):
     runs = runs_table()
     runs = runs[runs.model == "supcon"]
-    growth = {"digits": {"none": {"rho1-tau0.1-b256": {"supcon": GROWTH["digits"]["none"][
-        "rho1-tau0.1-b256"]["supcon"] | {"runs_not_fit": 0, "exponent_ci95": [0.5, 0.9]}}}}}
+    growth = {"digits": {"none": {"rho1-tau0.1-b256-T3000": {"supcon": GROWTH["digits"]["none"][
+        "rho1-tau0.1-b256-T3000"]["supcon"] | {"runs_not_fit": 0, "exponent_ci95": [0.5, 0.9]}}}}}
     frame, _ = tabulate(tmp_path, runs, growth)
     assert verdict_of(frame, "iv", "supcon", "growth").verdict == (
         "not reached: no ce runs in the group to show the control")
+
+
+def test_a_length_study_pools_its_lengths_for_ii_and_adds_no_growth_rows(tmp_path):
+    """A grid whose T = 9000 runs hold noise 0 only (presets/claims_cpu.yaml's length set):
+    (ii) judges one group per model over both lengths, named by the longest T's setting, its
+    value that of T = 9000 alone; (iv) gets no row for the noise-free T = 9000 group."""
+    short = runs_table()
+    long = runs_table(noise=(0.0,))
+    long["iterations"] = long["final_iteration"] = 9000
+    long["iterations_held_fit"] = 6000
+    long.loc[long.model == "ce", "nc2_simplex_angle_deviation"] = 0.2 + 0.001 * long.seed
+    growth = {"digits": {"none": {**GROWTH["digits"]["none"], "rho1-tau0.1-b256-T9000": {
+        m: {"exponent": None, "exponent_ci95": None, "runs_used": 0, "runs_not_fit": 0}
+        for m in ("supcon", "ce")}}}}
+    frame, _ = tabulate(tmp_path, pd.concat([short, long], ignore_index=True), growth)
+    row = verdict_of(frame, "ii", "ce", "class means")
+    assert row.setting == "rho1-tau0.1-b256-T9000"
+    assert row.value == pytest.approx(0.201)  # seeds 0.200, 0.201, 0.202 at T = 9000 only
+    assert "over T = 3000 to 9000" in row.regime
+    assert row.regime.startswith("not reached: still improving with T")  # 0.3 -> 0.2
+    assert set(frame[frame.claim == "iv"].setting) == {"rho1-tau0.1-b256-T3000"}

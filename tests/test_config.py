@@ -33,7 +33,8 @@ def test_default_params_are_valid(params):
         ("grid.batch_sizes", [1], r"grid\.batch_sizes\.0: 1 is less than the min"),
         ("grid.temperatures", [0], r"grid\.temperatures\.0: 0 is less than or equal"),
         ("grid.imbalance_ratios", [0.5], r"grid\.imbalance_ratios\.0: 0\.5 is less than the min"),
-        ("train.common.iterations", 0, r"train\.common\.iterations: 0 is less than the minimum"),
+        ("grid.iterations", [0], r"grid\.iterations\.0: 0 is less than the minimum"),
+        ("grid.iterations", [3000, 3000], r"grid\.iterations: \[3000, 3000\] has non-unique"),
         ("train.common.schedule", "step", r"train\.common\.schedule: 'step' is not one of"),
         ("train.common.representation_dim", 8, r"representation_dim: 8 is too small for ce_fixed"),
         ("noisy_labels.scheme", "pair", r"noisy_labels\.scheme: 'pair' is not one of"),
@@ -73,8 +74,8 @@ def test_select_returns_exactly_the_declared_keys(params):
     assert set(got) == {"train", "datasets"}
     assert set(got["train"]) == {"common", "models"}
     assert set(got["train"]["models"]) == {"ce"}
-    got["train"]["common"]["iterations"] = -1  # a copy: the caller's params are untouched
-    assert params["train"]["common"]["iterations"] > 0
+    got["train"]["common"]["eval_every"] = -1  # a copy: the caller's params are untouched
+    assert params["train"]["common"]["eval_every"] > 0
 
 
 def test_cli_rejects_bad_params_without_writing(tmp_path, params):

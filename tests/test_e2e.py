@@ -76,11 +76,11 @@ def test_param_change_reruns_exactly_its_readers_and_downstream(project):
     # exactly the stages that read train.models.supcon: its training runs, and the embed
     # stages that check their checkpoint against it
     stale = set(dvc_status(project))
-    assert stale == {f"{stage}@digits-1-supcon-none-0.1-64-{p}-0" for stage in ("train", "embed")
+    assert stale == {f"{stage}@digits-1-supcon-none-0.1-64-60-{p}-0" for stage in ("train", "embed")
                      for p in ("0.0", "0.3")}
 
     ran = set(re.findall(r"Running stage '([^']+)'", sh("dvc", "repro", cwd=project).stdout))
-    runs = {f"digits-1-supcon-none-0.1-64-{p}-0" for p in ("0.0", "0.3")}
+    runs = {f"digits-1-supcon-none-0.1-64-60-{p}-0" for p in ("0.0", "0.3")}
     expected = {f"{stage}@{run}" for stage in ("train", "embed", "geometry") for run in runs}
     assert ran == expected | {"aggregate", "figures", "claims"}
     assert dvc_status(project) == {}

@@ -32,6 +32,7 @@ K = 10
 DPI = 40  # small: fast, and the PNG size in pixels is checked against it
 GRID = {"datasets": ["digits"], "imbalance_ratios": [1], "models": ["supcon", "ce"],
         "augmentations": ["none"], "temperatures": [0.1], "batch_sizes": [256],
+        "iterations": [3000],
         "noise_fractions": [0.0, 0.5, 1.0], "seeds": [0, 1]}
 # The claims tolerances the temperature figure draws (stage_table.FIGURES.params).
 CLAIMS = {"simplex_cosine_deviation": 0.05, "free_relative_gap": 1e-6,
@@ -224,7 +225,7 @@ def test_missing_cosines_is_an_error_naming_its_path(tmp_path, inputs):
     path = stage_table.run_file(
         stage_table.COSINES, inputs["geometry_dir"], dataset="digits", model="ce",
         augmentation="none", imbalance_ratio="1", temperature="0.1", batch_size="256",
-        noise_fraction="0.5", seed="1"
+        iterations="3000", noise_fraction="0.5", seed="1"
     )
     path.unlink()
     with pytest.raises(InputError, match=re.escape(str(path))):

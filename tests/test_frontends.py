@@ -77,7 +77,7 @@ def test_snakemake_and_dvc_run_identical_commands_with_identical_outputs(params)
 
 def test_both_front_ends_run_the_union_of_run_sets_each_job_once(tmp_path):
     """Overlapping run sets: each run, and each run's labels, is one job in both front-ends,
-    and DVC names it as its matrix did (train@digits-1-supcon-none-0.1-256-0.0-0)."""
+    and DVC names it as its matrix did (train@digits-1-supcon-none-0.1-256-3000-0.0-0)."""
     params = default_params()
     params["grid"].update(augmentations=["none", "standard"], run_sets={
         "noise": {"augmentations": ["none"], "seeds": [0]},
@@ -103,7 +103,7 @@ def test_both_front_ends_run_the_union_of_run_sets_each_job_once(tmp_path):
 
     with Repo(str(project)) as repo:
         names = {s.name for s in repo.index.stages}
-    assert "train@digits-1-supcon-standard-0.1-256-0.0-1" in names
+    assert "train@digits-1-supcon-standard-0.1-256-3000-0.0-1" in names
     assert "noisy_labels@digits-1-0.0-1" in names  # once, for three run sets
 
 

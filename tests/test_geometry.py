@@ -66,6 +66,7 @@ def write_run(
         "augmentation": "none",
         "temperature": 0.1,
         "batch_size": 256,
+        "iterations": 3000,
         "noise_fraction": 0.0,
         "seed": 7,
         "model": {"model": model, "num_classes": k, "representation_dim": h},
@@ -110,9 +111,7 @@ def identity(paths) -> dict:
     """The run (the stage's wildcards) that the embeddings' metadata names, as the stage's
     ``run`` argument."""
     cfg = io.read_metadata(paths["embeddings"])["train_config"]
-    return {"run": Run(cfg["dataset"], cfg.get("imbalance_ratio", 1.0), cfg["model"]["model"],
-                       cfg["augmentation"], cfg["temperature"], cfg["batch_size"],
-                       cfg["noise_fraction"], cfg["seed"])}
+    return {"run": Run.of_train_config(cfg)}
 
 
 def run_stage(tmp_path, paths, threshold=1.0, name="out", batch_size=geometry.BATCH_SIZE):
@@ -447,7 +446,7 @@ def test_metrics_keys(tmp_path):
                                          head=vertices, model="ce"))
     assert sorted(m) == sorted([
         "dataset", "imbalance_ratio", "model", "augmentation", "temperature", "batch_size",
-        "noise_fraction", "seed", "num_classes",
+        "iterations", "noise_fraction", "seed", "num_classes",
         "representation_dim",
         "fit_threshold", "num_train", "num_test", "num_classes_present",
         "class_mean_cosine_mean", "class_mean_cosine_std", "class_mean_cosine_min",
@@ -497,7 +496,7 @@ def _stage(tmp_path, paths):
     try:
         ident = identity(paths)
     except (KeyError, TypeError, OSError):  # broken or missing file: the stage must name it
-        ident = {"run": Run("synthetic", 1.0, "ce", "none", 0.1, 256, 0.0, 0)}
+        ident = {"run": Run("synthetic", 1.0, "ce", "none", 0.1, 256, 3000, 0.0, 0)}
     return geometry.measure_geometry(
         {"geometry": {"fit_threshold": 1.0, "probe": PROBE}}, **ident, **paths, **out
     )

@@ -90,7 +90,7 @@ def test_shrinking_the_grid_with_dvc_drops_its_runs_everywhere(private, tmp_path
     repro = sh("dvc", "repro", cwd=private).stdout
     assert "Running stage 'aggregate'" in repro and "Running stage 'figures'" in repro
     assert "Running stage 'train" not in repro  # nothing new to train
-    dropped = (private / "data/geometry/digits/rho1/ce_fixed/none/tau0.1-b64/noise0.3-seed0"
+    dropped = (private / "data/geometry/digits/rho1/ce_fixed/none/tau0.1-b64-T60/noise0.3-seed0"
                / "metrics.json")
     assert dropped.exists()  # still on disk: the results above must not have read it
     check_results_cover_exactly_the_grid(private, params)
@@ -104,7 +104,7 @@ def test_shrinking_the_grid_with_dvc_drops_its_runs_everywhere(private, tmp_path
     assert doc["lock"] == f"dvc.lock at commit {first_commit}"
     assert "figures@" not in {link["stage"] for link in doc["links"]}
     stages = {link["stage"] for link in doc["links"]}
-    assert "geometry@digits-1-ce_fixed-none-0.1-64-0.3-0" in stages
+    assert "geometry@digits-1-ce_fixed-none-0.1-64-60-0.3-0" in stages
 
 
 def test_growing_the_grid_with_snakemake_adds_its_runs_everywhere(private):

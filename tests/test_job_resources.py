@@ -28,11 +28,13 @@ def test_training_time_follows_iterations_batch_and_encoder():
     assert job_resources("train", paper)["runtime"] == 124
     assert job_resources("train", digits)["runtime"] == 4  # 3,000 mlp steps: seconds
     common = dict(digits["train"]["common"])
-    doubled = {**common, "iterations": 2 * 300_000}
-    assert training_minutes(doubled, ["digits"]) > training_minutes(common, ["digits"])
-    longer = {**common, "iterations": 300_000}
-    assert training_minutes(longer, ["digits"], batch_size=4 * 256) > training_minutes(
-        longer, ["digits"])
+    assert training_minutes(common, 2 * 300_000, ["digits"]) > training_minutes(
+        common, 300_000, ["digits"])
+    assert training_minutes(common, 300_000, ["digits"], batch_size=4 * 256) > training_minutes(
+        common, 300_000, ["digits"])
+    # one request for every training job: sized for the grid's longest T
+    longest = {**digits, "grid": {**digits["grid"], "iterations": [3000, 300_000]}}
+    assert job_resources("train", longest)["runtime"] > job_resources("train", digits)["runtime"]
     # one request for every training job: sized for the grid's largest batch
     batches = {**digits, "grid": {**digits["grid"], "batch_sizes": [32, 256, 8192]}}
     assert job_resources("train", batches)["runtime"] > job_resources("train", digits)["runtime"]

@@ -134,22 +134,24 @@ def test_geometry_figure_follows_only_the_runs_it_shows(project):
     shown = {job["model"] for job in stage_table.grid_jobs(stage_table.GEOMETRY, GRID)
              if float(job["noise_fraction"]) == 0.0}
     assert geometry_dir["read"] == sorted(
-        f"data/geometry/digits/rho1/{m}/none/tau0.1-b64/noise0.0-seed0/cosines.parquet"
+        f"data/geometry/digits/rho1/{m}/none/tau0.1-b64-T60/noise0.0-seed0/cosines.parquet"
         for m in shown
     )
-    assert geometry_dir["from"] == sorted(f"geometry@digits-1-{m}-none-0.1-64-0.0-0" for m in shown)
+    assert geometry_dir["from"] == sorted(f"geometry@digits-1-{m}-none-0.1-64-60-0.0-0"
+                                          for m in shown)
     assert "data/train_logs" not in {i["path"] for i in figures["inputs"]}  # not drawn from
 
 
 @pytest.mark.parametrize(
     ("artifact", "families"),
     [
-        ("data/models/digits/rho1/ce/none/tau0.1-b64/noise0.3-seed0.pt", {"train", "noisy_labels"}),
-        ("data/embeddings/digits/rho1/supcon/none/tau0.1-b64/noise0.0-seed0.parquet",
+        ("data/models/digits/rho1/ce/none/tau0.1-b64-T60/noise0.3-seed0.pt",
+         {"train", "noisy_labels"}),
+        ("data/embeddings/digits/rho1/supcon/none/tau0.1-b64-T60/noise0.0-seed0.parquet",
          {"embed", "train", "noisy_labels"}),
-        ("data/geometry/digits/rho1/ce_fixed/none/tau0.1-b64/noise0.3-seed0/metrics.json",
+        ("data/geometry/digits/rho1/ce_fixed/none/tau0.1-b64-T60/noise0.3-seed0/metrics.json",
          {"geometry", "embed", "train", "noisy_labels"}),
-        ("train@digits-1-ce-none-0.1-64-0.0-0", {"train", "noisy_labels"}),
+        ("train@digits-1-ce-none-0.1-64-60-0.0-0", {"train", "noisy_labels"}),
     ],
 )
 def test_lineage_of_per_run_artifacts_follows_their_own_run(project, artifact, families):
@@ -167,19 +169,19 @@ def test_unknown_artifact_is_an_error_naming_it(project):
 
 
 def test_verify_names_a_tampered_output_and_every_stale_consumer(private):
-    log = "data/train_logs/digits/rho1/ce/none/tau0.1-b64/noise0.3-seed0.parquet"
+    log = "data/train_logs/digits/rho1/ce/none/tau0.1-b64-T60/noise0.3-seed0.parquet"
     with open(private / log, "ab") as f:
         f.write(b"\0")
     doc = lineage_json(private, "data/figures/training_curves_digits.png", "--verify", code=1)
     found = {(p["kind"], p["stage"], p["path"]) for p in doc["problems"]}
     assert found == {
-        ("tampered", "train@digits-1-ce-none-0.1-64-0.3-0", log),
-        ("stale", "geometry@digits-1-ce-none-0.1-64-0.3-0", log),
+        ("tampered", "train@digits-1-ce-none-0.1-64-60-0.3-0", log),
+        ("stale", "geometry@digits-1-ce-none-0.1-64-60-0.3-0", log),
         ("stale", "figures", "data/train_logs"),  # the directory holding it
         ("stale", "aggregate", "data/train_logs"),  # it stacks the logs into curves
     }
     text = lineage(private, "data/figures/training_curves_digits.png", "--verify", code=1).stdout
-    tampered = f"TAMPERED   train@digits-1-ce-none-0.1-64-0.3-0: {log}: md5 on disk"
+    tampered = f"TAMPERED   train@digits-1-ce-none-0.1-64-60-0.3-0: {log}: md5 on disk"
     assert f"{tampered} {md5(private / log)}" in text
 
 

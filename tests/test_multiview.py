@@ -248,8 +248,9 @@ def test_supcon_mv_trains_embeds_and_measures_deterministically(tmp_path, multiv
     table, paths = run(tmp_path, multiview_params, labels, "supcon_mv")
     log = table.to_pandas()
     common = multiview_params["train"]["common"]
+    (grid_iterations,) = multiview_params["grid"]["iterations"]
     assert log["iteration"].tolist() == list(
-        range(common["eval_every"], common["iterations"] + 1, common["eval_every"])
+        range(common["eval_every"], grid_iterations + 1, common["eval_every"])
     )
     assert (log["loss"] == log["supcon_loss"]).all() and log["test_accuracy_head"].isna().all()
     noisy = pq.read_table(labels)["noisy_label"].to_numpy()
@@ -331,8 +332,8 @@ def test_cluster_requests_know_the_multiview_models_and_their_cost(params):
 
     assert job_resources.VIEWS == MULTIVIEW_MODELS  # one table, written twice (see there)
     common = params["train"]["common"]
-    assert job_resources.training_minutes({**common, "iterations": 300_000}, ["digits"], 2) > (
-        job_resources.training_minutes({**common, "iterations": 300_000}, ["digits"])
+    assert job_resources.training_minutes(common, 300_000, ["digits"], 2) > (
+        job_resources.training_minutes(common, 300_000, ["digits"])
     )
     section = {"learning_rate": 0.1, "view_augmentation": "shift"}
     with_mv = with_multiview_grid(params, section)

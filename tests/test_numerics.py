@@ -50,7 +50,7 @@ def run_chain(out: Path, params: Path, env: dict[str, str], model: str = "supcon
     run = ["--dataset", "digits", "--imbalance-ratio", "1", "--noise-fraction", "0.3",
            "--seed", "0"]
     full = [*run[:4], "--model", model, "--augmentation", "none", "--temperature", "0.1",
-            "--batch-size", "64", *run[4:]]
+            "--batch-size", "64", "--iterations", "200", *run[4:]]
     py = [sys.executable, "-m", "pipeline"]
     full_env = {**os.environ, **env}
     for stage, args in (
@@ -74,7 +74,8 @@ def run_chain(out: Path, params: Path, env: dict[str, str], model: str = "supcon
 def params_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("numerics") / "params.yaml"
     p = tiny_params()
-    p["train"]["common"].update(iterations=200, eval_every=50)  # enough steps to drift apart
+    p["grid"]["iterations"] = [200]  # enough steps to drift apart
+    p["train"]["common"].update(eval_every=50)
     path.write_text(yaml.safe_dump(p))
     return path
 

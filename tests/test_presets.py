@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import subprocess
 import sys
 
 import numpy as np
@@ -30,7 +31,7 @@ PROTOCOL = {
     "noisy_labels.scheme": "flip",
     "train.common.encoder": "resnet18",
     "train.common.representation_dim": 512,
-    "train.common.iterations": 100_000,
+    "grid.iterations": [100_000],
     "train.common.schedule": "exponential",
     "train.common.momentum": 0.9,
     "train.common.weight_decay": 1e-4,
@@ -74,7 +75,7 @@ def test_paper_preset_runs_exactly_the_protocols_216_runs():
     # the paper's five values of a run; its setting is the paper's one (rho 1, tau 0.1, b 256)
     runs = [(r.dataset, r.model, r.augmentation, r.noise_fraction, r.seed)
             for r in map(Run.of, jobs)]
-    assert {setting_name(Run.of(j).columns()) for j in jobs} == {"rho1-tau0.1-b256"}
+    assert {setting_name(Run.of(j).columns()) for j in jobs} == {"rho1-tau0.1-b256-T100000"}
     assert len(runs) == len(set(runs)) == 216
     assert set(runs) == paper_runs()
     # every run's noisy labels once: the geometry study reuses the noise study's p = 0 labels
@@ -129,7 +130,8 @@ def test_multiview_preset_cut_to_a_few_iterations_runs_end_to_end(tmp_path):
     project = copy_project(tmp_path / "project")
     preset = yaml.safe_load(MULTIVIEW.read_text())
     preset["grid"].update(seeds=[0], batch_sizes=[32])
-    preset["train"]["common"].update(iterations=20, eval_every=10, hidden_dims=[16])
+    preset["grid"]["iterations"] = [20]
+    preset["train"]["common"].update(eval_every=10, hidden_dims=[16])
     preset["free_features"] = tiny_params()["free_features"]
     cut = project / "multiview-cut.yaml"
     cut.write_text(yaml.safe_dump(preset))
@@ -205,7 +207,8 @@ def test_a_sweep_preset_cut_to_a_few_iterations_runs_end_to_end(tmp_path, name):
     small = {"batch_sizes": [16]} if axis != "batch_sizes" else {}
     preset["grid"].update(seeds=[0], models=preset["grid"]["models"][:2], **small,
                           **{axis: cut_values})
-    preset["train"]["common"].update(iterations=20, eval_every=10, hidden_dims=[16])
+    preset["grid"]["iterations"] = [20]
+    preset["train"]["common"].update(eval_every=10, hidden_dims=[16])
     preset["free_features"] = tiny_params()["free_features"]
     if name == "temperature":
         preset["free_features"]["temperatures"] = cut_values
@@ -251,3 +254,80 @@ def test_multiview_cifar_preset_is_the_paper_protocol_plus_supcon_mv():
     mv = {run for run in runs if run[1] == "supcon_mv"}
     assert runs - mv == paper_runs() and len(mv) == 72
     assert {(d, "supcon_mv", a, p, s) for d, _, a, p, s in paper_runs()} == mv
+
+
+# ----------------------------------------------------------------------------- claims on CPU
+# Issue 22: presets/claims_cpu.yaml judges every claim on both embedded datasets.
+
+CLAIMS_CPU = ROOT / "presets" / "claims_cpu.yaml"
+
+
+def test_claims_cpu_preset_is_params_yaml_but_for_the_grid_and_the_evaluation_grain():
+    """Same data, encoder, optimiser, losses and, above all, the same claims criteria and
+    regimes as the default run: the study is not tuned toward a verdict."""
+    preset, default = load_params(CLAIMS_CPU), load_params(ROOT / "params.yaml")
+    assert preset["train"]["common"].pop("eval_every") == 10
+    default["train"]["common"].pop("eval_every")
+    assert {k: v for k, v in preset.items() if k != "grid"} == (
+        {k: v for k, v in default.items() if k != "grid"})
+
+
+def test_claims_cpu_preset_trains_every_model_on_both_datasets_and_three_times_as_long_at_p0():
+    grid = load_params(CLAIMS_CPU)["grid"]
+    jobs = [Run.of(j) for j in stage_table.grid_jobs(stage_table.TRAIN, grid)]
+    assert {r.dataset for r in jobs} == {"digits", "mnist5k"}
+    short, long = sorted({r.iterations for r in jobs})
+    assert long == 3 * short
+    at_long = {(r.dataset, r.model, r.seed) for r in jobs if r.iterations == long}
+    assert {r.noise_fraction for r in jobs if r.iterations == long} == {0.0}
+    # every noise-0 run of the short length has its long twin, so (ii) sees both lengths
+    assert at_long == {(r.dataset, r.model, r.seed) for r in jobs
+                       if r.iterations == short and r.noise_fraction == 0.0}
+    assert len(jobs) == 108
+
+
+@pytest.mark.e2e
+def test_claims_cpu_preset_cut_down_runs_and_its_doc_is_generated_and_checked(tmp_path):
+    """The real Snakefile on the preset cut to ce on digits, two seeds, T = 20 and 60: (ii)
+    pools both lengths and names the trend; `results --preset` writes the doc and README
+    block, `--check` passes on them and fails on an edit; another grid's outputs are refused."""
+    project = copy_project(tmp_path / "project")
+    preset = yaml.safe_load(CLAIMS_CPU.read_text())
+    preset["grid"].update(datasets=["digits"], models=["ce"], noise_fractions=[0.0, 0.5],
+                          seeds=[0, 1], iterations=[20, 60], batch_sizes=[32])
+    preset["grid"]["run_sets"] = {"growth": {"iterations": [20]},
+                                  "length": {"iterations": [60], "noise_fractions": [0.0]}}
+    preset["train"]["common"].update(eval_every=10, hidden_dims=[16])
+    preset["free_features"] = tiny_params()["free_features"]
+    cut = project / "presets" / "claims_cpu_cut.yaml"
+    cut.write_text(yaml.safe_dump(preset))
+    sh(sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", str(cut), cwd=project)
+    claims = pd.read_csv(project / "data/claims/claims.csv")
+    nc2 = claims[(claims.claim == "ii") & (claims.key == "nc2")].iloc[0]
+    assert nc2.setting == "rho1-tau0.1-b32-T60"  # named by the longest T, pooled over both
+    assert "over T = 20 to 60" in nc2.regime
+    assert set(claims.loc[claims.claim == "iv", "setting"]) == {"rho1-tau0.1-b32-T20"}
+    results = [sys.executable, "-m", "pipeline", "results", "--preset",
+               "presets/claims_cpu_cut.yaml"]
+    no_block = subprocess.run(results, cwd=project, capture_output=True, text=True)
+    assert no_block.returncode == 2 and "<!-- results:claims_cpu_cut:begin -->" in (
+        no_block.stderr) and "Traceback" not in no_block.stderr
+    readme = (project / "README.md").read_text()  # a block of its own, by the preset's name
+    (project / "README.md").write_text(readme.replace(
+        "<!-- results:claims_cpu:begin -->",
+        "<!-- results:claims_cpu_cut:begin -->\n<!-- results:claims_cpu_cut:end -->\n"
+        "<!-- results:claims_cpu:begin -->"))
+    sh(*results, cwd=project)
+    doc = (project / "docs/claims_cpu_cut.md").read_text()
+    assert doc.startswith("# Results of preset claims_cpu_cut")
+    assert "over T = 20 to 60" in doc
+    assert "(ii) at noise 0" in (project / "README.md").read_text()
+    sh(*results, "--check", cwd=project)
+    (project / "docs/claims_cpu_cut.md").write_text(doc.replace("over T = 20 to 60", "flat"))
+    failed = subprocess.run([*results, "--check"], cwd=project, capture_output=True, text=True)
+    assert failed.returncode == 1 and "docs/claims_cpu_cut.md" in failed.stderr
+    other = subprocess.run([sys.executable, "-m", "pipeline", "results", "--preset",
+                            "presets/claims_cpu.yaml"], cwd=project, capture_output=True,
+                           text=True)
+    assert other.returncode == 2 and "made for another grid than" in other.stderr
+    assert "grid.datasets" in other.stderr

@@ -35,7 +35,8 @@ def test_paper_preset_cut_to_a_few_iterations_runs_end_to_end(tmp_path, name):
         preset["free_features"].update(iterations=50, log_every=25, snapshots=[0, 20, 50])
         preset["free_features"]["multiset"].update(iterations=3, single_batch_iterations=5,
                                                    single_batch_starts=1, snapshots=[0, 3])
-    preset["train"]["common"].update(iterations=2, eval_every=2, compile=False)  # one evaluation
+    preset["grid"]["iterations"] = [2]
+    preset["train"]["common"].update(eval_every=2, compile=False)  # one evaluation
     cut = project / "paper-cut.yaml"
     cut.write_text(yaml.safe_dump(preset))
     sh(sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", str(cut), cwd=project)

@@ -35,7 +35,8 @@ def labels_args(params_file, labels, dataset="digits"):
 def train_args(params_file, labels, out, dataset="digits"):
     return ["train", "--params", params_file, "--dataset", dataset, "--imbalance-ratio", "1",
             "--model", "supcon", "--augmentation", "none", "--temperature", "0.1",
-            "--batch-size", "64", "--noise-fraction", "0.0", "--seed", "0", "--labels", labels,
+            "--batch-size", "64", "--iterations", "60", "--noise-fraction", "0.0", "--seed", "0",
+            "--labels", labels,
             "--checkpoint", out / "m.pt", "--train-log", out / "log.parquet"]
 
 
@@ -60,7 +61,7 @@ def named_failure(result) -> str:
         ("grid.seeds", [-1], "grid.seeds.0: -1 is less than the minimum of 0"),
         ("grid.temperatures", [0.0], "grid.temperatures.0: 0.0 is less than or equal"),
         ("grid.temperatures", [-0.1], "grid.temperatures.0: -0.1 is less than or equal"),
-        ("train.common.iterations", 0, "train.common.iterations: 0 is less than the minimum of 1"),
+        ("grid.iterations", [0], "grid.iterations.0: 0 is less than the minimum of 1"),
         ("train.common.representation_dim", 5, "representation_dim: 5 is too small for ce_fixed"),
         ("grid.datasets", ["../../etc"], "grid.datasets.0: '../../etc' does not match"),
     ],
@@ -149,7 +150,7 @@ def test_labels_of_another_run_are_refused_by_train(tmp_path, field, made, wrong
     out = tmp_path / "run"
     line = named_failure(cli(*train_args(params_file, labels, out)))
     assert f"{labels}: labels made for {field} {wrong}" in line
-    assert "but run digits/rho1/supcon/none/tau0.1-b64/noise0.0-seed0 needs" in line
+    assert "but run digits/rho1/supcon/none/tau0.1-b64-T60/noise0.0-seed0 needs" in line
     assert not out.exists() or not any(out.iterdir())
 
 
@@ -163,8 +164,9 @@ def test_a_batch_that_cannot_fit_is_refused_before_allocation(tmp_path):
     line = named_failure(cli(*with_flag(train_args(params_file, labels, out), "--batch-size",
                                         "200000")))
     # 200,000 inputs of 8x8 and four 200,000^2 float32 matrices: 596.1 GiB
-    assert "grid.batch_sizes: 200000 cannot fit: one training step of run " \
-           "digits/rho1/supcon/none/tau0.1-b200000/noise0.0-seed0 needs at least 596.1 GiB" in line
+    assert ("grid.batch_sizes: 200000 cannot fit: one training step of run "
+            "digits/rho1/supcon/none/tau0.1-b200000-T60/noise0.0-seed0 needs at least 596.1 GiB"
+            in line)
     assert "but cpu has" in line and "GiB available" in line
     assert not out.exists() or not any(out.iterdir())
 

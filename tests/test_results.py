@@ -88,14 +88,14 @@ def test_check_names_an_output_the_run_did_not_reproduce(project):
     lock = project / "dvc.lock"
     original = lock.read_text()
     data = yaml.safe_load(original)
-    data["stages"]["geometry@digits-1-supcon-none-0.1-64-0.0-0"]["outs"][0]["md5"] = "0" * 32
+    data["stages"]["geometry@digits-1-supcon-none-0.1-64-60-0.0-0"]["outs"][0]["md5"] = "0" * 32
     lock.write_text(yaml.safe_dump(data, sort_keys=False))
     git_commit(project, "a lock this run does not reproduce")  # committed: the edited md5
     lock.write_text(original)  # the working tree: what the run really recorded
     try:
         result = results(project, "--check")
         assert result.returncode == 1
-        assert "geometry@digits-1-supcon-none-0.1-64-0.0-0" in result.stderr
+        assert "geometry@digits-1-supcon-none-0.1-64-60-0.0-0" in result.stderr
         assert "committed " + "0" * 32 in result.stderr
     finally:
         git_commit(project, "the run's own lock again")

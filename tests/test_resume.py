@@ -22,6 +22,7 @@ def command(params_file, labels, out):
     return [sys.executable, "-m", "pipeline", "train", "--params", str(params_file),
             "--dataset", "digits", "--imbalance-ratio", "1", "--model", "supcon",
             "--augmentation", "none", "--temperature", "0.1", "--batch-size", "64",
+            "--iterations", "1500",
             "--noise-fraction", "0.3", "--seed", "0",
             "--labels", str(labels), "--checkpoint", str(out / "model.pt"),
             "--train-log", str(out / "log.parquet")]
@@ -30,7 +31,8 @@ def command(params_file, labels, out):
 @pytest.fixture
 def setup(tmp_path):
     params = tiny_params()
-    params["train"]["common"].update(iterations=1500, eval_every=25)
+    params["grid"]["iterations"] = [1500]
+    params["train"]["common"].update(eval_every=25)
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(params))
     labels = tmp_path / "labels.parquet"

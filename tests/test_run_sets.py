@@ -74,9 +74,10 @@ def test_a_set_names_values_as_the_axis_spells_them():
 def test_dvc_names_each_job_as_its_matrix_did():
     lists = job_lists(with_run_sets({"clean": {"noise_fractions": [0.0]}})["grid"])
     assert set(lists) == {"noisy_labels_jobs", "train_jobs"}
-    assert lists["train_jobs"]["digits-1-ce_fixed-none-0.1-256-0.0-1"] == {
+    assert lists["train_jobs"]["digits-1-ce_fixed-none-0.1-256-3000-0.0-1"] == {
         "dataset": "digits", "imbalance_ratio": "1", "model": "ce_fixed", "augmentation": "none",
-        "temperature": "0.1", "batch_size": "256", "noise_fraction": "0.0", "seed": "1",
+        "temperature": "0.1", "batch_size": "256", "iterations": "3000", "noise_fraction": "0.0",
+        "seed": "1",
     }
     assert list(lists["noisy_labels_jobs"]) == ["digits-1-0.0-0", "digits-1-0.0-1"]
 
@@ -156,7 +157,7 @@ def test_dvc_yaml_drops_the_lock_entries_of_stages_the_grid_no_longer_has(tmp_pa
 
     grid = default_params()["grid"]
     kept = sorted(stage_names(grid))[:2]
-    gone = "train@digits-1-ce_fixed-none-0.1-256-0.2-0"  # ce_fixed's run set has no p = 0.2
+    gone = "train@digits-1-ce_fixed-none-0.1-256-3000-0.2-0"  # ce_fixed's run set has no p = 0.2
     assert gone not in stage_names(grid) and "aggregate" in stage_names(grid)
     lock = tmp_path / "dvc.lock"
     lock.write_text("schema: '2.0'\nstages:\n" + "".join(

@@ -200,13 +200,14 @@ def squeue_states_by_id(env: dict, ids: list[str]) -> dict[str, str]:
     return dict(line.split("|") for line in listed.split())
 
 
-RUN = "digits/rho1/supcon/none/tau0.1-b64/noise0.3-seed0"
+RUN = "digits/rho1/supcon/none/tau0.1-b64-T2000/noise0.3-seed0"  # a run of long_training_params
 
 
 def long_training_params() -> dict:
     params = tiny_params()
     # 2,000 steps (~10 s): long after the first resume point (step 25), when scancel lands
-    params["train"]["common"].update(iterations=2000, eval_every=25)
+    params["grid"]["iterations"] = [2000]
+    params["train"]["common"].update(eval_every=25)
     return params
 
 
@@ -255,7 +256,7 @@ def cancel_then_resume(cluster, tmp_path, target, reference, reference_run, refe
     assert not (project / target).exists() and resume.exists()
 
     snakemake(project, env, "--no-hooks", target)
-    train_log = (project / "logs/train/digits-1-supcon-none-0.1-64-0.3-0.log").read_text()
+    train_log = (project / "logs/train/digits-1-supcon-none-0.1-64-2000-0.3-0.log").read_text()
     assert "resuming after iteration" in train_log
     assert reference_run.wait(timeout=300) == 0, reference_log.read_text()
     for path in (target, f"data/train_logs/{RUN}.parquet"):
@@ -284,7 +285,7 @@ def test_second_workflow_on_the_same_checkout_refuses(cluster, tmp_path):
     # Two Slurm jobs in a row (labels, then training): the first workflow holds its lock for
     # several status checks, long after the second has started, even on a loaded machine
     # (with the labels job alone it could finish before the second got going).
-    target = "data/models/digits/rho1/supcon/none/tau0.1-b64/noise0.3-seed0.pt"
+    target = "data/models/digits/rho1/supcon/none/tau0.1-b64-T60/noise0.3-seed0.pt"
     first = subprocess.Popen([*ON_CLUSTER, "--no-hooks", target],
                              cwd=project, env=cluster, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)

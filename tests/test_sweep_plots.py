@@ -99,8 +99,8 @@ def test_a_swept_axis_draws_its_figure_with_provenance(tmp_path, built, kind):
     names = [p.name for p in paths]
     # the paper's five per setting (the setting named in the stem), then the one sweep figure
     settings = {setting_name(dict(zip(SETTING, s, strict=True))) for s in
-                [(r, t, b) for r in grid["imbalance_ratios"] for t in grid["temperatures"]
-                 for b in grid["batch_sizes"]]}
+                [(r, t, b, n) for r in grid["imbalance_ratios"] for t in grid["temperatures"]
+                 for b in grid["batch_sizes"] for n in grid["iterations"]]}
     assert len(settings) == 2 and len(names) == 2 * (5 * 2 + 1)
     assert names[-2:] == [f"{kind}_digits.png", f"{kind}_digits.pdf"]
     assert all(not n.startswith(tuple(SWEPT)) for n in names[:-2])
@@ -126,7 +126,7 @@ def test_temperature_figure_plots_the_seed_means_and_the_free_features(built):
     inputs = built("temperature")
     sweep = the_sweep(inputs, "temperature")
     assert (sweep.kind, sweep.fixed, sweep.noise_fraction) == (
-        "temperature", {"imbalance_ratio": 1.0, "batch_size": 256}, 0.0)
+        "temperature", {"imbalance_ratio": 1.0, "batch_size": 256, "iterations": 3000}, 0.0)
     free = read_parquet(inputs["free_features"], FREE_FEATURES_COLUMNS).to_pandas()
     fig = plot_temperature(sweep, free, dataset="digits", num_classes=K, models=MODELS,
                            tolerances=CLAIMS)
@@ -204,7 +204,8 @@ def runs_frame(rows: list[tuple]) -> pd.DataFrame:
     """A runs table of (model, rho, tau, b, noise, seed) rows of digits, unaugmented."""
     return pd.DataFrame(
         [{"dataset": "digits", "imbalance_ratio": float(r), "model": m, "augmentation": "none",
-          "temperature": float(t), "batch_size": int(b), "noise_fraction": float(p), "seed": s}
+          "temperature": float(t), "batch_size": int(b), "iterations": GRID["iterations"][0],
+          "noise_fraction": float(p), "seed": s}
          for m, r, t, b, p, s in rows])
 
 
@@ -216,8 +217,8 @@ def test_sweeps_hold_the_other_axes_fixed_and_skip_what_has_one_value(caplog):
     caplog.set_level(logging.INFO, logger="pipeline.report.sweep_plots")
     found = sweeps(runs_frame(rows), grid)
     assert [s.stem("digits") for s in found] == [
-        "temperature_digits-rho1-b256",  # at b = 32 supcon has one tau
-        "batch_size_digits-rho1-tau0.1",  # at tau 0.05 and 0.5 the runs have one b
+        "temperature_digits-rho1-b256-T3000",  # at b = 32 supcon has one tau
+        "batch_size_digits-rho1-tau0.1-T3000",  # at tau 0.05 and 0.5 the runs have one b
     ]
     temperature, batch = found
     assert set(temperature.runs["noise_fraction"]) == {0.0}  # the grid's lowest
@@ -226,10 +227,10 @@ def test_sweeps_hold_the_other_axes_fixed_and_skip_what_has_one_value(caplog):
     assert set(temperature.runs["model"]) == {"supcon"}  # tau trains no ce model differently
     assert sorted(batch.runs["batch_size"]) == [32, 32, 256, 256]
     assert set(batch.runs["temperature"]) == {0.1}
-    for skipped in ("temperature figure of digits/none at rho1-b32: not drawn, its runs have one "
-                    "temperature",
-                    "batch_size figure of digits/none at rho1-tau0.05: not drawn, its runs have "
-                    "one batch_size"):
+    for skipped in ("temperature figure of digits/none at rho1-b32-T3000: not drawn, its runs "
+                    "have one temperature",
+                    "batch_size figure of digits/none at rho1-tau0.05-T3000: not drawn, its "
+                    "runs have one batch_size"):
         assert skipped in caplog.text
     # a temperature sweep of the ce models alone is not drawn
     assert sweeps(runs_frame([("ce", 1, t, 256, 0.0, 0) for t in (0.05, 0.5)]),
@@ -244,8 +245,8 @@ def test_sweeps_hold_the_other_axes_fixed_and_skip_what_has_one_value(caplog):
 
 
 def test_fixed_axes_are_spelled_as_the_setting_name_spells_them():
-    row = {"imbalance_ratio": 10.0, "temperature": 0.05, "batch_size": 32}
-    assert fixed_name(row) == setting_name(row) == "rho10-tau0.05-b32"
+    row = {"imbalance_ratio": 10.0, "temperature": 0.05, "batch_size": 32, "iterations": 300}
+    assert fixed_name(row) == setting_name(row) == "rho10-tau0.05-b32-T300"
     assert fixed_name({"imbalance_ratio": 1.5, "batch_size": 256}) == "rho1.5-b256"
 
 

@@ -62,7 +62,7 @@ def test_sync_refuses_while_dvc_sees_stale_stages_and_touches_nothing(private):
     change_params(private)  # changed, but not reproduced
     before, lock = geometry_files(private), (private / "dvc.lock").read_bytes()
     stale = sorted(json.loads(sh("dvc", "status", "--json", cwd=private).stdout))
-    assert stale == [f"{stage_table.GEOMETRY.name}@digits-1-{m}-none-0.1-64-{p}-0"
+    assert stale == [f"{stage_table.GEOMETRY.name}@digits-1-{m}-none-0.1-64-60-{p}-0"
                      for m in ("ce", "ce_fixed", "supcon") for p in ("0.0", "0.3")]
     result = sync(private)
     assert result.returncode == 1
@@ -82,4 +82,4 @@ def test_plain_touch_leaves_dvc_lock_alone(private):
     assert (private / "dvc.lock").read_bytes() == lock
     stale = sh("dvc", "status", "--json", cwd=private).stdout
     # DVC still sees the change
-    assert stage_table.GEOMETRY.name + "@digits-1-ce-none-0.1-64-0.0-0" in stale
+    assert stage_table.GEOMETRY.name + "@digits-1-ce-none-0.1-64-60-0.0-0" in stale

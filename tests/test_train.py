@@ -40,10 +40,10 @@ def test_exponential_and_cosine_schedules(small_params):
 @pytest.mark.parametrize("model", ["supcon", "ce", "ce_fixed"])
 def test_train_writes_log_and_checkpoint_deterministically(tmp_path, small_params, labels, model):
     table, paths = run(tmp_path, small_params, labels, model)
-    common = small_params["train"]["common"]
+    common, (grid_iterations,) = small_params["train"]["common"], small_params["grid"]["iterations"]
     assert table.schema.equals(schemas.TRAIN_LOG)
     assert table["iteration"].to_pylist() == list(
-        range(common["eval_every"], common["iterations"] + 1, common["eval_every"])
+        range(common["eval_every"], grid_iterations + 1, common["eval_every"])
     )
     log = table.to_pandas()
     assert log[["loss", "supcon_loss", "train_accuracy_noisy"]].notna().all().all()
@@ -87,7 +87,7 @@ def test_divergence_names_run_iteration_and_value_and_writes_nothing(
     tmp_path, small_params, labels
 ):
     small_params["train"]["models"]["ce"]["learning_rate"] = 1e30
-    expected = (r"run digits/rho1/ce/none/tau0.1-b64/noise0.3-seed0: loss is (nan|inf) at "
+    expected = (r"run digits/rho1/ce/none/tau0.1-b64-T60/noise0.3-seed0: loss is (nan|inf) at "
                 r"iteration \d+")
     with pytest.raises(DivergenceError, match=expected):
         run(tmp_path, small_params, labels, "ce")

@@ -1,7 +1,8 @@
 """Which runs exist: the `grid:` section of params.yaml, as jobs of one matrix of wildcards.
 
 The grid's axes (datasets, imbalance ratios, models, augmentations, temperatures, batch sizes,
-noise fractions, seeds) list every value a run may use, in the order results are shown.
+training lengths, noise fractions, seeds) list every value a run may use, in the order results
+are shown.
 Without ``run_sets`` the runs are the axes' full product; with it, the union of its named
 sub-grids' products, each run once. A module of its
 own, imported by the stage table (pipeline/infra/stage_table.py, whose ``grid_jobs`` is the one
@@ -22,11 +23,12 @@ GRID_AXES: dict[str, str] = {
     "augmentation": "grid.augmentations",
     "temperature": "grid.temperatures",  # tau of supcon (and of the supcon tracked on ce)
     "batch_size": "grid.batch_sizes",  # b, samples (images) per SGD step
+    "iterations": "grid.iterations",  # T, SGD steps of the run (its schedule spans them)
     "noise_fraction": "grid.noise_fractions",
     "seed": "grid.seeds",
 }
 # The axes the paper holds fixed (one value each in its protocol); an extension sweeps them.
-SETTING_AXES: tuple[str, ...] = ("imbalance_ratio", "temperature", "batch_size")
+SETTING_AXES: tuple[str, ...] = ("imbalance_ratio", "temperature", "batch_size", "iterations")
 
 # Key of `grid:` naming its sub-grids; without it the grid is the one product of its axes.
 RUN_SETS = "run_sets"

@@ -51,16 +51,16 @@ CPU_STAGES = {
 }
 
 
-def training_minutes(common: dict, datasets: list[str], views: int = 1,
+def training_minutes(common: dict, iterations: int, datasets: list[str], views: int = 1,
                      batch_size: int = 256) -> int:
-    """Wall time (minutes) to ask for one training run of ``train.common`` whose steps draw
-    ``batch_size`` images and see ``views`` inputs per image."""
+    """Wall time (minutes) to ask for one training run of ``train.common`` of ``iterations``
+    steps that draw ``batch_size`` images and see ``views`` inputs per image."""
     encoder = common["encoder"]
     step = SECONDS_PER_STEP[encoder] * batch_size / 256
     images = max(IMAGES.get(d, IMAGES["cifar10"]) for d in datasets)
-    evaluations = common["iterations"] / common["eval_every"]
+    evaluations = iterations / common["eval_every"]
     evaluation = images / batch_size * FORWARD_SHARE * step  # one view per image
-    seconds = common["iterations"] * step * views + evaluations * evaluation
+    seconds = iterations * step * views + evaluations * evaluation
     startup = STARTUP_MINUTES + (COMPILE_MINUTES if common.get("compile") else 0)
     return math.ceil(MARGIN * seconds / 60) + startup
 
@@ -76,10 +76,11 @@ def job_resources(stage: str, params: dict) -> dict[str, int]:
     if encoder not in SECONDS_PER_STEP:
         raise KeyError(f"train.common.encoder: no resources defined for {encoder!r}")
     # embed: one forward pass over every image, minutes at most. One request for every run
-    # of the stage: sized for the grid's dearest model and batch size.
+    # of the stage: sized for the grid's dearest model, batch size and training length.
     grid = params["grid"]
     views = max(VIEWS.get(model, 1) for model in grid["models"])
-    runtime = (training_minutes(common, grid["datasets"], views, max(grid["batch_sizes"]))
+    runtime = (training_minutes(common, max(grid["iterations"]), grid["datasets"], views,
+                                max(grid["batch_sizes"]))
                if stage == "train" else 15)
     return {"gpu": 1, "cpus_per_task": CPUS[encoder], "mem_mb": MEMORY_MB[encoder],
             "runtime": runtime}

@@ -1,4 +1,4 @@
-"""One training run's identity as one type: the eight values that name a run in the grid's
+"""One training run's identity as one type: the nine values that name a run in the grid's
 jobs, the CLI, its training config, the runs table's identity columns and the figures.
 
 Paths keep the grid's own spelling of each value (a job's text, e.g. noise ``0.2`` as the
@@ -20,6 +20,7 @@ class Run:
     augmentation: str
     temperature: float  # tau of supcon
     batch_size: int  # b, samples per SGD step
+    iterations: int  # T, SGD steps; the learning-rate schedule spans exactly these
     noise_fraction: float
     seed: int
 
@@ -33,11 +34,20 @@ class Run:
         """From a grid job (wildcard -> text), CLI wildcards or a runs-table row."""
         return cls(**{name: values[name] for name in COLUMNS})
 
+    @classmethod
+    def of_train_config(cls, cfg: Mapping) -> Run:
+        """The run a training config belongs to (``train.TrainConfig.to_dict``, stored in
+        every checkpoint, training log and embeddings file); a balanced run's config leaves
+        its ratio out."""
+        return cls(cfg["dataset"], cfg.get("imbalance_ratio", 1.0), cfg["model"]["model"],
+                   cfg["augmentation"], cfg["temperature"], cfg["batch_size"],
+                   cfg["iterations"], cfg["noise_fraction"], cfg["seed"])
+
     @property
     def name(self) -> str:
         """How logs and error messages name the run."""
         return (f"{self.dataset}/rho{self.imbalance_ratio:g}/{self.model}/{self.augmentation}/"
-                f"tau{self.temperature:g}-b{self.batch_size}/"
+                f"tau{self.temperature:g}-b{self.batch_size}-T{self.iterations}/"
                 f"noise{self.noise_fraction}-seed{self.seed}")
 
     def columns(self) -> dict[str, object]:
@@ -53,14 +63,23 @@ COLUMN_TYPES: dict[str, type] = {f.name: {"str": str, "float": float, "int": int
 # The axes the paper's protocol holds fixed and an extension sweeps (pipeline/infra/grid.py):
 # one value of each is a run's "setting". Results that compare models (growth fits, claims,
 # figures) compare them within one setting.
-SETTING: tuple[str, ...] = ("imbalance_ratio", "temperature", "batch_size")
+SETTING: tuple[str, ...] = ("imbalance_ratio", "temperature", "batch_size", "iterations")
 STRING_COLUMNS: tuple[str, ...] = tuple(n for n in COLUMNS if COLUMN_TYPES[n] is str)
 
 
-def setting_name(values: Mapping[str, object]) -> str:
-    """A setting as one key, e.g. "rho1-tau0.1-b256": of a Run's columns or a table row."""
-    return (f"rho{float(values['imbalance_ratio']):g}-tau{float(values['temperature']):g}-"
-            f"b{int(values['batch_size'])}")
+# How a setting name spells each axis's value: the one spelling of paths' settings, claims'
+# setting columns and sweep figures' stems.
+SETTING_SPELLING = {"imbalance_ratio": lambda v: f"rho{float(v):g}",
+                    "temperature": lambda v: f"tau{float(v):g}",
+                    "batch_size": lambda v: f"b{int(v)}",
+                    "iterations": lambda v: f"T{int(v)}"}
+
+
+def setting_name(values: Mapping[str, object], left_out: tuple[str, ...] = ()) -> str:
+    """A setting as one key, e.g. "rho1-tau0.1-b256-T3000": of a Run's columns or a table row;
+    the ``left_out`` axes (a sweep's) not named, e.g. "rho1-b256-T3000" for a sweep of tau."""
+    return "-".join(SETTING_SPELLING[axis](values[axis]) for axis in SETTING
+                    if axis not in left_out)
 
 
 def with_setting(frame):

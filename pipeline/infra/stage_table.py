@@ -29,6 +29,7 @@ WILDCARDS: dict[str, tuple[str, type]] = {
     "augmentation": (r"[a-z]+", str),
     "temperature": (_NUMBER, float),
     "batch_size": (r"[0-9]+", int),
+    "iterations": (r"[0-9]+", int),
     "noise_fraction": (_NUMBER, float),
     "seed": (r"[0-9]+", int),
 }
@@ -40,9 +41,11 @@ LOCK_FILE = "dvc.lock"  # DVC's record of every stage run: committed, the lineag
 
 # One training run's identity inside every per-run folder: the training data (dataset and its
 # imbalance), the model and its input augmentation, the loss's temperature and the batch size
-# (the paper's protocol fixes those two; an extension sweeps them), then noise and seed.
+# (the paper's protocol fixes those two; an extension sweeps them), the training length T
+# (fixed by the paper; swept to see whether a measure still moves with it), then noise and seed.
 RUN = (
-    "{dataset}/rho{imbalance_ratio}/{model}/{augmentation}/tau{temperature}-b{batch_size}/"
+    "{dataset}/rho{imbalance_ratio}/{model}/{augmentation}/tau{temperature}-b{batch_size}-"
+    "T{iterations}/"
     "noise{noise_fraction}-seed{seed}"
 )
 

@@ -38,7 +38,7 @@ from matplotlib.ticker import NullLocator
 
 from pipeline.infra.grid import GRID_AXES, grid_axis
 from pipeline.infra.grid import jobs as grid_jobs
-from pipeline.infra.runs import COLUMNS, SETTING, Run
+from pipeline.infra.runs import COLUMNS, SETTING, SETTING_SPELLING, Run
 from pipeline.maths.imbalance import minority_classes
 from pipeline.report.plotting import new_figure, style
 
@@ -58,7 +58,7 @@ FREE_FEATURES_COLUMNS = {
     "temperature": pa.float64(), "iteration": pa.int64(), "relative_gap": pa.float64(),
     "class_mean_cosine_deviation": pa.float64(),
 }
-SYMBOLS = {"imbalance_ratio": "rho", "temperature": "tau", "batch_size": "b"}
+SYMBOLS = {"imbalance_ratio": "rho", "temperature": "tau", "batch_size": "b", "iterations": "T"}
 GROUPS = (("majority", "-"), ("minority", "--"), ("across", ":"))
 GAP_REFERENCE = ("final supcon loss minus its sampler-\nexpected value at the simplex (nats)")
 # Under imbalance the reference of the gap is no minimum (docs/theory.md, section 7).
@@ -71,10 +71,9 @@ def model_name(model: str) -> str:
 
 
 def fixed_name(fixed: dict) -> str:
-    """Setting axes and their values spelled as ``runs.setting_name`` spells them ("rho1-b256")."""
-    spell = {"imbalance_ratio": lambda v: f"rho{float(v):g}",
-             "temperature": lambda v: f"tau{float(v):g}", "batch_size": lambda v: f"b{int(v)}"}
-    return "-".join(spell[axis](fixed[axis]) for axis in SETTING if axis in fixed)
+    """Setting axes and their values spelled as ``runs.setting_name`` spells them
+    ("rho1-b256-T3000")."""
+    return "-".join(SETTING_SPELLING[axis](fixed[axis]) for axis in SETTING if axis in fixed)
 
 
 # ----------------------------------------------------------------------------- which runs

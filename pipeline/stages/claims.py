@@ -18,7 +18,8 @@ augmentation, model, other two settings) group whose runs take at least two valu
 a grid of one setting (the paper's protocol) has no such rows. All at the grid's lowest
 noise fraction; the setting column of their rows names the two settings held fixed, in
 :func:`~pipeline.infra.runs.setting_name`'s spelling with the swept axis left out
-("rho1-b256" for a sweep of tau; the claim id names the swept axis).
+("rho1-b256-T3000" for a sweep of tau; the claim id names the swept axis). The training
+length T is a setting axis too, but no claim of its own: it is (ii)'s regime check.
 (T) temperature, supcon family: per tau, whether the class means reach the simplex within
     the iterations given (NC2 deviation below ``simplex_cosine_deviation``), and Spearman's
     rho of tau against that deviation, claimed < 0: on the unit sphere the class angles move
@@ -87,7 +88,7 @@ import pyarrow.parquet as pq
 from pipeline.infra.grid import RECORD_KEY as grid_record
 from pipeline.infra.grid import differences as grid_differences
 from pipeline.infra.io import InputError, atomic_path, read_metadata, read_parquet, write_json
-from pipeline.infra.runs import SETTING, setting_name
+from pipeline.infra.runs import SETTING, SETTING_SPELLING, setting_name
 from pipeline.maths import statistics
 
 log = logging.getLogger(__name__)
@@ -107,12 +108,13 @@ NO_VERDICT = "—"  # ... and its verdict
 NO_REGIME = "—"  # free features: no training run, so no regime to reach
 NOT_REACHED = "not reached"  # the verdict's prefix when a row's regime is not reached
 CONTROL_MODEL = "ce"  # claim (iv)'s control: plain cross-entropy (Zhang et al. 2017)
-# How the rows of T, B and R name a value of their swept axis, and how the setting column
-# spells a fixed one (as pipeline.infra.runs.setting_name does; tests check they agree).
-AXIS_NAMES = {"imbalance_ratio": "imbalance ratio", "temperature": "tau", "batch_size": "b"}
-SETTING_SPELLING = {"imbalance_ratio": lambda v: f"rho{float(v):g}",
-                    "temperature": lambda v: f"tau{float(v):g}",
-                    "batch_size": lambda v: f"b{int(v)}"}
+# How the rows of T, B and R name a value of their swept axis.
+AXIS_NAMES = {"imbalance_ratio": "imbalance ratio", "temperature": "tau", "batch_size": "b",
+              "iterations": "T"}
+# (ii) asks whether a measure still moves with training length, so its groups pool the runs
+# of every T of a setting (the value reported is that of the longest T, whose setting the
+# row names); every other claim compares runs of one T.
+LENGTH_AXIS = "iterations"
 
 
 def verdict(ci, threshold: float, claim_above: bool) -> str:
@@ -136,10 +138,12 @@ def mean_ci(values, resamples: int = statistics.RESAMPLES, seed: int = statistic
     return float(v.mean()), (float(lo), float(hi))
 
 
-def _groups(runs: pd.DataFrame):
-    """(dataset, augmentation, setting name, model, runs) per group of :data:`BY_MODEL`."""
-    for key, group in runs.groupby(BY_MODEL, sort=False):
-        setting = setting_name(dict(zip(SETTING, key[2:-1], strict=True)))
+def _groups(runs: pd.DataFrame, pooled: tuple[str, ...] = ()):
+    """(dataset, augmentation, setting name, model, runs) per group of :data:`BY_MODEL`, the
+    ``pooled`` setting axes left out of the key: such a group is named by the setting of its
+    longest training (:func:`_longest`)."""
+    for key, group in runs.groupby([c for c in BY_MODEL if c not in pooled], sort=False):
+        setting = setting_name(_longest(group).iloc[0][list(SETTING)].to_dict())
         yield key[0], key[1], setting, key[-1], group
 
 
@@ -214,8 +218,9 @@ def length_regime(group: pd.DataFrame, column: str, claim_above: bool) -> Regime
 
 
 def _longest(group: pd.DataFrame) -> pd.DataFrame:
-    """The runs of the group's longest training (all of them when T is not recorded)."""
-    lengths = _column(group, "final_iteration")
+    """The runs of the group's longest training, by the T they were given (the grid's
+    ``iterations``) or else by the T they record (all of them when neither is there)."""
+    lengths = _column(group, LENGTH_AXIS if LENGTH_AXIS in group else "final_iteration")
     if not np.isfinite(lengths).any():
         return group
     return group[lengths == np.nanmax(lengths)]
@@ -299,7 +304,7 @@ def simplex_claims(runs: pd.DataFrame, tol: dict) -> list[dict]:
     trend with training length."""
     rows = []
     at = runs[runs.noise_fraction == runs.noise_fraction.min()]
-    for dataset, augmentation, setting, model, group in _groups(at):
+    for dataset, augmentation, setting, model, group in _groups(at, pooled=(LENGTH_AXIS,)):
         held, longest = held_regime(group, tol["regime"]), _longest(group)
         measures = [
             ("nc2", NC2_LABEL, NC2, tol["simplex_cosine_deviation"], False),
@@ -349,6 +354,10 @@ def growth_claims(growth: dict, runs: pd.DataFrame, tol: dict) -> list[dict]:
         for augmentation, by_setting in by_aug.items():
             for setting, model, fit in ((s, m, f) for s, by_model in by_setting.items()
                                         for m, f in by_model.items()):
+                if fit["runs_used"] == 0:  # e.g. a length study's noise-0 runs: no growth
+                    log.info("(iv) %s/%s/%s/%s: no run at p > 0, no growth to judge",
+                             dataset, augmentation, setting, model)
+                    continue
                 group = groups.get((dataset, augmentation, setting, model), runs.iloc[:0])
                 regime = growth_regime(
                     group, fit, groups.get((dataset, augmentation, setting, CONTROL_MODEL)),
@@ -370,12 +379,6 @@ def growth_claims(growth: dict, runs: pd.DataFrame, tol: dict) -> list[dict]:
 
 # ------------------------------------------------------- extensions T, B, R (issue 15)
 
-def fixed_setting_name(values, swept: str) -> str:
-    """The setting of a sweep of ``swept``: the other two axes in ``setting_name``'s
-    spelling, e.g. "rho1-b256" for a sweep of the temperature."""
-    return "-".join(SETTING_SPELLING[axis](values[axis]) for axis in SETTING if axis != swept)
-
-
 def _sweeps(runs: pd.DataFrame, axis: str):
     """((dataset, augmentation, fixed setting, model), runs) per group of the runs at the
     lowest noise fraction in which ``axis`` takes at least two values, the other two
@@ -384,7 +387,7 @@ def _sweeps(runs: pd.DataFrame, axis: str):
     others = [a for a in SETTING if a != axis]
     for key, group in at.groupby(["dataset", "augmentation", *others, "model"], sort=False):
         if group[axis].nunique() >= 2:
-            setting = fixed_setting_name(dict(zip(others, key[2:-1], strict=True)), axis)
+            setting = setting_name(dict(zip(others, key[2:-1], strict=True)), left_out=(axis,))
             yield (key[0], key[1], setting, key[-1]), group
 
 

@@ -274,10 +274,7 @@ def measure_geometry(
     check_columns(schema, {f.name: f.type for f in schemas.embeddings(dim)}, embeddings)
     cfg = _train_config(embeddings)
     k = int(cfg["model"]["num_classes"])
-    # a balanced run's config leaves its ratio out (train.TrainConfig.to_dict)
-    found = Run(cfg["dataset"], cfg.get("imbalance_ratio", 1.0), cfg["model"]["model"],
-                cfg.get("augmentation"), cfg["temperature"], cfg["batch_size"],
-                cfg["noise_fraction"], cfg["seed"])
+    found = Run.of_train_config(cfg)
     if found != run:
         raise InputError(f"{embeddings}: made by {found}, expected {run}")
     model = run.model

@@ -85,7 +85,7 @@ class TrainConfig:
             noise_fraction=run.noise_fraction,
             seed=run.seed,
             batch_size=run.batch_size,
-            iterations=common["iterations"],
+            iterations=run.iterations,
             schedule=common["schedule"],
             learning_rate=float(specific["learning_rate"]),
             momentum=float(common["momentum"]),
@@ -137,7 +137,8 @@ class TrainConfig:
     @property
     def run(self) -> Run:
         return Run(self.dataset, self.imbalance_ratio, self.model.model, self.augmentation,
-                   self.temperature, self.batch_size, self.noise_fraction, self.seed)
+                   self.temperature, self.batch_size, self.iterations, self.noise_fraction,
+                   self.seed)
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
