@@ -1,6 +1,7 @@
 """Wall and CPU time of each beyond-the-paper preset (presets/temperature.yaml, batch_size.yaml,
 imbalance.yaml) from an empty data/, and the numbers its run gives: the extension's rows of the
-claims table (stage claims, rows T, B and R) and the figure it draws.
+claims table (stage claims, rows T, B and R) and the figure it draws; and of the CPU claims
+study (presets/claims_cpu.yaml, issue 22): its time and every claims row.
 
 Each preset runs in a fresh clone of the repository's HEAD (so nothing of an earlier run is
 reused and the working tree's data/ is left alone) with this checkout's virtual environment:
@@ -9,7 +10,10 @@ reused and the working tree's data/ is left alone) with this checkout's virtual 
 Usage: python benchmarks/time_presets.py [NAME ...] [--cores N] [--keep] [--write-doc]
 --write-doc writes the measured time into each preset's "# Measured by" header line and the
 printed block into README.md's ``<!-- measured:preset-<name> -->`` block, so the README's
-numbers of each extension come from this command, never typed.
+numbers of each extension come from this command, never typed. For claims_cpu the block goes
+to docs/design.md, and the clone's ``python -m pipeline results --preset
+presets/claims_cpu.yaml`` output (docs/claims_cpu.md and README's claims_cpu block) is copied
+into this checkout.
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PRESETS = ("temperature", "batch_size", "imbalance")
-CLAIM_IDS = {"temperature": "T", "batch_size": "B", "imbalance": "R"}
+PRESETS = ("temperature", "batch_size", "imbalance", "claims_cpu")
+CLAIM_IDS = {"temperature": "T", "batch_size": "B", "imbalance": "R", "claims_cpu": None}
+DOC_OF = {"claims_cpu": "docs/design.md"}  # where a preset's block goes (else README.md)
 MEASURED_LINE = re.compile(r"^# Measured by `python benchmarks/time_presets.py --write-doc`:.*$",
                            re.MULTILINE)
 
@@ -73,23 +78,40 @@ def report(name: str, measured: dict, cores: int) -> str:
     runs = len(stage_table.grid_jobs(stage_table.TRAIN,
                                      load_params(clone / "presets" / f"{name}.yaml")["grid"]))
     claims = pd.read_csv(clone / stage_table.CLAIMS_CSV)
-    rows = claims[claims["claim"] == CLAIM_IDS[name]]
+    rows = claims if CLAIM_IDS[name] is None else claims[claims["claim"] == CLAIM_IDS[name]]
     figures = sorted(p.name for p in (clone / stage_table.FIGURES_DIR).glob(f"{name}_*.png"))
     out = io.StringIO()
     minutes, seconds = divmod(round(measured["wall"]), 60)
     out.write(f"presets/{name}.yaml: {runs} training runs, {minutes} min {seconds} s wall, "
               f"{measured['cpu']:.0f} CPU-s, snakemake --cores {cores}, from an empty data/\n")
     out.write(f"machine: {os.cpu_count()} cores, {cpu_model() or platform.machine()}\n")
-    out.write(f"figure: {', '.join(f'{stage_table.FIGURES_DIR}/{f}' for f in figures)}\n")
-    out.write(f"claims rows {CLAIM_IDS[name]} ({stage_table.CLAIMS_CSV}):\n")
+    if figures:
+        out.write(f"figure: {', '.join(f'{stage_table.FIGURES_DIR}/{f}' for f in figures)}\n")
+    out.write(f"claims rows {CLAIM_IDS[name] or 'all'} ({stage_table.CLAIMS_CSV}):\n")
     for r in rows.itertuples():
         interval = ("" if pd.isna(r.ci_low) else f" [{r.ci_low:.3g}, {r.ci_high:.3g}]")
         value = "—" if pd.isna(r.value) else f"{r.value:.3g}"
-        out.write(f"  {r.model:<9} {r.setting:<14} {r.measure}: {value}{interval} "
+        where = r.setting if CLAIM_IDS[name] else f"{r.claim} {r.dataset} {r.setting}"
+        out.write(f"  {r.model:<9} {where:<14} {r.measure}: {value}{interval} "
                   f"(criterion {r.criterion}): {r.verdict}\n")
     out.write("in words (pipeline/report/results.py claims_in_words):\n")
     out.write(claims_in_words(rows) + "\n")
     return out.getvalue()
+
+
+def copy_generated_results(name: str, clone: Path) -> None:
+    """Run ``results --preset`` in the clone and bring its doc and README block here."""
+    sys.path.insert(0, str(REPO))
+    from pipeline.report.results import _with_block, preset_doc, preset_markers
+
+    preset = Path("presets") / f"{name}.yaml"
+    subprocess.run([str(REPO / ".venv" / "bin" / "python"), "-m", "pipeline", "results",
+                    "--preset", str(preset)], cwd=clone, check=True)
+    shutil.copy(clone / preset_doc(preset), REPO / preset_doc(preset))
+    begin, end = preset_markers(preset)
+    block = (clone / "README.md").read_text().split(begin, 1)[1].split(end, 1)[0]
+    readme = REPO / "README.md"
+    readme.write_text(_with_block(readme.read_text(), begin + block + end, begin, end))
 
 
 def write_preset_line(name: str, measured: dict, cores: int) -> None:
@@ -127,8 +149,10 @@ def main() -> None:
                 from pipeline.report.results import write_measurement
 
                 write_preset_line(name, measured, args.cores)
-                write_measurement(REPO / "README.md", f"preset-{name}",
+                write_measurement(REPO / DOC_OF.get(name, "README.md"), f"preset-{name}",
                                   f"python benchmarks/time_presets.py {name} --write-doc", text)
+                if CLAIM_IDS[name] is None:
+                    copy_generated_results(name, measured["clone"])
     except SystemExit:
         args.keep = True  # the failing preset's log and clone stay
         print(f"kept {workdir}", file=sys.stderr)
