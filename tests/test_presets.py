@@ -303,9 +303,12 @@ def test_claims_cpu_preset_cut_down_runs_and_its_doc_is_generated_and_checked(tm
     cut.write_text(yaml.safe_dump(preset))
     sh(sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", str(cut), cwd=project)
     claims = pd.read_csv(project / "data/claims/claims.csv")
-    nc2 = claims[(claims.claim == "ii") & (claims.key == "nc2")].iloc[0]
-    assert nc2.setting == "rho1-tau0.1-b32-T60"  # named by the longest T, pooled over both
-    assert "over T = 20 to 60" in nc2.regime
+    (nc2,) = claims[(claims.claim == "ii") & (claims.key == "nc2")].itertuples()
+    assert nc2.setting == "rho1-tau0.1-b32-T60"  # one row, named by the longest T
+    runs = pd.read_parquet(project / "data/summary/runs.parquet")
+    longest = runs[(runs.noise_fraction == 0.0) & (runs.iterations == 60)]
+    assert len(longest) == 2 and nc2.value == pytest.approx(
+        longest.nc2_simplex_angle_deviation.mean(), rel=1e-5)  # the value: T = 60 alone
     assert set(claims.loc[claims.claim == "iv", "setting"]) == {"rho1-tau0.1-b32-T20"}
     results = [sys.executable, "-m", "pipeline", "results", "--preset",
                "presets/claims_cpu_cut.yaml"]
@@ -320,10 +323,10 @@ def test_claims_cpu_preset_cut_down_runs_and_its_doc_is_generated_and_checked(tm
     sh(*results, cwd=project)
     doc = (project / "docs/claims_cpu_cut.md").read_text()
     assert doc.startswith("# Results of preset claims_cpu_cut")
-    assert "over T = 20 to 60" in doc
+    assert "| ii | digits, none, rho1-tau0.1-b32-T60 | ce |" in doc
     assert "(ii) at noise 0" in (project / "README.md").read_text()
     sh(*results, "--check", cwd=project)
-    (project / "docs/claims_cpu_cut.md").write_text(doc.replace("over T = 20 to 60", "flat"))
+    (project / "docs/claims_cpu_cut.md").write_text(doc.replace("b32-T60 | ce", "b32-T9 | ce"))
     failed = subprocess.run([*results, "--check"], cwd=project, capture_output=True, text=True)
     assert failed.returncode == 1 and "docs/claims_cpu_cut.md" in failed.stderr
     other = subprocess.run([sys.executable, "-m", "pipeline", "results", "--preset",

@@ -329,10 +329,16 @@ def simplex_claims(runs: pd.DataFrame, tol: dict) -> list[dict]:
 
 
 def generalisation_claims(runs: pd.DataFrame, tol: dict) -> list[dict]:
-    """(iii): Spearman's rho of the final gap against test accuracy, per loss; its regime
-    the held fit of every run of the group."""
+    """(iii): Spearman's rho of the final gap against test accuracy, per loss, over runs of
+    two or more noise fractions (the claim relates runs that differ in how far they got; the
+    seeds of one noise fraction alone, e.g. a length study's noise-0 runs, do not test it);
+    its regime the held fit of every run of the group."""
     rows = []
     for dataset, augmentation, setting, model, group in _groups(runs):
+        if group["noise_fraction"].nunique() < 2:
+            log.info("(iii) %s/%s/%s/%s: one noise fraction, not judged",
+                     dataset, augmentation, setting, model)
+            continue
         gap = group["final_loss_gap"].to_numpy(np.float64)
         accuracy = group["test_accuracy_class_mean"].to_numpy(np.float64)
         keep = np.isfinite(gap) & np.isfinite(accuracy)
