@@ -27,9 +27,6 @@ GRID_AXES: dict[str, str] = {
     "noise_fraction": "grid.noise_fractions",
     "seed": "grid.seeds",
 }
-# The axes the paper holds fixed (one value each in its protocol); an extension sweeps them.
-SETTING_AXES: tuple[str, ...] = ("imbalance_ratio", "temperature", "batch_size", "iterations")
-
 # Key of `grid:` naming its sub-grids; without it the grid is the one product of its axes.
 RUN_SETS = "run_sets"
 

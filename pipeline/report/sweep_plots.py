@@ -38,7 +38,7 @@ from matplotlib.ticker import NullLocator
 
 from pipeline.infra.grid import GRID_AXES, grid_axis
 from pipeline.infra.grid import jobs as grid_jobs
-from pipeline.infra.runs import COLUMNS, SETTING, SETTING_SPELLING, Run
+from pipeline.infra.runs import COLUMNS, SETTING, Run, setting_name
 from pipeline.maths.imbalance import minority_classes
 from pipeline.report.plotting import new_figure, style
 
@@ -73,7 +73,7 @@ def model_name(model: str) -> str:
 def fixed_name(fixed: dict) -> str:
     """Setting axes and their values spelled as ``runs.setting_name`` spells them
     ("rho1-b256-T3000")."""
-    return "-".join(SETTING_SPELLING[axis](fixed[axis]) for axis in SETTING if axis in fixed)
+    return setting_name(fixed, left_out=tuple(axis for axis in SETTING if axis not in fixed))
 
 
 # ----------------------------------------------------------------------------- which runs

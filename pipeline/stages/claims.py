@@ -219,11 +219,8 @@ def length_regime(group: pd.DataFrame, column: str, claim_above: bool) -> Regime
 
 def _longest(group: pd.DataFrame) -> pd.DataFrame:
     """The runs of the group's longest training, by the T they were given (the grid's
-    ``iterations``) or else by the T they record (all of them when neither is there)."""
-    lengths = _column(group, LENGTH_AXIS if LENGTH_AXIS in group else "final_iteration")
-    if not np.isfinite(lengths).any():
-        return group
-    return group[lengths == np.nanmax(lengths)]
+    ``iterations``, an identity column of every runs table)."""
+    return group[group[LENGTH_AXIS] == group[LENGTH_AXIS].max()]
 
 
 def growth_regime(group: pd.DataFrame, fit: dict, control: pd.DataFrame | None,
