@@ -22,6 +22,33 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Stage subprocesses must find `python -m pipeline` of this interpreter.
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+# Every `dvc` command otherwise starts a detached analytics daemon (about 0.5 s of CPU each,
+# measured in docs/design.md, "Test times"); tests send nothing anywhere.
+os.environ["DVC_NO_ANALYTICS"] = "1"
+
+
+def _no_slurm_controller() -> str:
+    """A slurm.conf whose controller is a closed local port, so Slurm clients fail at once.
+
+    Snakemake builds its command line from every installed executor plugin, and the Slurm
+    plugin's help text runs `scontrol show config` whenever `sinfo` is on PATH; with no
+    controller to reach (Slurm installed, no cluster running) scontrol waits ~9 s before it
+    gives up. Every `snakemake` call of the suite sat idle that long (docs/design.md, "Test
+    times"). tests/slurm_cluster.py gives the Slurm tests their own SLURM_CONF.
+    """
+    import atexit
+    import tempfile
+
+    directory = tempfile.mkdtemp(prefix="no-slurm-controller-")
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    conf = Path(directory) / "slurm.conf"
+    # MessageTimeout: without it a refused connection is retried for ~9 s as well.
+    conf.write_text("ClusterName=none\nSlurmctldHost=localhost\nSlurmctldPort=9\n"
+                    "MessageTimeout=1\n")
+    return str(conf)
+
+
+os.environ["SLURM_CONF"] = _no_slurm_controller()
 
 
 def pytest_configure(config):
