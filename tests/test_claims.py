@@ -490,6 +490,21 @@ def test_growth_is_not_reached_when_the_control_is_flat_or_the_grain_coarse(tmp_
     ce = verdict_of(frame, "iv", "ce", "growth")
     assert ce.verdict.startswith("not reached: evaluation grain 100")  # not "does not"
     assert "0 of 3 runs censored" not in ce.verdict  # only what was not reached
+    # ... while the regime column keeps what was, after what was not
+    failed, met = ce.regime.split("; reached: ")
+    assert failed.startswith("not reached: evaluation grain 100") and "ce control" in failed
+    assert met == "0 of 3 runs censored (allowed share 0)"
+
+
+def test_a_regime_of_several_parts_keeps_every_measurement():
+    a, b, c = (claims.Regime(True, "a held"), claims.Regime(False, "b short"),
+               claims.Regime(True, "c flat"))
+    assert (a & c).shown == "reached: a held; c flat" and (a & c).also == ()
+    both = a & b & c  # the order of the parts is kept, failed first in the cell
+    assert (both.reached, both.text, both.also) == (False, "b short", ("a held", "c flat"))
+    assert both.shown == "not reached: b short; reached: a held; c flat"
+    assert (b & claims.Regime(False, "d censored")).shown == "not reached: b short; d censored"
+    assert claims.Regime(False, "e alone").shown == "not reached: e alone"
 
 
 def test_growth_control_needs_a_ce_model_in_the_group(tmp_path):

@@ -154,7 +154,7 @@ def _row(claim, dataset, augmentation, setting, model, measure, value, ci, crite
     if regime is None:
         regime_text = NO_REGIME
     else:
-        regime_text = ("reached: " if regime.reached else "not reached: ") + regime.text
+        regime_text = regime.shown
         if not regime.reached and result in ("does not", "inconclusive"):
             result = f"{NOT_REACHED}: {regime.text}"
     return dict(zip(COLUMNS, (claim, dataset, augmentation, setting, model, measure, key, value,
@@ -167,16 +167,29 @@ def _row(claim, dataset, augmentation, setting, model, measure, value, ci, crite
 @dataclass(frozen=True)
 class Regime:
     """Whether a group of runs reached the regime a claim is about, and the measurement
-    that says so (it reads after "reached: " or "not reached: ")."""
+    that says so (it reads after "reached: " or "not reached: "). A regime of several parts
+    not reached keeps the parts that were in ``also``: the table shows both, so a reader
+    sees every measurement, not only the one that failed."""
 
     reached: bool
     text: str
+    also: tuple[str, ...] = ()  # (not reached only) the parts that were reached
 
     def __and__(self, other: Regime) -> Regime:
-        if self.reached and other.reached:
-            return Regime(True, f"{self.text}; {other.text}")
-        failed = [r.text for r in (self, other) if not r.reached]
-        return Regime(False, "; ".join(failed))
+        parts = (self, other)
+        if all(r.reached for r in parts):
+            return Regime(True, "; ".join(r.text for r in parts))
+        failed = [r.text for r in parts if not r.reached]
+        met = [text for r in parts for text in ((r.text,) if r.reached else r.also)]
+        return Regime(False, "; ".join(failed), tuple(met))
+
+    @property
+    def shown(self) -> str:
+        """The table's regime cell: what was not reached first, then what was."""
+        if self.reached:
+            return f"reached: {self.text}"
+        met = f"; reached: {'; '.join(self.also)}" if self.also else ""
+        return f"not reached: {self.text}{met}"
 
 
 def held_regime(group: pd.DataFrame, regime: dict) -> Regime:
@@ -195,9 +208,10 @@ def held_regime(group: pd.DataFrame, regime: dict) -> Regime:
 
 
 def length_regime(group: pd.DataFrame, column: str, claim_above: bool) -> Regime:
-    """Has the measure stopped improving with training length T (``final_iteration``)?
-    Improving: rising for a measure claimed above its criterion, else falling."""
-    lengths = _column(group, "final_iteration")
+    """Has the measure stopped improving with training length T (the grid's ``iterations``,
+    as :func:`_longest` reads it)? Improving: rising for a measure claimed above its
+    criterion, else falling."""
+    lengths = _column(group, LENGTH_AXIS)
     distinct = np.unique(lengths[np.isfinite(lengths)])
     if distinct.size < 2:
         shown = f"T = {distinct[0]:.0f} only" if distinct.size else "no T recorded"
