@@ -1,10 +1,11 @@
-"""Golden md5s of the tiny project's artifacts (tests/test_numerics.py checks them).
+"""Golden md5s of two tiny projects' artifacts: the digits one (tests/tiny_project.py;
+tests/test_numerics.py checks it) and the mnist5k subsample (tests/test_mnist5k.py).
 
     python tests/golden.py --update   # after a change meant to alter the bytes
 
-rebuilds the tiny project (every stage, through Snakemake, as tests/tiny_project.py does)
-and rewrites tests/golden_tiny.json. Review the diff: a changed md5 that no code change
-explains is exactly what the golden test exists to catch.
+rebuilds both (every stage, through Snakemake) and rewrites tests/golden_<name>.json.
+Review the diff: a changed md5 that no code change explains is exactly what the golden
+tests exist to catch.
 
 PNG figures are hashed by their pixels, PDF figures not at all: both embed a provenance
 record holding the md5 of every code file of their stage, which changes with any edit of
@@ -21,7 +22,20 @@ import sys
 import tempfile
 from pathlib import Path
 
-GOLDEN_FILE = Path(__file__).with_name("golden_tiny.json")
+GOLDEN_FILES = {name: Path(__file__).with_name(f"golden_{name}.json")
+                for name in ("tiny", "mnist5k")}
+
+
+def project_params(name: str) -> dict:
+    """The params of golden project ``name``: conftest.tiny_params, on mnist5k at 20
+    images a class (140 train, 60 test) for "mnist5k"."""
+    from conftest import tiny_params
+
+    params = tiny_params()
+    if name == "mnist5k":
+        params["grid"]["datasets"] = ["mnist5k"]
+        params["datasets"]["mnist5k"]["samples_per_class"] = 20
+    return params
 
 
 def artifact_digests(root: Path) -> dict[str, str]:
@@ -58,17 +72,36 @@ def settings_in_force() -> dict:
     }
 
 
+def check(name: str, root: Path) -> None:
+    """Fail, naming every artifact, both md5s and the settings in force, where the project
+    at ``root`` differs from golden project ``name``."""
+    expected = json.loads(GOLDEN_FILES[name].read_text())
+    actual = artifact_digests(root)
+    problems = [
+        f"{path}: expected md5 {expected.get(path)}, got {actual.get(path)}"
+        for path in sorted(set(expected) | set(actual))
+        if expected.get(path) != actual.get(path)
+    ]
+    assert not problems, (
+        f"{len(problems)} artifact(s) differ from tests/{GOLDEN_FILES[name].name} under the "
+        f"settings {settings_in_force()}:\n" + "\n".join(problems)
+        + "\nIf a code change meant to change these bytes: python tests/golden.py --update"
+    )
+
+
 def update() -> None:
     import yaml
-    from conftest import copy_project, sh, tiny_params
+    from conftest import copy_project, sh
 
-    with tempfile.TemporaryDirectory() as tmp:
-        root = copy_project(Path(tmp))
-        (root / "dvc.lock").unlink(missing_ok=True)
-        (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
-        sh(sys.executable, "-m", "snakemake", "--cores", "2", cwd=root)
-        GOLDEN_FILE.write_text(json.dumps(artifact_digests(root), indent=2) + "\n")
-    print(f"wrote {GOLDEN_FILE}")
+    for name, golden in GOLDEN_FILES.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            root = copy_project(Path(tmp))
+            (root / "dvc.lock").unlink(missing_ok=True)
+            (root / "params.yaml").write_text(yaml.safe_dump(project_params(name),
+                                                             sort_keys=False))
+            sh(sys.executable, "-m", "snakemake", "--cores", "2", cwd=root)
+            golden.write_text(json.dumps(artifact_digests(root), indent=2) + "\n")
+        print(f"wrote {golden}")
 
 
 if __name__ == "__main__":

@@ -122,17 +122,17 @@ def test_a_subsample_runs_every_stage_and_both_front_ends_agree(tmp_path):
     """mnist5k at 20 images a class (140 train, 60 test), every model, two noise levels,
     through the real Snakefile; DVC then finds every one of its stages up to date (the
     same commands, params and bytes), and both front-ends plan the same jobs with the same
-    commands (test_frontends' check). The claims table judges the dataset's runs."""
+    commands (test_frontends' check). The claims table judges the dataset's runs, and every
+    artifact has its golden md5 (tests/golden_mnist5k.json)."""
     import sys
 
+    import golden
     import pandas as pd
     import yaml
-    from conftest import copy_project, sh, tiny_params
+    from conftest import copy_project, sh
     from test_frontends import check_identical_jobs
 
-    params = tiny_params()
-    params["grid"]["datasets"] = ["mnist5k"]
-    params["datasets"]["mnist5k"]["samples_per_class"] = 20
+    params = golden.project_params("mnist5k")
     root = copy_project(tmp_path / "project")
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (root / "dvc.lock").unlink(missing_ok=True)
@@ -151,3 +151,4 @@ def test_a_subsample_runs_every_stage_and_both_front_ends_agree(tmp_path):
     assert datasets.MNIST5K_PIXEL_MD5.encode() in b"".join(labels.metadata.values())
     figures = {p.name for p in (root / "data/figures").iterdir()}
     assert "geometry_mnist5k.png" in figures and "iterations_to_fit_mnist5k.png" in figures
+    golden.check("mnist5k", root)

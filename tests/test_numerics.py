@@ -17,10 +17,10 @@ import os
 import sys
 from pathlib import Path
 
+import golden
 import pytest
 import yaml
 from conftest import ROOT, sh, tiny_params
-from golden import GOLDEN_FILE, artifact_digests, settings_in_force
 from tiny_project import built
 
 from pipeline.infra import numerics
@@ -122,18 +122,4 @@ def test_unknown_mode_is_a_named_error(tmp_path, params_file):
 
 @pytest.mark.e2e  # runs stages as subprocesses: not in the fast tier
 def test_every_artifact_of_the_tiny_project_has_its_golden_md5(tmp_path_factory):
-    import json
-
-    root = built(tmp_path_factory)
-    expected = json.loads(GOLDEN_FILE.read_text())
-    actual = artifact_digests(root)
-    problems = [
-        f"{path}: expected md5 {expected.get(path)}, got {actual.get(path)}"
-        for path in sorted(set(expected) | set(actual))
-        if expected.get(path) != actual.get(path)
-    ]
-    assert not problems, (
-        f"{len(problems)} artifact(s) differ from tests/golden_tiny.json under the settings "
-        f"{settings_in_force()}:\n" + "\n".join(problems)
-        + "\nIf a code change meant to change these bytes: python tests/golden.py --update"
-    )
+    golden.check("tiny", built(tmp_path_factory))
