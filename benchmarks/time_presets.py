@@ -12,8 +12,8 @@ Usage: python benchmarks/time_presets.py [NAME ...] [--cores N] [--keep] [--writ
 printed block into README.md's ``<!-- measured:preset-<name> -->`` block, so the README's
 numbers of each extension come from this command, never typed. For claims_cpu the block goes
 to docs/design.md, and the clone's ``python -m pipeline results --preset
-presets/claims_cpu.yaml`` output (docs/claims_cpu.md and README's claims_cpu block) is copied
-into this checkout.
+presets/claims_cpu.yaml`` output (docs/claims_cpu.md and the claims_cpu blocks of README.md and
+docs/paper.md) is copied into this checkout.
 """
 
 from __future__ import annotations
@@ -100,18 +100,23 @@ def report(name: str, measured: dict, cores: int) -> str:
 
 
 def copy_generated_results(name: str, clone: Path) -> None:
-    """Run ``results --preset`` in the clone and bring its doc and README block here."""
+    """Run ``results --preset`` in the clone and bring its doc and its blocks (README's, and
+    the paper notes' where they hold one) here."""
     sys.path.insert(0, str(REPO))
-    from pipeline.report.results import _with_block, preset_doc, preset_markers
+    from pipeline.report.results import PAPER_NOTES, README, _with_block, preset_doc, preset_markers
 
     preset = Path("presets") / f"{name}.yaml"
     subprocess.run([str(REPO / ".venv" / "bin" / "python"), "-m", "pipeline", "results",
                     "--preset", str(preset)], cwd=clone, check=True)
     shutil.copy(clone / preset_doc(preset), REPO / preset_doc(preset))
     begin, end = preset_markers(preset)
-    block = (clone / "README.md").read_text().split(begin, 1)[1].split(end, 1)[0]
-    readme = REPO / "README.md"
-    readme.write_text(_with_block(readme.read_text(), begin + block + end, begin, end))
+    for doc in (README, PAPER_NOTES):
+        generated = (clone / doc).read_text()
+        if begin not in generated:
+            continue
+        block = generated.split(begin, 1)[1].split(end, 1)[0]
+        here = REPO / doc
+        here.write_text(_with_block(here.read_text(), begin + block + end, begin, end, doc))
 
 
 def write_preset_line(name: str, measured: dict, cores: int) -> None:

@@ -125,11 +125,15 @@ def test_multiview_preset_states_its_measured_run_time():
 
 @pytest.mark.e2e
 def test_multiview_preset_cut_to_a_few_iterations_runs_end_to_end(tmp_path):
-    """The real Snakefile on the preset, cut to a few SGD steps, one seed and the tiny free
-    features: supcon_mv gets summary rows, claims rows (ii, iii, iv) and a panel beside supcon."""
+    """The real Snakefile on the preset, cut to a few SGD steps, one seed, supcon_mv and the
+    supcon it is drawn beside, the lowest and highest noise (two: what claims (iii) and (iv)
+    need) and the tiny free features: supcon_mv gets summary rows, claims rows (ii, iii, iv)
+    and a panel beside supcon."""
     project = copy_project(tmp_path / "project")
     preset = yaml.safe_load(MULTIVIEW.read_text())
-    preset["grid"].update(seeds=[0], batch_sizes=[32])
+    noise = preset["grid"]["noise_fractions"]
+    preset["grid"].update(seeds=[0], batch_sizes=[32], models=["supcon", "supcon_mv"],
+                          noise_fractions=[noise[0], noise[-1]])
     preset["grid"]["iterations"] = [20]
     preset["train"]["common"].update(eval_every=10, hidden_dims=[16])
     preset["free_features"] = tiny_params()["free_features"]
@@ -137,7 +141,7 @@ def test_multiview_preset_cut_to_a_few_iterations_runs_end_to_end(tmp_path):
     cut.write_text(yaml.safe_dump(preset))
     sh(sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", str(cut), cwd=project)
     summary = pd.read_csv(project / "data/summary/summary.csv")
-    assert sorted(summary.loc[summary.model == "supcon_mv", "noise_fraction"]) == [0.0, 0.4, 0.8]
+    assert sorted(summary.loc[summary.model == "supcon_mv", "noise_fraction"]) == [0.0, 0.8]
     claims = pd.read_csv(project / "data/claims/claims.csv")
     assert set(claims.loc[claims.model == "supcon_mv", "claim"]) == {"ii", "iii", "iv"}
     growth = claims[(claims.claim == "iv") & (claims.model == "supcon_mv")].iloc[0]
@@ -320,7 +324,14 @@ def test_claims_cpu_preset_cut_down_runs_and_its_doc_is_generated_and_checked(tm
         "<!-- results:claims_cpu:begin -->",
         "<!-- results:claims_cpu_cut:begin -->\n<!-- results:claims_cpu_cut:end -->\n"
         "<!-- results:claims_cpu:begin -->"))
+    notes = project / "docs/paper.md"  # the paper notes' block is filled where there is one
+    notes.write_text(notes.read_text().replace(
+        "<!-- results:claims_cpu:begin -->",
+        "<!-- results:claims_cpu_cut:begin -->\n<!-- results:claims_cpu_cut:end -->\n"
+        "<!-- results:claims_cpu:begin -->"))
     sh(*results, cwd=project)
+    block = notes.read_text().split("<!-- results:claims_cpu_cut:begin -->")[1]
+    assert "(ii) at noise 0" in block and "](claims_cpu_cut.md)." in block  # linked from docs/
     doc = (project / "docs/claims_cpu_cut.md").read_text()
     assert doc.startswith("# Results of preset claims_cpu_cut")
     assert "| ii | digits, none, rho1-tau0.1-b32-T60 | ce |" in doc
@@ -329,6 +340,12 @@ def test_claims_cpu_preset_cut_down_runs_and_its_doc_is_generated_and_checked(tm
     (project / "docs/claims_cpu_cut.md").write_text(doc.replace("b32-T60 | ce", "b32-T9 | ce"))
     failed = subprocess.run([*results, "--check"], cwd=project, capture_output=True, text=True)
     assert failed.returncode == 1 and "docs/claims_cpu_cut.md" in failed.stderr
+    (project / "docs/claims_cpu_cut.md").write_text(doc)
+    head, block = notes.read_text().split("<!-- results:claims_cpu_cut:begin -->")
+    notes.write_text(head + "<!-- results:claims_cpu_cut:begin -->"
+                     + block.replace("(ii) at noise 0", "(ii) at noise 1", 1))
+    failed = subprocess.run([*results, "--check"], cwd=project, capture_output=True, text=True)
+    assert failed.returncode == 1 and "docs/paper.md" in failed.stderr
     other = subprocess.run([sys.executable, "-m", "pipeline", "results", "--preset",
                             "presets/claims_cpu.yaml"], cwd=project, capture_output=True,
                            text=True)
