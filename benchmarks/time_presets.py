@@ -103,18 +103,15 @@ def copy_generated_results(name: str, clone: Path) -> None:
     """Run ``results --preset`` in the clone and bring its doc and its blocks (README's, and
     the paper notes' where they hold one) here."""
     sys.path.insert(0, str(REPO))
-    from pipeline.report.results import PAPER_NOTES, README, _with_block, preset_doc, preset_markers
+    from pipeline.report.results import _with_block, preset_block_docs, preset_doc, preset_markers
 
     preset = Path("presets") / f"{name}.yaml"
     subprocess.run([str(REPO / ".venv" / "bin" / "python"), "-m", "pipeline", "results",
                     "--preset", str(preset)], cwd=clone, check=True)
     shutil.copy(clone / preset_doc(preset), REPO / preset_doc(preset))
     begin, end = preset_markers(preset)
-    for doc in (README, PAPER_NOTES):
-        generated = (clone / doc).read_text()
-        if begin not in generated:
-            continue
-        block = generated.split(begin, 1)[1].split(end, 1)[0]
+    for doc in preset_block_docs(clone, preset):
+        block = (clone / doc).read_text().split(begin, 1)[1].split(end, 1)[0]
         here = REPO / doc
         here.write_text(_with_block(here.read_text(), begin + block + end, begin, end, doc))
 

@@ -319,16 +319,14 @@ def test_claims_cpu_preset_cut_down_runs_and_its_doc_is_generated_and_checked(tm
     no_block = subprocess.run(results, cwd=project, capture_output=True, text=True)
     assert no_block.returncode == 2 and "<!-- results:claims_cpu_cut:begin -->" in (
         no_block.stderr) and "Traceback" not in no_block.stderr
-    readme = (project / "README.md").read_text()  # a block of its own, by the preset's name
-    (project / "README.md").write_text(readme.replace(
-        "<!-- results:claims_cpu:begin -->",
-        "<!-- results:claims_cpu_cut:begin -->\n<!-- results:claims_cpu_cut:end -->\n"
-        "<!-- results:claims_cpu:begin -->"))
-    notes = project / "docs/paper.md"  # the paper notes' block is filled where there is one
-    notes.write_text(notes.read_text().replace(
-        "<!-- results:claims_cpu:begin -->",
-        "<!-- results:claims_cpu_cut:begin -->\n<!-- results:claims_cpu_cut:end -->\n"
-        "<!-- results:claims_cpu:begin -->"))
+    # a block of its own, by the preset's name, in README and in the paper notes (filled where
+    # there is one)
+    notes = project / "docs/paper.md"
+    for doc in (project / "README.md", notes):
+        doc.write_text(doc.read_text().replace(
+            "<!-- results:claims_cpu:begin -->",
+            "<!-- results:claims_cpu_cut:begin -->\n<!-- results:claims_cpu_cut:end -->\n"
+            "<!-- results:claims_cpu:begin -->"))
     sh(*results, cwd=project)
     block = notes.read_text().split("<!-- results:claims_cpu_cut:begin -->")[1]
     assert "(ii) at noise 0" in block and "](claims_cpu_cut.md)." in block  # linked from docs/

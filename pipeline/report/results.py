@@ -371,6 +371,14 @@ def preset_doc(preset: Path) -> Path:
     return Path("docs") / f"{preset.stem}.md"
 
 
+def preset_block_docs(root: Path, preset: Path) -> list[Path]:
+    """The docs (relative to ``root``) that hold a preset's claims block: README always (a
+    missing block there is an error), the paper notes where they have one."""
+    notes = root / PAPER_NOTES
+    holds = notes.exists() and preset_markers(preset)[0] in notes.read_text()
+    return [README, PAPER_NOTES] if holds else [README]
+
+
 def render_preset_block(out: Outputs, preset: Path, doc: Path = README) -> str:
     """The block of a preset in ``doc`` (README or the paper notes): its claims in words,
     and where the rest is (linked from ``doc``'s folder)."""
@@ -463,11 +471,10 @@ def main(root: Path = Path("."), check: bool = False, preset: Path | None = None
     try:
         if preset is not None:
             wanted = {root / preset_doc(preset): render_doc(out, preset) + "\n"}
-            for doc in (README, PAPER_NOTES):  # README's block is required, the notes' not
-                text = (root / doc).read_text() if (root / doc).exists() else ""
-                if doc == README or preset_markers(preset)[0] in text:
-                    wanted[root / doc] = _with_block(text, render_preset_block(out, preset, doc),
-                                                     *preset_markers(preset), where=doc)
+            for doc in preset_block_docs(root, preset):
+                wanted[root / doc] = _with_block((root / doc).read_text(),
+                                                 render_preset_block(out, preset, doc),
+                                                 *preset_markers(preset), where=doc)
         else:
             wanted = {root / DOC: render_doc(out) + "\n",
                       readme: _with_block(readme.read_text(), render_readme_block(out))}
