@@ -186,11 +186,15 @@ def test_dvc_plots_show_renders_every_declared_plot(project, tmp_path):
         (entry,) = shown["data"][plot.name]
         spec = entry["content"]
         values = spec["data"]["values"]
-        encoding = spec["encoding"]
-        if plot.template == "by_model":  # one point per (model, noise fraction), by model
-            assert len(values) == 3 * 2
+        if plot.template == "by_model":  # one point per (model, noise fraction), by model,
+            assert len(values) == 3 * 2  # over a band (tests/test_plot_templates.py)
+            band, line = spec["spec"]["layer"]
+            assert band["mark"]["type"] == "errorband"
+            encoding = spec["spec"]["encoding"] | line["encoding"]
             assert encoding["color"]["field"] == "model"
+            assert spec["facet"]["row"]["field"] == "dataset"
         else:  # one line per run: every row of every training log
+            encoding = spec["encoding"]
             assert len(values) == len(curves) and plot.y[0][0] == stage_table.CURVES_CSV
             assert encoding["color"]["field"] == "noise_fraction"
             assert encoding["column"]["field"] == "model"

@@ -164,6 +164,7 @@ RUN_MATRIX = tuple(_grid.GRID_AXES)  # the per-run stages: one job per training 
 _TRAIN_CODE = (
     "pipeline/stages/train.py",
     "pipeline/maths/models.py",
+    "pipeline/maths/resnet.py",
     "pipeline/maths/losses.py",
     "pipeline/maths/simplex.py",
     "pipeline/maths/theory.py",
@@ -362,9 +363,11 @@ def _curve_plot(name: str, column: str, title: str, y_label: str) -> Plot:
     )
 
 
-# Custom Vega-Lite templates in .dvc/plots/: "by_model" draws a line per model, "curves" a line
-# per run (colour: noise fraction); both facet by dataset and augmentation and dash by
-# revision, so `dvc plots diff` overlays commits. DVC reads plot data from CSV, not Parquet:
+# Custom Vega-Lite templates in .dvc/plots/: "by_model" draws a line per model over a band of
+# one standard deviation over the seeds (the summary's <metric>_std beside the plotted
+# <metric>_mean; none with one seed; tests/test_plot_templates.py), "curves" a line per run
+# (colour: noise fraction); both facet by dataset and augmentation and dash by revision, so
+# `dvc plots diff` overlays commits. DVC reads plot data from CSV, not Parquet:
 # hence aggregate's training_curves.csv.
 PLOTS: tuple[Plot, ...] = (
     Plot(
@@ -372,7 +375,7 @@ PLOTS: tuple[Plot, ...] = (
         y=((SUMMARY_CSV, "iterations_to_fit_mean"),),
         x="noise_fraction",
         template="by_model",
-        title="Iterations to fit the noisy labels, mean over the seeds that fit",
+        title="Iterations to fit the noisy labels, mean (band: one std) over the seeds that fit",
         x_label="noise fraction p",
         y_label="iterations to fit (SGD steps)",
     ),
@@ -381,7 +384,7 @@ PLOTS: tuple[Plot, ...] = (
         y=((SUMMARY_CSV, "test_accuracy_class_mean_mean"),),
         x="noise_fraction",
         template="by_model",
-        title="Test accuracy of the class-mean classifier, mean over seeds",
+        title="Test accuracy of the class-mean classifier, mean (band: one std) over seeds",
         x_label="noise fraction p",
         y_label="test accuracy (fraction)",
     ),
