@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.maths.resnet import CifarResNet18
 from pipeline.maths.simplex import regular_simplex
 
 MODELS = ("supcon", "supcon_mv", "ce", "ce_fixed")
@@ -71,24 +72,19 @@ class MLPEncoder(nn.Module):
 
 
 class ResNet18Encoder(nn.Module):
-    """torchvision's ResNet-18, CIFAR variant (docs/paper.md): a 3x3 stride-1 stem and no
-    max-pool, so 32x32 inputs keep their resolution; the 512-d pooled output is the
-    representation (no fc layer)."""
+    """ResNet-18, CIFAR variant (docs/paper.md): a 3x3 stride-1 stem and no max-pool, so
+    32x32 inputs keep their resolution; the 512-d pooled output is the representation (no fc
+    layer). torchvision's network, built without importing torchvision
+    (pipeline/maths/resnet.py)."""
 
     def __init__(self, input_shape: tuple[int, int, int], hidden_dims, representation_dim: int):
         super().__init__()
-        from torchvision.models import resnet18
-
         if representation_dim != 512:
             raise ValueError(
                 f"encoder resnet18 has a 512-d pooled output, representation_dim is "
                 f"{representation_dim}"
             )
-        net = resnet18(weights=None)
-        net.conv1 = nn.Conv2d(input_shape[0], 64, kernel_size=3, stride=1, padding=1, bias=False)
-        net.maxpool = nn.Identity()
-        net.fc = nn.Identity()
-        self.net = net
+        self.net = CifarResNet18(input_shape[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)  # (B, 3, 32, 32) -> (B, 512)
