@@ -28,8 +28,9 @@ def _parser() -> argparse.ArgumentParser:
         for w in stage.matrix:
             p.add_argument(f"--{w.replace('_', '-')}", dest=w, required=True,
                            type=stage_table.WILDCARD_TYPES[w])
-        for name in [*stage.deps, *stage.outs]:
-            p.add_argument(f"--{name.replace('_', '-')}", dest=name, required=True, type=Path)
+        for name in [*stage.deps, *stage.outs]:  # a dep some grids do not need is optional
+            p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=Path,
+                           required=name not in stage.needed_when)
         p.add_argument("--log", type=Path, help="also write the log to this file")
     p = sub.add_parser(
         "results",

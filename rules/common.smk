@@ -40,7 +40,7 @@ def get_grid_files(stage, name):
 
 def get_inputs(stage):
     inputs = {"code": list(stage.code)}
-    for name, dep in stage.deps.items():
+    for name, dep in stage.deps_for(GRID).items():
         inputs[name] = get_grid_files(stage, name) if isinstance(dep, S.GridDir) else dep
     return inputs
 
@@ -80,7 +80,7 @@ def get_resources(stage):
 
 def get_shell(stage):
     values = {w: f"{{wildcards.{w}}}" for w in stage.matrix}
-    for name, dep in stage.deps.items():
+    for name, dep in stage.deps_for(GRID).items():
         values[f"in.{name}"] = dep.path if isinstance(dep, S.GridDir) else f"{{input.{name}}}"
     values |= {f"out.{name}": f"{{output.{name}}}" for name in stage.outs}
     values["log"] = "{log}"

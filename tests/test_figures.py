@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+from pathlib import Path
 
 import matplotlib as mpl
 import matplotlib.image
@@ -12,8 +13,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+import yaml
 
-from pipeline.infra import schemas, stage_table
+from pipeline.infra import frontends, schemas, stage_table
 from pipeline.infra.io import InputError, write_parquet
 from pipeline.infra.runs import Run
 from pipeline.stages.aggregate import aggregate_runs, growth_of, load_train_logs
@@ -161,7 +163,8 @@ def write_run(dirs, job: dict[str, str]) -> None:
 
 def build_inputs(tmp_path, grid: dict) -> dict:
     """Every run of ``grid`` written as the geometry and train stages would, aggregated into
-    a runs table, and a free-features records table: the figures stage's inputs."""
+    a runs table, and a free-features records table: the figures stage's inputs on ``grid``
+    (the free features only where it sweeps tau, as both front-ends pass them)."""
     dirs = {"geometry": tmp_path / "geometry", "logs": tmp_path / "train_logs"}
     for job in stage_table.grid_jobs(stage_table.TRAIN, grid):
         write_run(dirs, job)
@@ -179,9 +182,11 @@ def build_inputs(tmp_path, grid: dict) -> dict:
         growth=tmp_path / "summary" / "growth.json",
         headline=tmp_path / "summary" / "headline.json",
     )
-    return {"runs": runs, "growth": tmp_path / "summary" / "growth.json",
-            "geometry_dir": dirs["geometry"], "train_log_dir": dirs["logs"],
-            "free_features": free_features}
+    inputs = {"runs": runs, "growth": tmp_path / "summary" / "growth.json",
+              "geometry_dir": dirs["geometry"], "train_log_dir": dirs["logs"],
+              "free_features": free_features}
+    return {name: path for name, path in inputs.items()
+            if name in stage_table.FIGURES.deps_for(grid)}
 
 
 @pytest.fixture
@@ -211,6 +216,27 @@ def test_draw_figures_writes_png_and_pdf_of_each_figure(tmp_path, inputs):
         round(4.8 * DPI),
         round(7.0 * DPI),
     )
+
+
+def test_the_free_features_are_an_input_exactly_when_the_grid_sweeps_tau(tmp_path, inputs):
+    """Only the temperature figure reads them: on a one-tau grid neither front-end passes them
+    (a free-features change reruns no figure), and the stage refuses a mismatch by name."""
+    assert "free_features" not in inputs  # GRID holds one temperature
+    free = tmp_path / "free.parquet"
+    free_features_table(free)
+    with pytest.raises(InputError, match=r"grid.temperatures is \[0.1\], so the free-features "
+                       r"table is not read; got .*free.parquet"):
+        draw(inputs | {"free_features": free}, tmp_path / "a")
+    swept = {**PARAMS, "grid": {**GRID, "temperatures": [0.1, 0.5]}}
+    with pytest.raises(InputError, match=r"is needed \(--free-features\); got none"):
+        draw(inputs, tmp_path / "b", swept)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    root = Path(__file__).resolve().parents[1]
+    for params, needed in ((root / "params.yaml", False),
+                           (root / "presets" / "temperature.yaml", True)):
+        figures = yaml.safe_load(frontends.render(params))["stages"]["figures"]
+        assert (stage_table.FREE_FEATURES_TABLE in figures["deps"]) == needed, params
+        assert ("--free-features" in figures["cmd"]) == needed, params
 
 
 def test_rerun_gives_byte_identical_files(tmp_path, inputs):

@@ -73,8 +73,8 @@ EVERY_RUN = (
 
 def test_figure_lineage_reaches_the_raw_data_with_lock_md5s_params_and_commit(project):
     doc = lineage_json(project, FIGURE)
-    # the figures stage also reads the free-features records (for a temperature sweep), but
-    # this figure is not drawn from them: only what it draws is in its chain
+    # only what the figure is drawn from is in its chain (the figures stage reads the
+    # free-features records on a grid sweeping tau alone: tests/test_figures.py)
     assert {link["stage"] for link in doc["links"]} == {"figures"} | EVERY_RUN
     assert doc["links"][0]["stage"] == "figures" and doc["links"][0]["depth"] == 0
     assert doc["artifact"]["md5"] == doc["artifact"]["md5_on_disk"] == md5(project / FIGURE)

@@ -59,14 +59,15 @@ def job_lists(grid: dict) -> dict[str, dict[str, dict[str, str]]]:
     return lists
 
 
-def stage_entry(stage: stage_table.Stage) -> dict:
+def stage_entry(stage: stage_table.Stage, grid: dict) -> dict:
+    deps = stage.deps_for(grid)
     values = {w: f"${{item.{w}}}" for w in stage.matrix}
-    values |= {f"in.{n}": _dvc(stage.dep_path(n)) for n in stage.deps}
+    values |= {f"in.{n}": _dvc(stage.dep_path(n)) for n in deps}
     values |= {f"out.{n}": _dvc(p) for n, p in stage.outs.items()}
     values["log"] = _dvc(stage.log)
     entry: dict = {}
     entry["cmd"] = stage.command(values)
-    entry["deps"] = [*stage.code, *(_dvc(stage.dep_path(n)) for n in stage.deps)]
+    entry["deps"] = [*stage.code, *(_dvc(stage.dep_path(n)) for n in deps)]
     entry["params"] = [_dvc(key) for key in stage.params]
     entry["outs"] = [_dvc(p) for n, p in stage.outs.items() if n not in stage.metrics]
     if stage.metrics:
@@ -84,7 +85,7 @@ def plot_entry(plot: stage_table.Plot) -> dict:
 def render(params_file: str | Path = stage_table.PARAMS_FILE) -> str:
     grid = load_params(params_file)["grid"]
     doc = {
-        "stages": {s.name: stage_entry(s) for s in stage_table.STAGES},
+        "stages": {s.name: stage_entry(s, grid) for s in stage_table.STAGES},
         "plots": [plot_entry(p) for p in stage_table.PLOTS],
     }
     # one line per job ({dataset: digits, noise: '0.0', seed: '0'}): 216 runs stay readable

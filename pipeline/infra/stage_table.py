@@ -11,6 +11,7 @@ Path patterns use ``{wildcard}`` fields; a wildcard is one axis of the run grid 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,6 +101,14 @@ class Stage:
     # headline numbers only, not every run's metrics.json (39 runs x ~150 keys would be
     # thousands of columns); they stay outputs like any other (cached, pushed, in dvc.lock).
     metrics: tuple[str, ...] = field(default=())
+    # Deps read only on some grids: dep name -> whether a grid needs it. Both front-ends leave
+    # the others out (no input, no CLI option), so a change to them reruns nothing.
+    needed_when: dict[str, Callable[[dict], bool]] = field(default_factory=dict)
+
+    def deps_for(self, grid: dict) -> dict[str, str | GridDir]:
+        """The deps a job of this stage reads on ``grid``."""
+        return {name: dep for name, dep in self.deps.items()
+                if name not in self.needed_when or self.needed_when[name](grid)}
 
     @property
     def module(self) -> str:
@@ -114,11 +123,13 @@ class Stage:
         """The exact shell command of one job; ``values`` maps each placeholder to its text.
 
         Placeholders: each wildcard by name, each input as ``in.<name>``, each output as
-        ``out.<name>`` and ``log``. Front-ends pass their own spelling of each placeholder.
+        ``out.<name>`` and ``log``. Front-ends pass their own spelling of each placeholder,
+        for the inputs of ``deps_for(grid)``: a dep the grid does not need has none.
         """
         parts = ["python -m pipeline", self.name, "--params", params_file]
         parts += [f"--{_flag(w)} {values[w]}" for w in self.matrix]
-        parts += [f"--{_flag(n)} {values['in.' + n]}" for n in self.deps]
+        parts += [f"--{_flag(n)} {values['in.' + n]}" for n in self.deps
+                  if n not in self.needed_when or f"in.{n}" in values]
         parts += [f"--{_flag(n)} {values['out.' + n]}" for n in self.outs]
         parts += [f"--log {values['log']}"]
         return " ".join(parts)
@@ -272,6 +283,9 @@ FIGURES = Stage(
         "train_log_dir": GridDir(TRAIN_LOG_DIR, (TRAIN_LOG,)),
         "free_features": FREE_FEATURES_TABLE,  # the temperature figure's free-feature side
     },
+    # only a grid that sweeps tau draws the temperature figure (sweep_plots.sweeps: an axis
+    # with two values or more), so only its figures rerun when the free features change
+    needed_when={"free_features": lambda grid: len(grid["temperatures"]) >= 2},
     outs={"figures": FIGURES_DIR},
     # The temperature figure marks which tau reach the simplex by the claims' own tolerances:
     # these three keys only, so another claims tolerance reruns no figure.

@@ -290,8 +290,9 @@ def figure_inputs(
     }
 
 
-def draw_sweeps(params: dict, directory: Path, run_table: pd.DataFrame, free: pd.DataFrame, *,
-                runs: Path, geometry_dir: Path, free_features: Path) -> list[str]:
+def draw_sweeps(params: dict, directory: Path, run_table: pd.DataFrame,
+                free: pd.DataFrame | None, *, runs: Path, geometry_dir: Path,
+                free_features: Path | None) -> list[str]:
     """The sweep figures (pipeline/report/sweep_plots.py) of every dataset and augmentation into
     ``directory``, each recording the files it is drawn from; the names of the files written."""
     grid, names = params["grid"], []
@@ -320,18 +321,26 @@ def draw_sweeps(params: dict, directory: Path, run_table: pd.DataFrame, free: pd
 
 def draw_figures(
     params: dict, *, runs: Path, growth: Path, geometry_dir: Path, train_log_dir: Path,
-    free_features: Path, figures: Path,
+    figures: Path, free_features: Path | None = None,
 ) -> list[Path]:
     """Draw the five figures of every dataset, and the sweep figures of a grid that sweeps a
     setting axis, into directory ``figures`` (replaced as a whole); return the paths of the
-    files written, in a fixed order."""
+    files written, in a fixed order. ``free_features``: the free-features table, read by the
+    temperature figure only, so given exactly when the grid sweeps tau."""
     grid = params["grid"]
+    needed = stage_table.FIGURES.needed_when["free_features"](grid)
+    if needed != (free_features is not None):
+        raise InputError(
+            f"figures: grid.temperatures is {grid['temperatures']}, so the free-features table "
+            f"is {'needed (--free-features)' if needed else 'not read'}; got "
+            f"{'none' if free_features is None else free_features}")
     dpi = int(params["figures"]["dpi"])
     noise = float(params["figures"]["geometry_noise"])
     run_table = with_setting(load_runs_table(Path(runs), grid))
     cosines = with_setting(load_cosines(Path(geometry_dir), grid, noise))
     logs = with_setting(load_train_logs(Path(train_log_dir), grid))
-    free = read_parquet(Path(free_features), sweep_plots.FREE_FEATURES_COLUMNS).to_pandas()
+    free = None if free_features is None else read_parquet(
+        Path(free_features), sweep_plots.FREE_FEATURES_COLUMNS).to_pandas()
     fits = read_growth(Path(growth), grid)
     settings = list(dict.fromkeys(run_table["setting"]))  # in grid order
     names: list[str] = []
