@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from pathlib import Path
 
 import matplotlib as mpl
 import matplotlib.image
@@ -14,6 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 import yaml
+from conftest import ROOT
 
 from pipeline.infra import frontends, schemas, stage_table
 from pipeline.infra.io import InputError, write_parquet
@@ -231,9 +231,8 @@ def test_the_free_features_are_an_input_exactly_when_the_grid_sweeps_tau(tmp_pat
     with pytest.raises(InputError, match=r"is needed \(--free-features\); got none"):
         draw(inputs, tmp_path / "b", swept)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
-    root = Path(__file__).resolve().parents[1]
-    for params, needed in ((root / "params.yaml", False),
-                           (root / "presets" / "temperature.yaml", True)):
+    for params, needed in ((ROOT / "params.yaml", False),
+                           (ROOT / "presets" / "temperature.yaml", True)):
         figures = yaml.safe_load(frontends.render(params))["stages"]["figures"]
         assert (stage_table.FREE_FEATURES_TABLE in figures["deps"]) == needed, params
         assert ("--free-features" in figures["cmd"]) == needed, params

@@ -36,6 +36,12 @@ def grid_axis(wildcard: str) -> str:
     return GRID_AXES[wildcard].split(".", 1)[1]
 
 
+def sweeps_axis(grid: dict, wildcard: str) -> bool:
+    """Whether ``grid`` sweeps the setting axis ``wildcard``: two values or more (what draws
+    its sweep figure, pipeline/report/sweep_plots.py)."""
+    return len(grid[grid_axis(wildcard)]) >= 2
+
+
 def run_sets(grid: dict) -> dict[str, dict[str, list]]:
     """The grid's sub-grids, each as wildcard -> values (an axis a sub-grid leaves out takes
     all of the grid's values); a grid without ``run_sets`` is one product, named "grid"."""

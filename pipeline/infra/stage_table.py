@@ -283,9 +283,9 @@ FIGURES = Stage(
         "train_log_dir": GridDir(TRAIN_LOG_DIR, (TRAIN_LOG,)),
         "free_features": FREE_FEATURES_TABLE,  # the temperature figure's free-feature side
     },
-    # only a grid that sweeps tau draws the temperature figure (sweep_plots.sweeps: an axis
-    # with two values or more), so only its figures rerun when the free features change
-    needed_when={"free_features": lambda grid: len(grid["temperatures"]) >= 2},
+    # only a grid that sweeps tau draws the temperature figure, so only its figures rerun when
+    # the free features change
+    needed_when={"free_features": lambda grid: _grid.sweeps_axis(grid, "temperature")},
     outs={"figures": FIGURES_DIR},
     # The temperature figure marks which tau reach the simplex by the claims' own tolerances:
     # these three keys only, so another claims tolerance reruns no figure.

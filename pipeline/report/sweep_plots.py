@@ -36,7 +36,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import NullLocator
 
-from pipeline.infra.grid import GRID_AXES, grid_axis
+from pipeline.infra.grid import GRID_AXES, sweeps_axis
 from pipeline.infra.grid import jobs as grid_jobs
 from pipeline.infra.runs import COLUMNS, SETTING, Run, setting_name
 from pipeline.maths.imbalance import minority_classes
@@ -102,10 +102,10 @@ def sweeps(runs: pd.DataFrame, grid: dict) -> list[Sweep]:
     at = runs[runs["noise_fraction"] == noise]
     found = []
     for axis, kind in SWEEPS.items():
-        if len(grid[grid_axis(axis)]) < 2:
+        if not sweeps_axis(grid, axis):
             continue
         others = [a for a in SETTING if a != axis]
-        named = any(len(grid[grid_axis(a)]) > 1 for a in others)
+        named = any(sweeps_axis(grid, a) for a in others)
         for key, group in at.groupby(others, sort=False):
             fixed = dict(zip(others, key, strict=True))
             where = (f"{kind} figure of {group['dataset'].iloc[0]}/"

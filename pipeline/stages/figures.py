@@ -328,7 +328,7 @@ def draw_figures(
     files written, in a fixed order. ``free_features``: the free-features table, read by the
     temperature figure only, so given exactly when the grid sweeps tau."""
     grid = params["grid"]
-    needed = stage_table.FIGURES.needed_when["free_features"](grid)
+    needed = "free_features" in stage_table.FIGURES.deps_for(grid)
     if needed != (free_features is not None):
         raise InputError(
             f"figures: grid.temperatures is {grid['temperatures']}, so the free-features table "
