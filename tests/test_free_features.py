@@ -226,3 +226,37 @@ def test_stage_writes_table_and_figures_byte_identically(tmp_path):
     assert (table["experiment"] == "multiset").sum() == 9
     assert table["gap"].notna().all()
     np.testing.assert_allclose(table["gap"], table["eval_loss"] - table["eval_optimum"])
+
+
+@pytest.mark.e2e
+def test_stage_calls_no_blas(tmp_path):
+    """MKL's float64 BLAS gives other bytes on other CPU vendors (pipeline/maths/products.py):
+    the stage, run as its own process under ``MKL_VERBOSE=1``, makes no MKL call. The same
+    process then multiplies two float64 matrices with ``torch.mm``: that call is seen, so
+    the check can see one."""
+    import json
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    script = (
+        "import json, sys, pipeline, torch\n"
+        "from pipeline.stages.free_features import free_features\n"
+        "params = json.loads(sys.argv[1])\n"
+        f"free_features(params, table={str(tmp_path / 't.parquet')!r}, "
+        f"figures={str(tmp_path / 'figures')!r})\n"
+        "print('STAGE DONE', flush=True)\n"
+        "torch.mm(torch.ones(3, 3, dtype=torch.float64), torch.ones(3, 3, dtype=torch.float64))\n"
+    )
+    env = {**os.environ, "MKL_VERBOSE": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", script, json.dumps({"free_features": tiny_section()})],
+        cwd=ROOT, env=env, capture_output=True, text=True, check=True,
+    ).stdout
+    stage, control = out.split("STAGE DONE")
+    call = re.compile(r"^MKL_VERBOSE\s+[A-Z][A-Z0-9_]*\(", re.MULTILINE)
+    assert call.findall(stage) == []
+    assert [c.strip() for c in call.findall(control)] == ["MKL_VERBOSE DGEMM("]

@@ -39,10 +39,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.maths import theory
+from pipeline.maths import products, theory
 from pipeline.maths.losses import cross_entropy_loss, supcon_loss
 from pipeline.maths.metrics import pairwise_cosines, row_cosines
-from pipeline.maths.optim import Adam
+from pipeline.maths.optim import LBFGS, Adam
 from pipeline.maths.simplex import regular_simplex
 
 LOSSES = ("supcon", "ce_fixed", "ce")
@@ -85,7 +85,7 @@ def batch_losses(
     N x N Gram matrix, so the cost is one (N, N) product plus O(M b^2).
     """
     b = batches.shape[1]
-    gram = features @ features.T / temperature  # (N, h) @ (h, N) -> (N, N)
+    gram = products.matmul(features, features.T) / temperature  # (N, h) @ (h, N) -> (N, N)
     logits = gram[batches[:, :, None], batches[:, None, :]]  # (M, b, b)
     self_mask = torch.eye(b, dtype=torch.bool, device=features.device)
     logits = logits.masked_fill(self_mask, float("-inf"))  # the sum runs over a != i
@@ -191,7 +191,8 @@ class Problem:
             z, y = z[idx], y[idx]
         if self.run.loss_name == "supcon":
             return supcon_loss(z, y, self.run.temperature)
-        return cross_entropy_loss(z @ self.current_head().T, y)  # (b, h) @ (h, K) -> (b, K)
+        logits = products.matmul(z, self.current_head().T)  # (b, h) @ (h, K) -> (b, K)
+        return cross_entropy_loss(logits, y)
 
     def current_head(self) -> torch.Tensor:
         """The fixed simplex, or the learned head on the boundary of its constraint set,
@@ -299,28 +300,14 @@ def multisets(num_samples: int, batch_size: int) -> np.ndarray:
 
 
 def minimise_lbfgs(param: torch.Tensor, objective, iterations: int, each=None) -> None:
-    """``iterations`` L-BFGS steps (strong Wolfe line search) on ``param``; ``each(step)`` is
-    called before every step and after the last, for records."""
-    optimizer = torch.optim.LBFGS(
-        [param],
-        lr=1.0,
-        max_iter=1,
-        tolerance_grad=0.0,
-        tolerance_change=0.0,
-        line_search_fn="strong_wolfe",
-    )
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad(set_to_none=True)
-        loss = objective()
-        loss.backward()
-        return loss
-
+    """``iterations`` L-BFGS steps (strong Wolfe line search, pipeline.maths.optim) on
+    ``param``; ``each(step)`` is called before every step and after the last, for records."""
+    optimizer = LBFGS(param, objective)
     for step in range(iterations + 1):
         if each is not None:
             each(step)
         if step < iterations:
-            optimizer.step(closure)
+            optimizer.step()
 
 
 def single_batch_minimum(

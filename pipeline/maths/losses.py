@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
+from pipeline.maths import products
+
 # The (b, b) Gram matrix is symmetric. On the CPU it is built from row blocks of this many rows,
 # each multiplied only with itself and the rows below it (b = 1024: 16 blocks, 136 of 256 block
 # products), and the lower triangle is copied. The products saved scale with b^2 h, the copies
@@ -70,7 +72,7 @@ class _SupCon(torch.autograd.Function):
         # Row first_i of class_sums holds S_{y_i}; positives_i = sum_{p in P(i)} z_p, weighted.
         class_sums = torch.zeros_like(z).index_add_(0, first, z)
         weighted_positives = class_sums.index_select(0, first).sub_(z).mul_(weight[:, None])
-        positive_total = torch.vdot(weighted_positives.flatten(), z.flatten())  # times tau
+        positive_total = products.dot(weighted_positives, z)  # times tau
         # log sum_{a != i} exp(logit_ia): the max of a softmax row is 1 / sum_a exp(logit_ia -
         # max_a logit_ia), so the log-denominator is max_a logit_ia - log(max_a softmax_ia).
         logits.fill_diagonal_(float("-inf"))
@@ -91,7 +93,7 @@ class _SupCon(torch.autograd.Function):
         # transposed copy plus an add is several times faster than adding a strided transpose.)
         d_logits = softmax * (has_positive * (grad * scale))[:, None]  # (b, b)
         d_logits += d_logits.T.contiguous()
-        d_z = d_logits @ z  # (b, b) @ (b, h) -> (b, h)
+        d_z = products.matmul(d_logits, z)  # (b, b) @ (b, h) -> (b, h)
         # Positive term: -sum_i w_i <z_i, S_{y_i} - z_i> is, per class c with weight w_c,
         # -w_c (|S_c|^2 - sum_{i in c} |z_i|^2), whose gradient at z_k is -2 w_c (S_c - z_k).
         return d_z.addcmul_(weighted_positives, grad, value=-2.0 * scale), None, None
@@ -100,8 +102,11 @@ class _SupCon(torch.autograd.Function):
 def _scaled_gram(z: torch.Tensor, scale: float) -> torch.Tensor:
     """scale * z @ z.T, (b, h) -> (b, b). On the CPU, for h >= 128, each row block is
     multiplied only with itself and the rows below it, straight into the output, and the
-    transposes are copied; on a GPU the extra launches would cost more than the FLOPs saved."""
+    transposes are copied; on a GPU the extra launches would cost more than the FLOPs saved.
+    float64 on the CPU: no BLAS (pipeline/maths/products.py says why)."""
     b, h = z.shape
+    if z.dtype == torch.float64 and z.device.type == "cpu":
+        return products.matmul(z, z.T).mul_(scale)
     blocks = max(1, min(_GRAM_MAX_BLOCKS, b // _GRAM_BLOCK_ROWS))
     out = torch.empty(b, b, dtype=z.dtype, device=z.device)
     if blocks == 1 or h < _GRAM_MIN_DIM or z.device.type != "cpu":
