@@ -12,8 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.infra import schemas, stage_table
-from pipeline.infra.io import InputError, write_parquet
+from pipeline.infra import inputs, schemas, stage_table
+from pipeline.infra.io import InputError, file_md5, read_metadata, write_parquet
+from pipeline.infra.runs import Run
 from pipeline.stages.aggregate import aggregate_runs
 
 # Model order deliberately not alphabetical: the outputs must keep the grid's order.
@@ -93,10 +94,13 @@ def write_grid(geometry_dir, grid=GRID) -> None:
     """Every run's geometry metrics, and its training log in the sibling train_logs/."""
     for job in stage_table.grid_jobs(stage_table.GEOMETRY, grid):
         noise, seed = float(job["noise_fraction"]), int(job["seed"])
-        metrics = metrics_for(job["dataset"], job["model"], noise, seed)
-        write_run(geometry_dir, metrics, job["noise_fraction"])
         log = stage_table.run_file(stage_table.TRAIN_LOG, geometry_dir.parent / "train_logs", **job)
         write_parquet(log_for(noise, seed), log)
+        metrics = metrics_for(job["dataset"], job["model"], noise, seed)
+        # measured on that log, as geometry records it
+        metrics[inputs.KEY] = {"embeddings": "e" * 32, "head": "h" * 32,
+                               "train_log": file_md5(log)}
+        write_run(geometry_dir, metrics, job["noise_fraction"])
 
 
 def outputs(tmp_path):
@@ -335,3 +339,40 @@ def test_a_missing_training_log_is_an_error_naming_its_path(tmp_path, geometry_d
     with pytest.raises(InputError, match=re.escape(str(missing))):
         aggregate(tmp_path)
     assert not outputs(tmp_path)["curves"].exists()
+
+
+def test_outputs_record_the_files_they_were_made_from(tmp_path, geometry_dir):
+    """Issue 23: the runs table records every metrics.json and training log by md5 (by run
+    name), the summary and growth fits the runs table they were computed from."""
+    paths = outputs(tmp_path)
+    aggregate(tmp_path)
+    made_from = read_metadata(paths["runs"])[inputs.KEY]
+    jobs = stage_table.grid_jobs(stage_table.GEOMETRY, GRID)
+    assert list(made_from) == ["metrics", "train_logs"]
+    for job in jobs:
+        name = Run.of(job).name
+        assert made_from["metrics"][name] == file_md5(
+            stage_table.run_file(stage_table.GEOMETRY_METRICS, tmp_path / "geometry", **job))
+        assert made_from["train_logs"][name] == file_md5(
+            stage_table.run_file(stage_table.TRAIN_LOG, tmp_path / "train_logs", **job))
+    assert len(made_from["metrics"]) == len(jobs) == 12
+    runs_md5 = {"runs": file_md5(paths["runs"])}
+    assert read_metadata(paths["summary"])[inputs.KEY] == runs_md5
+    assert json.loads(paths["growth"].read_text())[inputs.KEY] == runs_md5
+    assert inputs.KEY not in json.loads(paths["headline"].read_text())  # a DVC metrics file
+
+
+def test_a_training_log_of_another_training_of_the_same_run_is_refused(tmp_path, geometry_dir):
+    """Same run, same schema, other bytes (a retraining): its metrics.json was measured on
+    another log, so aggregate refuses to pair them, naming both md5s, and writes nothing."""
+    job = {"dataset": "digits", "model": "ce", "augmentation": "none", **SETTING_TEXT,
+           "noise_fraction": "0.5", "seed": "1"}
+    log = stage_table.run_file(stage_table.TRAIN_LOG, tmp_path / "train_logs", **job)
+    metrics = stage_table.run_file(stage_table.GEOMETRY_METRICS, tmp_path / "geometry", **job)
+    want = file_md5(log)
+    write_parquet(log_for(0.5, 2), log)  # another training's numbers, the same run's path
+    with pytest.raises(InputError, match=(
+            rf"{re.escape(str(metrics))}: made from train_log with md5 {want} \(field "
+            rf"inputs.train_log\), but {re.escape(str(log))} has md5 {file_md5(log)}")):
+        aggregate(tmp_path)
+    assert not any(p.exists() for p in outputs(tmp_path).values())

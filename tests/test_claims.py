@@ -12,7 +12,7 @@ import yaml
 from conftest import ROOT
 from scipy.stats import ConstantInputWarning, spearmanr
 
-from pipeline.infra.io import write_json, write_parquet
+from pipeline.infra.io import InputError, file_md5, write_json, write_parquet
 from pipeline.infra.runs import SETTING, setting_name
 from pipeline.stages import claims
 
@@ -72,7 +72,8 @@ def tabulate(directory, runs: pd.DataFrame, growth: dict = GROWTH, grid=RECORDED
     directory.mkdir(parents=True, exist_ok=True)
     write_parquet(pa.Table.from_pandas(runs, preserve_index=False), directory / "runs.parquet",
                   metadata={"grid": RECORDED_GRID})
-    write_json({**growth, "grid": grid}, directory / "growth.json")
+    write_json({**growth, "grid": grid, "inputs": {"runs": file_md5(directory / "runs.parquet")}},
+               directory / "growth.json")
     write_parquet(free_table(), directory / "free.parquet")
     out = {"table": directory / "claims.csv", "markdown_table": directory / "claims.md",
            "verdicts": directory / "verdicts.json"}
@@ -145,6 +146,29 @@ def test_growth_fits_of_another_grid_are_refused_by_name(tmp_path):
         f"{tmp_path / 'runs.parquet'}: grid.seeds: [0, 1], expected [0, 1, 2]")
     assert not (tmp_path / "claims.csv").exists()
 
+
+
+def test_growth_fits_of_another_runs_table_of_the_same_grid_are_refused(tmp_path):
+    """Issue 23: a runs table swapped for another one of the same grid (same shape, other
+    numbers) under growth fits made from the first: the md5 they record names it."""
+    tabulate(tmp_path, runs_table())
+    made_from = json.loads((tmp_path / "growth.json").read_text())["inputs"]["runs"]
+    swapped = runs_table()
+    swapped["nc1"] = swapped["nc1"] + 0.01
+    write_parquet(pa.Table.from_pandas(swapped, preserve_index=False), tmp_path / "runs.parquet",
+                  metadata={"grid": RECORDED_GRID})
+    (tmp_path / "claims.csv").unlink()
+    with pytest.raises(InputError) as error:
+        claims.tabulate_claims({"claims": TOLERANCES}, runs=tmp_path / "runs.parquet",
+                               growth=tmp_path / "growth.json",
+                               free_features=tmp_path / "free.parquet",
+                               table=tmp_path / "claims.csv",
+                               markdown_table=tmp_path / "claims.md",
+                               verdicts=tmp_path / "verdicts.json")
+    assert str(error.value).startswith(
+        f"{tmp_path / 'growth.json'}: made from runs with md5 {made_from} (field inputs.runs), "
+        f"but {tmp_path / 'runs.parquet'} has md5 ")
+    assert not (tmp_path / "claims.csv").exists()
 
 def test_outputs_markdown_and_metrics(table):
     frame, out = table

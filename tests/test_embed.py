@@ -1,11 +1,14 @@
 """Stage embed: every sample's representation and the head, from a run's checkpoint."""
 
+import re
+
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from runs import run, run_of
 
-from pipeline.infra import schemas
+from pipeline.infra import io, schemas
 from pipeline.infra.io import read_metadata
 from pipeline.stages.embed import extract_embeddings
 
@@ -62,3 +65,36 @@ def test_embed_refuses_a_checkpoint_made_with_another_config(tmp_path, small_par
             checkpoint=paths["checkpoint"], embeddings=tmp_path / "e", head=tmp_path / "h",
         )
     assert not (tmp_path / "e").exists()
+
+
+def test_embed_refuses_labels_of_the_same_run_made_since_training(tmp_path, small_params,
+                                                                labels):
+    """Issue 23: the labels file of the run, rewritten after training (same identity, same
+    samples and clean labels, one noisy label moved: what regenerating under another noise
+    draw gives): the checkpoint records the md5 it was trained on, so embed refuses."""
+    _, paths = run(tmp_path, small_params, labels, "ce")
+    trained_on = io.file_md5(labels)
+    table = pq.read_table(labels)
+    noisy = table["noisy_label"].to_numpy().copy()
+    noisy[0] = (noisy[0] + 1) % 10
+    meta = io.read_metadata(labels)
+    io.write_parquet(table.set_column(table.schema.get_field_index("noisy_label"), "noisy_label",
+                                      pa.array(noisy)).replace_schema_metadata(None),
+                     labels, metadata=meta)
+    out = {"embeddings": tmp_path / "e.parquet", "head": tmp_path / "h.parquet"}
+    with pytest.raises(io.InputError, match=(
+            rf"a.pt: made from labels with md5 {trained_on} \(field inputs.labels\), but "
+            rf"{re.escape(str(labels))} has md5 {io.file_md5(labels)}")):
+        extract_embeddings(small_params, run=run_of(small_params, "ce"), labels=labels,
+                           checkpoint=paths["checkpoint"], **out)
+    assert not out["embeddings"].exists() and not out["head"].exists()
+
+
+def test_embeddings_and_head_record_the_checkpoint_and_labels(tmp_path, small_params, labels):
+    _, paths = run(tmp_path, small_params, labels, "ce_fixed")
+    out = {"embeddings": tmp_path / "e.parquet", "head": tmp_path / "h.parquet"}
+    extract_embeddings(small_params, run=run_of(small_params, "ce_fixed"), labels=labels,
+                       checkpoint=paths["checkpoint"], **out)
+    made_from = {"checkpoint": io.file_md5(paths["checkpoint"]), "labels": io.file_md5(labels)}
+    for path in out.values():
+        assert io.read_metadata(path)["inputs"] == made_from

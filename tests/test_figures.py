@@ -11,12 +11,13 @@ import matplotlib.image
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import ROOT
 
 from pipeline.infra import frontends, schemas, stage_table
-from pipeline.infra.io import InputError, write_parquet
+from pipeline.infra.io import InputError, file_md5, write_parquet
 from pipeline.infra.runs import Run
 from pipeline.stages.aggregate import aggregate_runs, growth_of, load_train_logs
 from pipeline.stages.figures import (
@@ -133,7 +134,7 @@ def write_run(dirs, job: dict[str, str]) -> None:
     metrics = metrics_of(job)
     path = stage_table.run_file(stage_table.GEOMETRY_METRICS, dirs["geometry"], **job)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(metrics))
+    log_path = stage_table.run_file(stage_table.TRAIN_LOG, dirs["logs"], **job)
     kinds = ["class_means"] * 45 + ["sample_to_class_mean"] * 20
     values = [-1 / 9 + 0.01 * seed] * 45 + list(np.linspace(0.5, 1.0, 20))
     if model != "supcon":
@@ -155,10 +156,11 @@ def write_run(dirs, job: dict[str, str]) -> None:
         "test_accuracy_class_mean": np.array([0.1, 0.4, 0.8]) - 0.1 * noise,
         "test_accuracy_head": [None] * n if model == "supcon" else np.array([0.1, 0.4, 0.8]),
     }
-    write_parquet(
-        pa.table(log, schema=schemas.TRAIN_LOG),
-        stage_table.run_file(stage_table.TRAIN_LOG, dirs["logs"], **job),
-    )
+    write_parquet(pa.table(log, schema=schemas.TRAIN_LOG), log_path)
+    # measured on that log, as geometry records it (aggregate checks it)
+    metrics["inputs"] = {"embeddings": "e" * 32, "head": "h" * 32,
+                         "train_log": file_md5(log_path)}
+    path.write_text(json.dumps(metrics))
 
 
 def build_inputs(tmp_path, grid: dict) -> dict:
@@ -273,6 +275,39 @@ def test_growth_fits_of_another_grid_are_refused_by_name(tmp_path, inputs):
         f"grid.seeds: [7], expected {GRID['seeds']}")
     assert not (tmp_path / "figures").exists()
 
+
+
+@pytest.mark.parametrize("swapped", ["growth", "train_log", "metrics"])
+def test_a_file_of_the_same_run_made_from_other_bytes_is_refused(tmp_path, inputs, swapped):
+    """Issue 23: every file the figures read beside the runs table is the one it was made
+    from: growth fits of the same grid made from another runs table, a training log or a
+    metrics.json of the same run with other numbers. Each named, nothing drawn."""
+    job = stage_table.grid_jobs(stage_table.TRAIN, GRID)[0]
+    if swapped == "growth":
+        fits = json.loads(inputs["growth"].read_text())
+        fits["inputs"]["runs"] = "0" * 32  # made from another runs table of this grid
+        inputs["growth"].write_text(json.dumps(fits))
+        message = (rf"growth.json: made from runs with md5 0{{32}} \(field inputs.runs\), "
+                   rf"but {re.escape(str(inputs['runs']))} has md5 ")
+    elif swapped == "train_log":
+        path = stage_table.run_file(stage_table.TRAIN_LOG, inputs["train_log_dir"], **job)
+        log = pq.read_table(path)
+        loss = pa.array(log["loss"].to_numpy() + 0.5)  # the same schema, other numbers
+        write_parquet(log.set_column(log.schema.get_field_index("loss"), "loss", loss)
+                      .replace_schema_metadata(None), path)
+        message = (rf"runs.parquet: made from train_logs of run {re.escape(Run.of(job).name)} "
+                   rf"with md5 \w{{32}} \(field inputs.train_logs\), but "
+                   rf"{re.escape(str(path))} has md5 ")
+    else:
+        path = stage_table.run_file(stage_table.GEOMETRY_METRICS, inputs["geometry_dir"], **job)
+        metrics = json.loads(path.read_text())
+        metrics["nc1"] += 0.01
+        path.write_text(json.dumps(metrics))
+        message = (rf"runs.parquet: made from metrics of run {re.escape(Run.of(job).name)} "
+                   rf"with md5 \w{{32}} \(field inputs.metrics\), but ")
+    with pytest.raises(InputError, match=message):
+        draw(inputs, tmp_path / "figures")
+    assert not (tmp_path / "figures").exists()
 
 def test_runs_table_must_cover_the_grid(tmp_path, inputs):
     grid = {**GRID, "seeds": [0, 1, 2]}

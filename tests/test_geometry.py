@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.infra import io, numerics, schemas
+from pipeline.infra import inputs, io, numerics, schemas
 from pipeline.infra.runs import Run
 from pipeline.maths import metrics
 from pipeline.maths.simplex import regular_simplex, simplex_gram
@@ -38,8 +38,11 @@ def write_run(
     num_classes=None,
     accuracies=(0.5, 1.0, 1.0),
     name="run",
+    checkpoint_md5="c" * 32,
 ):
-    """Write embeddings, head and training log of a synthetic run; return their paths."""
+    """Write embeddings, head and training log of a synthetic run; return their paths. Their
+    metadata say what embed and train would: made from a checkpoint of md5 ``checkpoint_md5``
+    (the log: written beside it)."""
     train_z = np.asarray(train_z, dtype=np.float64)
     n, h = train_z.shape
     train_noisy = np.asarray(train_noisy)
@@ -77,7 +80,8 @@ def write_run(
         "head": d / "head.parquet",
         "train_log": d / "train_log.parquet",
     }
-    io.write_parquet(table, paths["embeddings"], metadata={"train_config": cfg})
+    made_from = {inputs.KEY: {"checkpoint": checkpoint_md5, "labels": "1" * 32}}
+    io.write_parquet(table, paths["embeddings"], metadata={"train_config": cfg, **made_from})
     w = np.zeros((0, h)) if head is None else np.asarray(head, dtype=np.float32)
     head_table = pa.table(
         {
@@ -86,7 +90,7 @@ def write_run(
         },
         schema=schemas.head(h),
     )
-    io.write_parquet(head_table, paths["head"])
+    io.write_parquet(head_table, paths["head"], metadata={"train_config": cfg, **made_from})
     rows = [
         {
             "iteration": 100 * (i + 1),
@@ -103,7 +107,9 @@ def write_run(
         }
         for i, a in enumerate(accuracies)
     ]
-    io.write_parquet(pa.Table.from_pylist(rows, schema=schemas.TRAIN_LOG), paths["train_log"])
+    io.write_parquet(pa.Table.from_pylist(rows, schema=schemas.TRAIN_LOG), paths["train_log"],
+                     metadata={"train_config": cfg, inputs.KEY: {"labels": "1" * 32},
+                               "written_with": {"checkpoint": checkpoint_md5}})
     return paths
 
 
@@ -123,6 +129,9 @@ def run_stage(tmp_path, paths, threshold=1.0, name="out", batch_size=geometry.BA
     metrics = json.loads(out["metrics"].read_text(), parse_constant=_no_nan)
     assert metrics.pop(numerics.METADATA_KEY)["mode"] in ("portable", "native")  # how made
     assert metrics == returned
+    # made from exactly these three files
+    assert metrics.pop(inputs.KEY) == {role: io.file_md5(paths[role])
+                                       for role in ("embeddings", "head", "train_log")}
     cosines = pq.read_table(out["cosines"]).to_pandas()
     return metrics, cosines
 
@@ -569,6 +578,38 @@ def test_embeddings_of_another_run_are_refused(tmp_path):
         geometry.measure_geometry({"geometry": {"fit_threshold": 1.0, "probe": PROBE}}, **wrong,
                                   **paths, **out)
     assert not out["metrics"].exists()
+
+
+@pytest.mark.parametrize("swapped", ["head", "train_log"])
+def test_a_head_or_log_of_another_training_of_the_same_run_is_refused(tmp_path, swapped):
+    """Issue 23: two trainings of one run (same identity, same shapes; e.g. params changed
+    in between) give files that only their input md5s tell apart. The head must come from
+    the checkpoint the embeddings do, the log from the job that wrote that checkpoint."""
+    vertices, z, labels = simplex_run(3, 4)
+    paths = write_run(tmp_path, train_z=z, train_noisy=labels, head=vertices, name="first")
+    other = write_run(tmp_path, train_z=z, train_noisy=labels, head=vertices, name="second",
+                      checkpoint_md5="d" * 32)
+    mixed = {**paths, swapped: other[swapped]}
+    field = "inputs.checkpoint" if swapped == "head" else "written_with.checkpoint"
+    with pytest.raises(io.InputError, match=(
+            rf"second/{swapped}.parquet: made from checkpoint with md5 d{{32}} \(field {field}\),"
+            r" but .*first/embeddings.parquet was made from checkpoint with md5 c{32}")):
+        run_stage(tmp_path, mixed)
+    assert not (tmp_path / "out").exists()
+    run_stage(tmp_path, other)  # each training's own three files are accepted
+
+
+@pytest.mark.parametrize("swapped", ["head", "train_log"])
+def test_a_head_or_log_of_another_run_is_refused(tmp_path, swapped):
+    _, z, labels = simplex_run(3, 4)
+    paths = write_run(tmp_path, train_z=z, train_noisy=labels, model="supcon")
+    cfg = io.read_metadata(paths[swapped])
+    cfg["train_config"]["seed"] = 99
+    table = pq.read_table(paths[swapped])
+    io.write_parquet(table.replace_schema_metadata(None), paths[swapped], metadata=cfg)
+    with pytest.raises(io.InputError, match=rf"{swapped}.parquet: made by Run\(.*seed=99\), "
+                                            r"expected Run\(.*seed=7\)"):
+        run_stage(tmp_path, paths)
 
 
 # ------------------------------------------------------------------ NC2-NC4 and the probe

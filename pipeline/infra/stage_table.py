@@ -154,7 +154,9 @@ def fill(pattern: str, **wildcards: object) -> str:
 # Every stage writes through these: a change to them may change any artifact's bytes
 # (numerics.py fixes the kernels every stage computes with, and io.py records its mode).
 _SHARED_CODE = ("pipeline/infra/io.py", "pipeline/infra/schemas.py", "pipeline/infra/numerics.py")
-_RUN_CODE = ("pipeline/infra/runs.py",)  # a run's identity, for every stage that names runs
+# A run's identity and the input md5s its artifacts record and check, for every stage that
+# names runs.
+_RUN_CODE = ("pipeline/infra/runs.py", "pipeline/infra/inputs.py")
 
 # What drawing a figure runs, in the figures stage and in free_features alike: the plotting
 # helpers and each figure's embedded provenance record (params digest, stage table, raw-data
@@ -199,6 +201,7 @@ NOISY_LABELS = Stage(
     code=(
         "pipeline/stages/noisy_labels.py",
         "pipeline/infra/datasets.py",
+        "pipeline/infra/inputs.py",
         "pipeline/maths/imbalance.py",
         *_SHARED_CODE,
     ),

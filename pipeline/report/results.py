@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from pipeline.infra import numerics, stage_table
+from pipeline.infra import inputs, numerics, stage_table
 from pipeline.infra.grid import RECORD_KEY as grid_record
 from pipeline.infra.io import read_metadata
 from pipeline.infra.runs import COLUMNS, Run, with_setting
@@ -78,6 +78,7 @@ class Outputs:
         growth = json.loads((root / stage_table.GROWTH_METRICS).read_text())
         self.numerics = growth.pop(numerics.METADATA_KEY, None)
         growth.pop(grid_record, None)  # the grid the fits were made for (aggregate's)
+        growth.pop(inputs.KEY, None)  # the runs table's md5 (lineage, not a fit)
         self.growth = growth
         free = root / stage_table.FREE_FEATURES_TABLE
         self.free = pq.read_table(free).to_pandas() if free.exists() else None

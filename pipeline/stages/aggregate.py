@@ -40,10 +40,17 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from pipeline.infra import schemas, stage_table
+from pipeline.infra import inputs, schemas, stage_table
 from pipeline.infra.grid import RECORD_KEY as grid_record
 from pipeline.infra.grid import grid_axis
-from pipeline.infra.io import InputError, atomic_path, read_parquet, write_json, write_parquet
+from pipeline.infra.io import (
+    InputError,
+    atomic_path,
+    file_md5,
+    read_parquet,
+    write_json,
+    write_parquet,
+)
 from pipeline.infra.runs import (
     COLUMN_TYPES,
     COLUMNS,
@@ -205,6 +212,41 @@ def growth_exponents(runs: pd.DataFrame) -> dict:
     return growth
 
 
+def run_inputs(grid: dict, geometry_dir: Path, train_log_dir: Path) -> dict[str, dict]:
+    """The md5 of every run's metrics.json and training log, by run name, as the runs table
+    records them (``inputs``); each metrics.json must have been measured on the training
+    log read beside it (the md5 it records), not on another training of the same run."""
+    made_from: dict[str, dict] = {"metrics": {}, "train_logs": {}}
+    for job in stage_table.grid_jobs(stage_table.GEOMETRY, grid):
+        name = Run.of(job).name
+        metrics = stage_table.run_file(stage_table.GEOMETRY_METRICS, geometry_dir, **job)
+        log_path = stage_table.run_file(stage_table.TRAIN_LOG, train_log_dir, **job)
+        log_md5 = file_md5(log_path)
+        inputs.check_made_from(metrics, read_run_metrics(metrics, job), "train_log", log_path,
+                               md5=log_md5)
+        made_from["metrics"][name] = file_md5(metrics)
+        made_from["train_logs"][name] = log_md5
+    return made_from
+
+
+def check_run_files(runs: Path, runs_meta: dict, files: dict[str, dict[str, Path]]) -> None:
+    """Per-run files read beside the runs table (``files``: "metrics" or "train_logs" -> run
+    name -> path) are the ones it was made from (the md5s it records, :func:`run_inputs`)."""
+    recorded = runs_meta.get(inputs.KEY)
+    for kind, by_run in files.items():
+        for name, path in by_run.items():
+            want = (recorded or {}).get(kind, {}).get(name) if isinstance(recorded, dict) else None
+            if not isinstance(want, str):
+                raise InputError(f"{runs}: records no {inputs.KEY}.{kind} md5 for run {name} "
+                                 "(made by an older version of the pipeline: rerun aggregate)")
+            got = file_md5(path)
+            if got != want:
+                raise InputError(
+                    f"{runs}: made from {kind} of run {name} with md5 {want} (field "
+                    f"{inputs.KEY}.{kind}), but {path} has md5 {got}: a file of the same run "
+                    "made from other bytes (swapped, or regenerated since): rerun aggregate")
+
+
 def load_train_logs(train_log_dir: Path, grid: dict) -> pd.DataFrame:
     """Every training log of the grid, stacked in grid order, the run's identity first."""
     frames = []
@@ -325,12 +367,18 @@ def aggregate_runs(
     summary_table = summarize_runs(run_table)
     exponents = growth_exponents(run_table)
     logs = load_train_logs(Path(train_log_dir), grid)
-    write_parquet(to_arrow(run_table), runs, metadata={grid_record: grid})
-    write_parquet(to_arrow(summary_table), summary, metadata={grid_record: grid})
+    made_from = run_inputs(grid, Path(geometry_dir), Path(train_log_dir))
+    write_parquet(to_arrow(run_table), runs, metadata={grid_record: grid, inputs.KEY: made_from})
+    # the summary, the growth fits and the headline are computed from the runs table
+    of_runs = inputs.digests(runs=runs)
+    write_parquet(to_arrow(summary_table), summary,
+                  metadata={grid_record: grid, inputs.KEY: of_runs})
     write_csv(summary_table, Path(summary_csv))
     write_csv(logs, Path(curves))
-    # the grid's order; and the grid itself, which claims and figures check their inputs by
-    write_json({**exponents, grid_record: grid}, Path(growth), sort_keys=False)
+    # the grid's order; and the grid itself and the runs table's md5, which claims and
+    # figures check their inputs by
+    write_json({**exponents, grid_record: grid, inputs.KEY: of_runs}, Path(growth),
+               sort_keys=False)
     write_json(headline_of(summary_table, exponents), Path(headline), sort_keys=False)
     log.info("%d runs -> %d summary rows: %s", len(run_table), len(summary_table), summary)
     return summary_table

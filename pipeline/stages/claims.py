@@ -85,6 +85,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from pipeline.infra import inputs
 from pipeline.infra.grid import RECORD_KEY as grid_record
 from pipeline.infra.grid import differences as grid_differences
 from pipeline.infra.io import InputError, atomic_path, read_metadata, read_parquet, write_json
@@ -582,6 +583,9 @@ def tabulate_claims(params: dict, *, runs: Path, growth: Path, free_features: Pa
     if mismatch:  # two outputs of different aggregate runs (a copied or swapped file)
         raise InputError(f"{growth}: growth fits made for another grid than {runs}: "
                          + "; ".join(mismatch))
+    # and from this very runs table (aggregate writes both), not another one of that grid
+    inputs.check_made_from(growth, fits, "runs", runs)
+    fits.pop(inputs.KEY)
     rows = (free_feature_claims(pq.read_table(free_features).to_pandas(), tol)
             + simplex_claims(run_table, tol) + generalisation_claims(run_table, tol)
             + growth_claims(fits, run_table, tol) + temperature_claims(run_table, tol)

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from pipeline.infra import numerics, schemas
+from pipeline.infra import inputs, numerics, schemas
 from pipeline.infra.devices import pick_device
 from pipeline.infra.io import write_parquet
 from pipeline.infra.nested import MISSING, differences
@@ -23,8 +23,8 @@ from pipeline.maths.models import Model
 from pipeline.stages.train import (
     TrainConfig,
     device_images,
-    load_checkpoint,
     load_run_data,
+    read_checkpoint,
     represent_all,
 )
 
@@ -47,9 +47,13 @@ def _fixed_size_list(values: np.ndarray) -> pa.FixedSizeListArray:
 def extract_embeddings(
     params: dict, *, run: Run, labels: Path, checkpoint: Path, embeddings: Path, head: Path
 ) -> pa.Table:
-    cfg, state = load_checkpoint(Path(checkpoint))
+    cfg, state, meta = read_checkpoint(Path(checkpoint))
     if cfg.run != run:
         raise ValueError(f"{checkpoint}: made for {cfg.run}, expected {run}")
+    # the labels given are the bytes the checkpoint was trained on (not another file of
+    # the same run, regenerated or edited since)
+    made_from = inputs.digests(checkpoint=checkpoint, labels=labels)
+    inputs.check_made_from(checkpoint, meta, "labels", labels, md5=made_from["labels"])
     current = TrainConfig.from_params(params, run).to_dict()
     differences = config_differences(cfg.to_dict(), current)
     if differences:
@@ -87,7 +91,8 @@ def extract_embeddings(
         },
         schema=schemas.embeddings(dim),
     )
-    write_parquet(table, embeddings, metadata={"train_config": cfg.to_dict()})
+    write_parquet(table, embeddings, metadata={"train_config": cfg.to_dict(),
+                                               inputs.KEY: made_from})
 
     if net.has_head:
         weights = net.head.detach().cpu().numpy()  # (K, h)
@@ -98,5 +103,6 @@ def extract_embeddings(
         )
     else:
         head_table = schemas.head(dim).empty_table()
-    write_parquet(head_table, head, metadata={"train_config": cfg.to_dict()})
+    write_parquet(head_table, head, metadata={"train_config": cfg.to_dict(),
+                                              inputs.KEY: made_from})
     return table

@@ -44,10 +44,10 @@ import pyarrow as pa
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from pipeline.infra import numerics, provenance, schemas, stage_table
+from pipeline.infra import inputs, numerics, provenance, schemas, stage_table
 from pipeline.infra.grid import RECORD_KEY as grid_record
 from pipeline.infra.grid import differences as grid_differences
-from pipeline.infra.io import InputError, atomic_dir, read_parquet
+from pipeline.infra.io import InputError, atomic_dir, read_metadata, read_parquet
 from pipeline.infra.runs import COLUMN_TYPES, COLUMNS, Run, setting_name, with_setting
 from pipeline.report import sweep_plots
 from pipeline.report.paper_plots import (
@@ -58,7 +58,7 @@ from pipeline.report.paper_plots import (
 )
 from pipeline.report.plotting import new_figure, save_figure, style
 from pipeline.report.sweep_plots import model_name
-from pipeline.stages.aggregate import load_train_logs, read_run_metrics
+from pipeline.stages.aggregate import check_run_files, load_train_logs, read_run_metrics
 
 log = logging.getLogger(__name__)
 
@@ -248,9 +248,10 @@ def _not_fit_level(runs: pd.DataFrame, iterations: pd.Series) -> float:
 
 
 
-def read_growth(path: Path, grid: dict) -> dict:
+def read_growth(path: Path, grid: dict, runs: Path) -> dict:
     """growth.json: dataset -> augmentation -> setting -> model -> fit (aggregate's), checked
-    to have been fitted for ``grid`` (the grid of params.yaml the figures are drawn for)."""
+    to have been fitted for ``grid`` (the grid of params.yaml the figures are drawn for),
+    from the runs table ``runs`` (the md5 it records)."""
     try:
         fits = json.loads(path.read_text())
     except (OSError, ValueError) as e:
@@ -260,6 +261,8 @@ def read_growth(path: Path, grid: dict) -> dict:
     if mismatch:
         raise InputError(f"{path}: growth fits made for another grid than params' (rerun "
                          "aggregate): " + "; ".join(mismatch))
+    inputs.check_made_from(path, fits, "runs", runs)
+    fits.pop(inputs.KEY)
     return fits
 
 
@@ -341,7 +344,16 @@ def draw_figures(
     logs = with_setting(load_train_logs(Path(train_log_dir), grid))
     free = None if free_features is None else read_parquet(
         Path(free_features), sweep_plots.FREE_FEATURES_COLUMNS).to_pandas()
-    fits = read_growth(Path(growth), grid)
+    fits = read_growth(Path(growth), grid, Path(runs))
+    # the per-run files read beside the runs table are the ones it was made from
+    jobs = stage_table.grid_jobs(stage_table.GEOMETRY, grid)
+    check_run_files(Path(runs), read_metadata(runs), {
+        "metrics": {Run.of(j).name: stage_table.run_file(stage_table.GEOMETRY_METRICS,
+                                                         Path(geometry_dir), **j) for j in jobs},
+        "train_logs": {Run.of(j).name: stage_table.run_file(stage_table.TRAIN_LOG,
+                                                            Path(train_log_dir), **j)
+                       for j in jobs},
+    })
     settings = list(dict.fromkeys(run_table["setting"]))  # in grid order
     names: list[str] = []
     with atomic_dir(figures) as tmp:

