@@ -15,7 +15,7 @@ import pytest
 from pipeline.infra import inputs, schemas, stage_table
 from pipeline.infra.io import InputError, file_md5, read_metadata, write_parquet
 from pipeline.infra.runs import Run
-from pipeline.stages.aggregate import aggregate_runs
+from pipeline.stages.aggregate import aggregate_runs, check_run_files
 
 # Model order deliberately not alphabetical: the outputs must keep the grid's order.
 GRID = {"datasets": ["digits"], "imbalance_ratios": [1], "models": ["supcon", "ce"],
@@ -376,3 +376,21 @@ def test_a_training_log_of_another_training_of_the_same_run_is_refused(tmp_path,
             rf"inputs.train_log\), but {re.escape(str(log))} has md5 {file_md5(log)}")):
         aggregate(tmp_path)
     assert not any(p.exists() for p in outputs(tmp_path).values())
+
+
+def test_a_runs_table_that_records_no_md5_for_a_run_is_refused_naming_the_field(
+        tmp_path, geometry_dir):
+    """The runs table's per-run md5s sit under keys that hold dots (run names): the message
+    names the missing field with the run's key in brackets, not a dotted path it is not."""
+    paths = outputs(tmp_path)
+    aggregate(tmp_path)
+    meta = read_metadata(paths["runs"])
+    (job, *_) = stage_table.grid_jobs(stage_table.GEOMETRY, GRID)
+    name = Run.of(job).name
+    log = stage_table.run_file(stage_table.TRAIN_LOG, tmp_path / "train_logs", **job)
+    check_run_files(paths["runs"], meta, {"train_logs": {name: log}})  # as recorded: passes
+    del meta[inputs.KEY]["train_logs"][name]
+    with pytest.raises(InputError, match=re.escape(
+            f"{paths['runs']}: records no inputs.train_logs['{name}'] (made by an older")):
+        check_run_files(paths["runs"], meta, {"train_logs": {name: log}})
+    assert inputs.shown(inputs.field("train_log")) == "inputs.train_log"

@@ -283,6 +283,8 @@ def test_a_file_of_the_same_run_made_from_other_bytes_is_refused(tmp_path, input
     from: growth fits of the same grid made from another runs table, a training log or a
     metrics.json of the same run with other numbers. Each named, nothing drawn."""
     job = stage_table.grid_jobs(stage_table.TRAIN, GRID)[0]
+    # the run's name holds dots: messages show its key in brackets
+    run, key = re.escape(Run.of(job).name), re.escape(repr(Run.of(job).name))
     if swapped == "growth":
         fits = json.loads(inputs["growth"].read_text())
         fits["inputs"]["runs"] = "0" * 32  # made from another runs table of this grid
@@ -295,16 +297,15 @@ def test_a_file_of_the_same_run_made_from_other_bytes_is_refused(tmp_path, input
         loss = pa.array(log["loss"].to_numpy() + 0.5)  # the same schema, other numbers
         write_parquet(log.set_column(log.schema.get_field_index("loss"), "loss", loss)
                       .replace_schema_metadata(None), path)
-        message = (rf"runs.parquet: made from train_logs of run {re.escape(Run.of(job).name)} "
-                   rf"with md5 \w{{32}} \(field inputs.train_logs\), but "
-                   rf"{re.escape(str(path))} has md5 ")
+        message = (rf"runs.parquet: made from train_logs of run {run} with md5 \w{{32}} "
+                   rf"\(field inputs.train_logs\[{key}\]\), but {re.escape(str(path))} has md5 ")
     else:
         path = stage_table.run_file(stage_table.GEOMETRY_METRICS, inputs["geometry_dir"], **job)
         metrics = json.loads(path.read_text())
         metrics["nc1"] += 0.01
         path.write_text(json.dumps(metrics))
-        message = (rf"runs.parquet: made from metrics of run {re.escape(Run.of(job).name)} "
-                   rf"with md5 \w{{32}} \(field inputs.metrics\), but ")
+        message = (rf"runs.parquet: made from metrics of run {run} with md5 \w{{32}} "
+                   rf"\(field inputs.metrics\[{key}\]\), but ")
     with pytest.raises(InputError, match=message):
         draw(inputs, tmp_path / "figures")
     assert not (tmp_path / "figures").exists()

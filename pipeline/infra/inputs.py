@@ -25,10 +25,13 @@ from pathlib import Path
 from pipeline.infra.io import InputError, file_md5
 
 KEY = "inputs"  # metadata key: {input role: md5 of the file the artifact was made from}
+# A metadata field: a path of keys. Run names hold dots ("tau0.1"), so a field is a tuple, not
+# a dotted string; messages show it dotted, a key that holds a dot in brackets (:func:`shown`).
+Field = tuple[str, ...]
 # The train log records the checkpoint written beside it (same job, same training) at this
 # field: the embeddings name that checkpoint as their input, so geometry can tell a log of
 # another training of the same run.
-WRITTEN_WITH = "written_with.checkpoint"
+WRITTEN_WITH: Field = ("written_with", "checkpoint")
 
 
 def digests(**paths: str | Path) -> dict[str, str]:
@@ -36,40 +39,48 @@ def digests(**paths: str | Path) -> dict[str, str]:
     return {role: file_md5(path) for role, path in paths.items()}
 
 
-def field(role: str) -> str:
-    """The dotted metadata field holding the md5 of input ``role``."""
-    return f"{KEY}.{role}"
+def field(*keys: str) -> Field:
+    """The metadata field holding the md5 of input ``keys`` (a role, and under it a run)."""
+    return (KEY, *keys)
 
 
-def recorded(meta: dict, artifact: str | Path, dotted: str) -> str:
-    """The md5 ``artifact`` records at the dotted metadata field ``dotted``."""
+def shown(path: Field) -> str:
+    """``path`` as messages write it: ``inputs.metrics['digits/rho1/.../noise0.0-seed0']``."""
+    text = ""
+    for key in path:
+        text += f"[{key!r}]" if "." in key else f".{key}" if text else key
+    return text
+
+
+def recorded(meta: dict, artifact: str | Path, path: Field) -> str:
+    """The md5 ``artifact`` records at the metadata field ``path``."""
     value = meta
-    for part in dotted.split("."):
-        value = value.get(part) if isinstance(value, dict) else None
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
     if not isinstance(value, str):
-        raise InputError(f"{artifact}: records no {dotted} (made by an older version of the "
-                         "pipeline, or not by it: rerun the stage that makes it)")
+        raise InputError(f"{artifact}: records no {shown(path)} (made by an older version of "
+                         "the pipeline, or not by it: rerun the stage that makes it)")
     return value
 
 
 def check_made_from(artifact: str | Path, meta: dict, role: str, source: str | Path,
-                    md5: str | None = None, dotted: str | None = None) -> None:
+                    md5: str | None = None, path: Field | None = None) -> None:
     """``artifact`` (metadata ``meta``) must have been made from the bytes of ``source``,
-    its input ``role`` (recorded at ``dotted``, by default ``inputs.<role>``); ``md5``: the
+    its input ``role`` (recorded at ``path``, by default ``inputs.<role>``); ``md5``: the
     source's, when the caller has it already."""
-    dotted = dotted or field(role)
-    want = recorded(meta, artifact, dotted)
+    path = path or field(role)
+    want = recorded(meta, artifact, path)
     got = md5 if md5 is not None else file_md5(source)
     if got != want:
         raise InputError(
-            f"{artifact}: made from {role} with md5 {want} (field {dotted}), but {source} has "
-            f"md5 {got}: a file of the same run made from other bytes (swapped, or "
+            f"{artifact}: made from {role} with md5 {want} (field {shown(path)}), but {source} "
+            f"has md5 {got}: a file of the same run made from other bytes (swapped, or "
             "regenerated since): rerun from it"
         )
 
 
 def check_same_source(first: str | Path, first_meta: dict, second: str | Path,
-                      second_meta: dict, role: str, second_field: str | None = None) -> None:
+                      second_meta: dict, role: str, second_field: Field | None = None) -> None:
     """Two artifacts that must come from the same ``role`` file record the same md5 for it
     (``second_field``: where the second records it, by default ``inputs.<role>``)."""
     second_field = second_field or field(role)
@@ -77,7 +88,7 @@ def check_same_source(first: str | Path, first_meta: dict, second: str | Path,
     got = recorded(second_meta, second, second_field)
     if got != want:
         raise InputError(
-            f"{second}: made from {role} with md5 {got} (field {second_field}), but {first} "
-            f"was made from {role} with md5 {want} (field {field(role)}): the two come from "
-            "different files of the same run: rerun from it"
+            f"{second}: made from {role} with md5 {got} (field {shown(second_field)}), but "
+            f"{first} was made from {role} with md5 {want} (field {shown(field(role))}): the "
+            "two come from different files of the same run: rerun from it"
         )

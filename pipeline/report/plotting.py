@@ -46,5 +46,9 @@ def save_figure(
             metadata = SAVE_METADATA[fmt] | provenance.savefig_metadata(record)
             fig.savefig(path, format=fmt, dpi=dpi, metadata=metadata)
             paths.append(path)
+            # One layout for both formats: the constrained layout the first save computed
+            # (on the Agg canvas) is kept for the next, so the PDF shows the PNG's layout and
+            # the solve (a draw of its own, a third of a figure's time) runs once, not twice.
+            fig.set_layout_engine("none")
     fig.clear()  # OO figures are not registered with pyplot; clearing frees the artists
     return paths

@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -139,13 +140,26 @@ def _metric_types(records: list[dict], paths: list[Path]) -> dict[str, pa.DataTy
     return types
 
 
-def load_runs(grid: dict, geometry_dir: Path) -> pd.DataFrame:
-    """Every run of ``grid`` as one row: the identity columns, then each numeric metric."""
-    jobs = stage_table.grid_jobs(stage_table.GEOMETRY, grid)
-    paths = [stage_table.run_file(stage_table.GEOMETRY_METRICS, geometry_dir, **job)
-             for job in jobs]
-    records = [read_run_metrics(path, job) for path, job in zip(paths, jobs, strict=True)]
-    types = _metric_types(records, paths)
+class RunMetrics(NamedTuple):
+    job: dict[str, str]
+    path: Path
+    metrics: dict  # the file's content, checked by read_run_metrics
+
+
+def read_grid_metrics(grid: dict, geometry_dir: Path) -> list[RunMetrics]:
+    """Every run's metrics.json of ``grid``, in grid order, each read (and checked) once."""
+    found = []
+    for job in stage_table.grid_jobs(stage_table.GEOMETRY, grid):
+        path = stage_table.run_file(stage_table.GEOMETRY_METRICS, geometry_dir, **job)
+        found.append(RunMetrics(job, path, read_run_metrics(path, job)))
+    return found
+
+
+def load_runs(grid: dict, grid_metrics: list[RunMetrics]) -> pd.DataFrame:
+    """Every run of ``grid`` (its metrics files: :func:`read_grid_metrics`) as one row: the
+    identity columns, then each numeric metric."""
+    records = [run.metrics for run in grid_metrics]
+    types = _metric_types(records, [run.path for run in grid_metrics])
     columns: dict[str, object] = {}
     for name in ID_COLUMNS:
         values = [m[name] for m in records]
@@ -212,19 +226,17 @@ def growth_exponents(runs: pd.DataFrame) -> dict:
     return growth
 
 
-def run_inputs(grid: dict, geometry_dir: Path, train_log_dir: Path) -> dict[str, dict]:
+def run_inputs(grid_metrics: list[RunMetrics], train_log_dir: Path) -> dict[str, dict]:
     """The md5 of every run's metrics.json and training log, by run name, as the runs table
     records them (``inputs``); each metrics.json must have been measured on the training
     log read beside it (the md5 it records), not on another training of the same run."""
     made_from: dict[str, dict] = {"metrics": {}, "train_logs": {}}
-    for job in stage_table.grid_jobs(stage_table.GEOMETRY, grid):
+    for job, path, metrics in grid_metrics:
         name = Run.of(job).name
-        metrics = stage_table.run_file(stage_table.GEOMETRY_METRICS, geometry_dir, **job)
         log_path = stage_table.run_file(stage_table.TRAIN_LOG, train_log_dir, **job)
         log_md5 = file_md5(log_path)
-        inputs.check_made_from(metrics, read_run_metrics(metrics, job), "train_log", log_path,
-                               md5=log_md5)
-        made_from["metrics"][name] = file_md5(metrics)
+        inputs.check_made_from(path, metrics, "train_log", log_path, md5=log_md5)
+        made_from["metrics"][name] = file_md5(path)
         made_from["train_logs"][name] = log_md5
     return made_from
 
@@ -232,19 +244,10 @@ def run_inputs(grid: dict, geometry_dir: Path, train_log_dir: Path) -> dict[str,
 def check_run_files(runs: Path, runs_meta: dict, files: dict[str, dict[str, Path]]) -> None:
     """Per-run files read beside the runs table (``files``: "metrics" or "train_logs" -> run
     name -> path) are the ones it was made from (the md5s it records, :func:`run_inputs`)."""
-    recorded = runs_meta.get(inputs.KEY)
     for kind, by_run in files.items():
         for name, path in by_run.items():
-            want = (recorded or {}).get(kind, {}).get(name) if isinstance(recorded, dict) else None
-            if not isinstance(want, str):
-                raise InputError(f"{runs}: records no {inputs.KEY}.{kind} md5 for run {name} "
-                                 "(made by an older version of the pipeline: rerun aggregate)")
-            got = file_md5(path)
-            if got != want:
-                raise InputError(
-                    f"{runs}: made from {kind} of run {name} with md5 {want} (field "
-                    f"{inputs.KEY}.{kind}), but {path} has md5 {got}: a file of the same run "
-                    "made from other bytes (swapped, or regenerated since): rerun aggregate")
+            inputs.check_made_from(runs, runs_meta, f"{kind} of run {name}", path,
+                                   path=inputs.field(kind, name))
 
 
 def load_train_logs(train_log_dir: Path, grid: dict) -> pd.DataFrame:
@@ -363,11 +366,12 @@ def aggregate_runs(
     """Write the per-run table, the across-seed summary of the grid, the stacked training
     logs, the growth exponents and the headline; return the summary."""
     grid = params["grid"]
-    run_table = load_runs(grid, Path(geometry_dir))
+    grid_metrics = read_grid_metrics(grid, Path(geometry_dir))
+    run_table = load_runs(grid, grid_metrics)
     summary_table = summarize_runs(run_table)
     exponents = growth_exponents(run_table)
     logs = load_train_logs(Path(train_log_dir), grid)
-    made_from = run_inputs(grid, Path(geometry_dir), Path(train_log_dir))
+    made_from = run_inputs(grid_metrics, Path(train_log_dir))
     write_parquet(to_arrow(run_table), runs, metadata={grid_record: grid, inputs.KEY: made_from})
     # the summary, the growth fits and the headline are computed from the runs table
     of_runs = inputs.digests(runs=runs)

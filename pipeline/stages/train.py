@@ -519,7 +519,7 @@ def train(params: dict, *, run: Run, labels: Path, checkpoint: Path, train_log: 
          numerics.METADATA_KEY: numerics.record()},
         Path(checkpoint),
     )
-    written_with, role = inputs.WRITTEN_WITH.split(".")
+    written_with, role = inputs.WRITTEN_WITH
     write_parquet(table, train_log, metadata={"train_config": cfg.to_dict(), inputs.KEY: made_from,
                                               written_with: {role: checkpoint_md5}})
     resume.unlink(missing_ok=True)
