@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.abc
 import logging
 import sys
 from pathlib import Path
@@ -90,7 +91,30 @@ def _setup_logging(log_file: Path | None) -> None:
     )
 
 
+# pyarrow converts between its arrays and numpy or Python values through its pandas layer
+# whenever pandas can be imported, so it imports pandas (0.3-0.4 s of a job's start-up, more than
+# a labels job's work) even to read an int64 column. pandas is an optional dependency of
+# pyarrow: the stages that never use it run as where it is not installed. Same bytes either way.
+WITHOUT_PANDAS = frozenset(s.name for s in (
+    stage_table.NOISY_LABELS, stage_table.TRAIN, stage_table.EMBED, stage_table.GEOMETRY,
+    stage_table.FREE_FEATURES))
+
+
+class _NoPandas(importlib.abc.MetaPathFinder):
+    """`import pandas` raises ImportError, which pyarrow takes as "pandas not installed" (a
+    None in sys.modules would not do: Cython's import returns it as the module)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == "pandas":
+            raise ModuleNotFoundError(f"pandas is hidden from stage jobs that never use it "
+                                      f"(pipeline/__main__.py, WITHOUT_PANDAS): {name}",
+                                      name=name)
+        return None
+
+
 def run_stage(stage: stage_table.Stage, args: argparse.Namespace) -> object:
+    if stage.name in WITHOUT_PANDAS and "pandas" not in sys.modules:
+        sys.meta_path.insert(0, _NoPandas())
     params = load_params(args.params)
     wildcards = {w: getattr(args, w) for w in stage.matrix}
     keys = [key.format(**{w: str(v) for w, v in wildcards.items()}) for key in stage.params]

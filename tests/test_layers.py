@@ -133,3 +133,68 @@ def test_no_module_rule_file_or_stage_without_the_others():
     assert rule_files == stage_names
     snakefile = (ROOT / "Snakefile").read_text()
     assert set(re.findall(r'include: "rules/(\w+)\.smk"', snakefile)) == stage_names | {"common"}
+
+
+def imports_pandas(path: Path) -> bool:
+    return any(name.split(".")[0] == "pandas"
+               for node in ast.walk(ast.parse(path.read_text()))
+               for name in ([a.name for a in node.names] if isinstance(node, ast.Import)
+                            else [node.module or ""] if isinstance(node, ast.ImportFrom) else []))
+
+
+def reached_from(module: str) -> set[str]:
+    """Every pipeline module ``module`` imports, directly or through others."""
+    seen, todo = set(), [module]
+    while todo:
+        current = todo.pop()
+        if current not in seen and current in modules():
+            seen.add(current)
+            todo += imports_of(modules()[current])
+    return seen
+
+
+def test_stages_run_without_pandas_exactly_when_none_of_their_code_imports_it():
+    """pipeline/__main__.py hides pandas from the stages of WITHOUT_PANDAS (pyarrow would
+    import it for nothing): none of the code they reach may import pandas, and every stage
+    whose code does not is in the list (the start-up it saves is per job)."""
+    from pipeline.__main__ import WITHOUT_PANDAS
+
+    uses = {s.name for s in stage_table.STAGES
+            if any(imports_pandas(modules()[m]) for m in reached_from(s.module))}
+    assert WITHOUT_PANDAS == {s.name for s in stage_table.STAGES} - uses
+    assert imports_pandas(modules()["pipeline.stages.aggregate"])  # the check sees an import
+
+
+def test_a_stage_job_without_pandas_never_imports_it_and_writes_the_same_bytes(tmp_path):
+    """The labels job through the command line, with an exit hook reporting whether pandas
+    was ever imported: not (pyarrow saw no pandas), and the file is the one an in-process
+    call (pandas loaded) writes."""
+    import subprocess
+    import sys
+
+    args = ["noisy_labels", "--params", str(ROOT / "params.yaml"), "--dataset", "digits",
+            "--imbalance-ratio", "1", "--noise-fraction", "0.2", "--seed", "0",
+            "--labels", str(tmp_path / "cli.parquet")]
+    probe = ("import atexit, runpy, sys; atexit.register(lambda: print('pandas imported:', "
+             "'pandas' in sys.modules)); sys.argv = ['pipeline', *sys.argv[1:]]; "
+             "runpy.run_module('pipeline', run_name='__main__')")
+    done = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True,
+                          text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "pandas imported: False"
+    control = subprocess.run([sys.executable, "-c", f"import pandas; {probe}", *args[:-1],
+                              str(tmp_path / "control.parquet")], capture_output=True,
+                             text=True, cwd=ROOT)  # the hook sees pandas where it was loaded
+    assert control.returncode == 0 and control.stdout.strip() == "pandas imported: True"
+    import pandas  # noqa: F401  (loaded here, as in any test process)
+
+    from pipeline.infra.config import load_params, select
+    from pipeline.stages.noisy_labels import make_noisy_labels
+
+    assert "pandas" in sys.modules
+    keys = [k.format(dataset="digits") for k in stage_table.NOISY_LABELS.params]
+    make_noisy_labels(select(load_params(ROOT / "params.yaml"), keys, "params.yaml"),
+                      dataset="digits", imbalance_ratio=1.0, noise_fraction=0.2, seed=0,
+                      labels=tmp_path / "in_process.parquet")
+    assert (tmp_path / "cli.parquet").read_bytes() == (
+        tmp_path / "in_process.parquet").read_bytes()
