@@ -85,3 +85,26 @@ def test_spearman_matches_scipy_with_ties():
     assert st.spearman(x, y) == pytest.approx(spearmanr(x, y).statistic, rel=1e-12)
     rho, (lo, hi) = st.spearman_ci(x, y, resamples=500)
     assert lo <= rho <= hi < 0
+
+
+@pytest.mark.parametrize("case", ["ties", "continuous", "constant y", "three runs"])
+def test_spearman_interval_equals_the_naive_loop_of_one_resample_at_a_time(case):
+    """The vectorised bootstrap (all resamples drawn and ranked at once) gives the very
+    floats of the loop it replaced: each resample drawn alone, ranked and correlated by
+    scipy, constant resamples dropped."""
+    rng = np.random.default_rng(3)
+    n = 3 if case == "three runs" else 12
+    x = rng.integers(0, 4, n).astype(float) if case == "ties" else rng.normal(size=n)
+    y = np.ones(n) if case == "constant y" else rng.normal(size=n) + x
+    draws, loop = [], np.random.default_rng(st.SEED)
+    for _ in range(st.RESAMPLES):
+        idx = loop.integers(0, n, n)
+        if np.unique(x[idx]).size > 1 and np.unique(y[idx]).size > 1:
+            draws.append(spearmanr(x[idx], y[idx]).statistic)
+    rho, ci = st.spearman_ci(x, y)
+    if case == "constant y":
+        assert math.isnan(rho) and ci is None and draws == []
+        return
+    assert rho == pytest.approx(spearmanr(x, y).statistic, rel=1e-12)
+    lo, hi = np.percentile(draws, [2.5, 97.5])
+    assert ci == pytest.approx((lo, hi), rel=1e-12, abs=1e-15)
