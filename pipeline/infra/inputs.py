@@ -44,36 +44,36 @@ def field(*keys: str) -> Field:
     return (KEY, *keys)
 
 
-def shown(path: Field) -> str:
-    """``path`` as messages write it: ``inputs.metrics['digits/rho1/.../noise0.0-seed0']``."""
+def shown(at: Field) -> str:
+    """Field ``at`` as messages write it: ``inputs.metrics['digits/rho1/.../noise0.0-seed0']``."""
     text = ""
-    for key in path:
+    for key in at:
         text += f"[{key!r}]" if "." in key else f".{key}" if text else key
     return text
 
 
-def recorded(meta: dict, artifact: str | Path, path: Field) -> str:
-    """The md5 ``artifact`` records at the metadata field ``path``."""
+def recorded(meta: dict, artifact: str | Path, at: Field) -> str:
+    """The md5 ``artifact`` records at the metadata field ``at``."""
     value = meta
-    for key in path:
+    for key in at:
         value = value.get(key) if isinstance(value, dict) else None
     if not isinstance(value, str):
-        raise InputError(f"{artifact}: records no {shown(path)} (made by an older version of "
+        raise InputError(f"{artifact}: records no {shown(at)} (made by an older version of "
                          "the pipeline, or not by it: rerun the stage that makes it)")
     return value
 
 
 def check_made_from(artifact: str | Path, meta: dict, role: str, source: str | Path,
-                    md5: str | None = None, path: Field | None = None) -> None:
+                    md5: str | None = None, at: Field | None = None) -> None:
     """``artifact`` (metadata ``meta``) must have been made from the bytes of ``source``,
-    its input ``role`` (recorded at ``path``, by default ``inputs.<role>``); ``md5``: the
+    its input ``role`` (recorded at ``at``, by default ``inputs.<role>``); ``md5``: the
     source's, when the caller has it already."""
-    path = path or field(role)
-    want = recorded(meta, artifact, path)
+    at = at or field(role)
+    want = recorded(meta, artifact, at)
     got = md5 if md5 is not None else file_md5(source)
     if got != want:
         raise InputError(
-            f"{artifact}: made from {role} with md5 {want} (field {shown(path)}), but {source} "
+            f"{artifact}: made from {role} with md5 {want} (field {shown(at)}), but {source} "
             f"has md5 {got}: a file of the same run made from other bytes (swapped, or "
             "regenerated since): rerun from it"
         )

@@ -226,28 +226,40 @@ def growth_exponents(runs: pd.DataFrame) -> dict:
     return growth
 
 
-def run_inputs(grid_metrics: list[RunMetrics], train_log_dir: Path) -> dict[str, dict]:
+def per_run_files(grid: dict, geometry_dir: Path, train_log_dir: Path) -> dict[str, dict]:
+    """The per-run files a runs table is made from: kind (its ``inputs`` key) -> run name ->
+    path, in grid order."""
+    jobs = stage_table.grid_jobs(stage_table.GEOMETRY, grid)
+    kinds = {"metrics": (stage_table.GEOMETRY_METRICS, geometry_dir),
+             "train_logs": (stage_table.TRAIN_LOG, train_log_dir)}
+    return {kind: {Run.of(job).name: stage_table.run_file(pattern, directory, **job)
+                   for job in jobs}
+            for kind, (pattern, directory) in kinds.items()}
+
+
+def run_inputs(grid: dict, grid_metrics: list[RunMetrics], geometry_dir: Path,
+               train_log_dir: Path) -> dict[str, dict]:
     """The md5 of every run's metrics.json and training log, by run name, as the runs table
-    records them (``inputs``); each metrics.json must have been measured on the training
-    log read beside it (the md5 it records), not on another training of the same run."""
-    made_from: dict[str, dict] = {"metrics": {}, "train_logs": {}}
+    records them (``inputs``); each metrics.json (``grid_metrics``: as read) must have been
+    measured on the training log read beside it (the md5 it records), not on another
+    training of the same run."""
+    files = per_run_files(grid, geometry_dir, train_log_dir)
+    made_from = {kind: {name: file_md5(path) for name, path in by_run.items()}
+                 for kind, by_run in files.items()}
     for job, path, metrics in grid_metrics:
         name = Run.of(job).name
-        log_path = stage_table.run_file(stage_table.TRAIN_LOG, train_log_dir, **job)
-        log_md5 = file_md5(log_path)
-        inputs.check_made_from(path, metrics, "train_log", log_path, md5=log_md5)
-        made_from["metrics"][name] = file_md5(path)
-        made_from["train_logs"][name] = log_md5
+        inputs.check_made_from(path, metrics, "train_log", files["train_logs"][name],
+                               md5=made_from["train_logs"][name])
     return made_from
 
 
 def check_run_files(runs: Path, runs_meta: dict, files: dict[str, dict[str, Path]]) -> None:
-    """Per-run files read beside the runs table (``files``: "metrics" or "train_logs" -> run
-    name -> path) are the ones it was made from (the md5s it records, :func:`run_inputs`)."""
+    """Per-run files read beside the runs table (``files``: :func:`per_run_files`) are the
+    ones it was made from (the md5s it records, :func:`run_inputs`)."""
     for kind, by_run in files.items():
         for name, path in by_run.items():
             inputs.check_made_from(runs, runs_meta, f"{kind} of run {name}", path,
-                                   path=inputs.field(kind, name))
+                                   at=inputs.field(kind, name))
 
 
 def load_train_logs(train_log_dir: Path, grid: dict) -> pd.DataFrame:
@@ -371,7 +383,7 @@ def aggregate_runs(
     summary_table = summarize_runs(run_table)
     exponents = growth_exponents(run_table)
     logs = load_train_logs(Path(train_log_dir), grid)
-    made_from = run_inputs(grid_metrics, Path(train_log_dir))
+    made_from = run_inputs(grid, grid_metrics, Path(geometry_dir), Path(train_log_dir))
     write_parquet(to_arrow(run_table), runs, metadata={grid_record: grid, inputs.KEY: made_from})
     # the summary, the growth fits and the headline are computed from the runs table
     of_runs = inputs.digests(runs=runs)

@@ -58,7 +58,12 @@ from pipeline.report.paper_plots import (
 )
 from pipeline.report.plotting import new_figure, save_figure, style
 from pipeline.report.sweep_plots import model_name
-from pipeline.stages.aggregate import check_run_files, load_train_logs, read_run_metrics
+from pipeline.stages.aggregate import (
+    check_run_files,
+    load_train_logs,
+    per_run_files,
+    read_run_metrics,
+)
 
 log = logging.getLogger(__name__)
 
@@ -346,14 +351,8 @@ def draw_figures(
         Path(free_features), sweep_plots.FREE_FEATURES_COLUMNS).to_pandas()
     fits = read_growth(Path(growth), grid, Path(runs))
     # the per-run files read beside the runs table are the ones it was made from
-    jobs = stage_table.grid_jobs(stage_table.GEOMETRY, grid)
-    check_run_files(Path(runs), read_metadata(runs), {
-        "metrics": {Run.of(j).name: stage_table.run_file(stage_table.GEOMETRY_METRICS,
-                                                         Path(geometry_dir), **j) for j in jobs},
-        "train_logs": {Run.of(j).name: stage_table.run_file(stage_table.TRAIN_LOG,
-                                                            Path(train_log_dir), **j)
-                       for j in jobs},
-    })
+    check_run_files(Path(runs), read_metadata(runs),
+                    per_run_files(grid, Path(geometry_dir), Path(train_log_dir)))
     settings = list(dict.fromkeys(run_table["setting"]))  # in grid order
     names: list[str] = []
     with atomic_dir(figures) as tmp:

@@ -101,10 +101,11 @@ def _vector_dim(schema: pa.Schema, column: str, path: Path) -> int:
     return dtype.list_size
 
 
-def _train_config(path: Path) -> dict:
-    """The run's TrainConfig dict from the embeddings' metadata, with the keys used here."""
+def _train_config(path: Path, meta: dict) -> dict:
+    """The run's TrainConfig dict from the embeddings' metadata ``meta``, with the keys used
+    here."""
     try:
-        cfg = read_metadata(path)["train_config"]
+        cfg = meta["train_config"]
         for key in ("dataset", "temperature", "batch_size", "noise_fraction", "seed"):
             cfg[key]  # noqa: B018 -- presence check
         for key in ("model", "num_classes", "representation_dim"):
@@ -174,21 +175,26 @@ def _batches(path: Path, dim: int, num_classes: int, batch_size: int) -> Iterato
             yield is_train, z, noisy, clean
 
 
-def check_same_training(embeddings: Path, head: Path, train_log: Path, run: Run) -> None:
-    """The head and the training log belong to ``run`` (like the embeddings) and to the same
-    training as the embeddings: the head was extracted from the checkpoint the embeddings
-    were (both record its md5), and the log was written beside that checkpoint (it records
-    the md5 of the checkpoint its job wrote). Another training of the same run, e.g. under
-    other params since, is refused by name."""
-    emb_meta = read_metadata(embeddings)
+def check_run(path: Path, meta: dict, run: Run) -> None:
+    """The file at ``path`` (metadata ``meta``: its ``train_config``) was made for ``run``."""
+    try:
+        found = Run.of_train_config(meta["train_config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise InputError(f"{path}: metadata 'train_config' lacks {e}") from e
+    if found != run:
+        raise InputError(f"{path}: made by {found}, expected {run}")
+
+
+def check_same_training(embeddings: Path, emb_meta: dict, head: Path, train_log: Path,
+                        run: Run) -> None:
+    """The head and the training log belong to ``run`` (like the embeddings, metadata
+    ``emb_meta``) and to the same training as the embeddings: the head was extracted from the
+    checkpoint the embeddings were (both record its md5), and the log was written beside that
+    checkpoint (it records the md5 of the checkpoint its job wrote). Another training of the
+    same run, e.g. under other params since, is refused by name."""
     for path in (head, train_log):
         meta = read_metadata(path)
-        try:
-            found = Run.of_train_config(meta["train_config"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise InputError(f"{path}: metadata 'train_config' lacks {e}") from e
-        if found != run:
-            raise InputError(f"{path}: made by {found}, expected {run}")
+        check_run(path, meta, run)
         inputs.check_same_source(embeddings, emb_meta, path, meta, "checkpoint",
                                  None if path == head else inputs.WRITTEN_WITH)
 
@@ -291,11 +297,10 @@ def measure_geometry(
     schema = _schema(embeddings)
     dim = _vector_dim(schema, "embedding", embeddings)
     check_columns(schema, {f.name: f.type for f in schemas.embeddings(dim)}, embeddings)
-    cfg = _train_config(embeddings)
+    emb_meta = read_metadata(embeddings)
+    cfg = _train_config(embeddings, emb_meta)
     k = int(cfg["model"]["num_classes"])
-    found = Run.of_train_config(cfg)
-    if found != run:
-        raise InputError(f"{embeddings}: made by {found}, expected {run}")
+    check_run(embeddings, emb_meta, run)
     model = run.model
     if cfg["model"]["representation_dim"] != dim:
         raise InputError(
@@ -306,7 +311,7 @@ def measure_geometry(
         raise InputError(f"{embeddings}: train_config num_classes must be >= 2, got {k}")
     weights = _read_head(head, dim, embeddings, k, model)
     train_rows = _read_train_log(train_log)
-    check_same_training(embeddings, head, train_log, run)
+    check_same_training(embeddings, emb_meta, head, train_log, run)
 
     acc = GeometryAccumulator(k, dim, weights)
     for is_train, z, noisy, _ in _batches(embeddings, dim, k, batch_size):
