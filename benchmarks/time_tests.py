@@ -1,5 +1,7 @@
 """Wall time of the test suite: pytest's own wall time, the 40 slowest tests and the time
-spent per test file, read from pytest's JUnit XML (setup + call + teardown of each test).
+spent per test file, read from pytest's JUnit XML (setup + call + teardown of each test),
+each beside the CPU seconds it used with the subprocesses it waited for
+(benchmarks/cpu_per_test.py).
 
 Prints a table; it is a measurement, not a test (timings never gate the test suite).
 Usage: python benchmarks/time_tests.py [--fast] [--write-doc] [-- PYTEST-ARGS...]
@@ -7,7 +9,8 @@ Usage: python benchmarks/time_tests.py [--fast] [--write-doc] [-- PYTEST-ARGS...
   --write-doc  put the table into docs/design.md (block measured:tests or measured:tests-fast)
 
 With pytest-xdist (`-n 2`, the default of `make test`), a file's time is the sum of its
-tests' times on both workers, so the file times add up to about twice the wall time.
+tests' times on both workers, so the file times add up to about twice the wall time. The CPU
+seconds are a test's own whatever the other worker does: compare those between runs.
 """
 
 from __future__ import annotations
@@ -30,14 +33,16 @@ SLOWEST = 40
 def run_pytest(extra: list[str], junit: Path) -> tuple[float, int]:
     """pytest's exit code and wall time; its output streams to this terminal."""
     cmd = [sys.executable, "-m", "pytest", "-q", f"--junitxml={junit}",
-           "-o", "junit_duration_report=total", *extra]
+           "-o", "junit_duration_report=total", "-p", "cpu_per_test", *extra]
+    # the plugin is found on the path by every worker (they inherit the environment)
+    path = os.pathsep.join(filter(None, [str(ROOT / "benchmarks"), os.environ.get("PYTHONPATH")]))
     start = time.perf_counter()
-    code = subprocess.run(cmd, cwd=ROOT).returncode
+    code = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": path}).returncode
     return time.perf_counter() - start, code
 
 
-def read_cases(junit: Path) -> list[tuple[str, str, float, str]]:
-    """(file, test name, seconds, outcome) of every test case in the report."""
+def read_cases(junit: Path) -> list[tuple[str, str, float, float, str]]:
+    """(file, test name, seconds, CPU seconds, outcome) of every test case in the report."""
     cases = []
     for case in ET.parse(junit).getroot().iter("testcase"):
         module = case.get("classname", "").split(".")
@@ -46,7 +51,8 @@ def read_cases(junit: Path) -> list[tuple[str, str, float, str]]:
         for child in case:
             if child.tag in ("failure", "error", "skipped"):
                 outcome = child.tag
-        cases.append((file, case.get("name", ""), float(case.get("time", 0.0)), outcome))
+        cpu = sum(float(p.get("value")) for p in case.iter("property") if p.get("name") == "cpu_s")
+        cases.append((file, case.get("name", ""), float(case.get("time", 0.0)), cpu, outcome))
     return cases
 
 
@@ -58,15 +64,18 @@ def table(wall: float, cases, label: str) -> str:
     counts = ", ".join(f"{n} {name}" for name, n in sorted(outcomes.items()))
     out.write(f"{label}: {len(cases)} tests ({counts}), pytest wall {wall:.1f} s, "
               f"{os.cpu_count()} cores\n\n")
-    per_file: dict[str, list[float]] = defaultdict(list)
-    for file, _, seconds, _ in cases:
-        per_file[file].append(seconds)
-    out.write(f"{'file':<36}{'tests':>6}{'seconds':>10}\n")
-    for file, times in sorted(per_file.items(), key=lambda kv: -sum(kv[1])):
-        out.write(f"{file:<36}{len(times):>6}{sum(times):>10.1f}\n")
-    out.write(f"\nslowest {SLOWEST} tests (setup + call + teardown):\n")
-    for file, name, seconds, _ in sorted(cases, key=lambda c: -c[2])[:SLOWEST]:
-        out.write(f"{seconds:>8.1f} s  {file}::{name}\n")
+    out.write(f"CPU seconds of the tests and the subprocesses they waited for: "
+              f"{sum(c[3] for c in cases):.0f}\n\n")
+    per_file: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for file, _, seconds, cpu, _ in cases:
+        per_file[file].append((seconds, cpu))
+    out.write(f"{'file':<36}{'tests':>6}{'seconds':>10}{'CPU-s':>8}\n")
+    for file, times in sorted(per_file.items(), key=lambda kv: -sum(t for t, _ in kv[1])):
+        wall, cpu = sum(t for t, _ in times), sum(c for _, c in times)
+        out.write(f"{file:<36}{len(times):>6}{wall:>10.1f}{cpu:>8.1f}\n")
+    out.write(f"\nslowest {SLOWEST} tests (setup + call + teardown), seconds and CPU-s:\n")
+    for file, name, seconds, cpu, _ in sorted(cases, key=lambda c: -c[2])[:SLOWEST]:
+        out.write(f"{seconds:>8.1f} s {cpu:>7.1f}  {file}::{name}\n")
     return out.getvalue()
 
 
