@@ -49,6 +49,8 @@ def save_figure(
             # One layout for both formats: the constrained layout the first save computed
             # (on the Agg canvas) is kept for the next, so the PDF shows the PNG's layout and
             # the solve (a draw of its own, a third of a figure's time) runs once, not twice.
-            fig.set_layout_engine("none")
+            # No engine at all, not "none": savefig draws once more, with rendering off,
+            # before saving whenever a figure has an engine, a placeholder one included.
+            fig.set_layout_engine(None)  # under style(): neither autolayout nor constrained
     fig.clear()  # OO figures are not registered with pyplot; clearing frees the artists
     return paths
