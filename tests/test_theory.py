@@ -519,14 +519,13 @@ def reference_supcon(z: torch.Tensor, y: torch.Tensor, tau: float) -> torch.Tens
         (255, 130),
         (300, 128),
         (520, 128),
-        (2100, 128),
     ],
 )
 def test_supcon_gradient_equals_autograd_of_the_definition(b, h):
-    # The written-out backward pass against autograd, across the block counts of the
-    # symmetric Gram product (whole below h = 128; then 1, 2, 3, 4, 8 and the cap of 32 with
-    # uneven edges), with singletons, repeated samples, labels not in 0..K-1 and an upstream
-    # gradient other than 1.
+    # The written-out backward pass against autograd in float64, with singletons, repeated
+    # samples, labels not in 0..K-1 and an upstream gradient other than 1. float64 on the CPU
+    # takes products.matmul (chunked from b = 255, h = 130 on), never the blocked Gram: that
+    # path, float32's, is the next test's.
     rng = np.random.default_rng(b)
     y = rng.integers(0, max(2, b // 4), size=b) * 7 - 3
     y[0] = 10**6  # a singleton class
@@ -544,6 +543,35 @@ def test_supcon_gradient_equals_autograd_of_the_definition(b, h):
     torch.testing.assert_close(got_z.grad, ref_z.grad, rtol=1e-10, atol=1e-13)
     if b <= 17:
         assert got.item() == pytest.approx(naive_supcon(z, y, 0.2), rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "b, h",
+    # one product below h = 128; then 2 blocks (even, then uneven edges), 3, 4, 8 and the cap
+    # of 32 (b // 64 blocks, uneven edges)
+    [(520, 127), (128, 128), (130, 128), (255, 130), (300, 128), (520, 128), (2100, 128)],
+)
+def test_supcon_float32_on_the_blocked_gram_equals_the_float64_definition(b, h):
+    """float32 on the CPU builds the Gram matrix from row blocks, the lower triangle copied:
+    it equals one product to float32 rounding, and the loss and its gradient equal autograd
+    of the definition in float64."""
+    from pipeline.maths.losses import _scaled_gram
+
+    rng = np.random.default_rng(b + h)
+    y = rng.integers(0, max(2, b // 8), size=b)
+    z = rng.normal(size=(b, h))
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    single = torch.tensor(z, dtype=torch.float32)
+    gram = _scaled_gram(single, 5.0)
+    torch.testing.assert_close(gram, (single @ single.T) * 5.0, rtol=1e-5, atol=1e-5)
+    got_z = single.clone().requires_grad_()
+    ref_z = torch.tensor(z, requires_grad=True)
+    got = supcon_loss(got_z, torch.tensor(y), 0.2)
+    ref = reference_supcon(ref_z, torch.tensor(y), 0.2)
+    (2.5 * got).backward()
+    (2.5 * ref).backward()
+    assert got.item() == pytest.approx(ref.item(), rel=1e-5)
+    torch.testing.assert_close(got_z.grad.double(), ref_z.grad, rtol=1e-3, atol=1e-6)
 
 
 def test_supcon_gradcheck_and_tiny_batches():
