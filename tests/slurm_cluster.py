@@ -151,6 +151,9 @@ def start(directory: Path, timeout_s: float = 60) -> dict[str, str]:
     node = socket.gethostname().split(".")[0]
     _munge_key()
     pids: list[int] = []
+    # The Popen objects are kept: one dropped while its daemon runs is reaped by subprocess
+    # when it exits, and a later waitpid of its pid would raise ECHILD instead of saying so.
+    procs: dict[str, subprocess.Popen] = {}
     logs = {name: open(directory / f"{name}.out", "w") for name in DAEMONS}  # noqa: SIM115
     try:
         Path("/run/munge").mkdir(parents=True, exist_ok=True)
@@ -167,8 +170,9 @@ def start(directory: Path, timeout_s: float = 60) -> dict[str, str]:
             "slurmd": ["slurmd", "-D", "--conf-server", node, "-N", node],
         }
         for name in DAEMONS:
-            proc = subprocess.Popen(commands[name], env=env, stdout=logs[name],
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+            proc = procs[name] = subprocess.Popen(commands[name], env=env, stdout=logs[name],
+                                                  stderr=subprocess.STDOUT,
+                                                  start_new_session=True)
             pids.append(proc.pid)
             (directory / "pids").write_text("\n".join(map(str, pids)) + "\n")
             if name == "munged":
@@ -177,9 +181,12 @@ def start(directory: Path, timeout_s: float = 60) -> dict[str, str]:
         _wait(lambda: _node_state(env) == "idle", timeout_s,
               "the node did not become idle", directory)
         # A cluster already running here (ports taken) would answer sinfo for ours.
-        for name, pid in zip(DAEMONS, pids, strict=True):
-            if os.waitpid(pid, os.WNOHANG)[0]:
-                _wait(lambda: False, 0, f"{name} exited at start", directory)
+        # (an error, not Unavailable: the tests would be skipped for a cluster that is there)
+        exited = [f"{name} (status {proc.returncode})" for name, proc in procs.items()
+                  if proc.poll() is not None]
+        if exited:
+            raise RuntimeError(f"{', '.join(exited)} exited at start: daemons of an earlier "
+                               f"run still up? (`pgrep -a 'slurm|munge'`){_tails(directory)}")
     except BaseException:
         stop(directory)
         raise
@@ -198,12 +205,16 @@ def _wait(ready, timeout_s: float, what: str, directory: Path) -> None:
     deadline = time.monotonic() + timeout_s
     while not ready():
         if time.monotonic() > deadline:
-            tails = "".join(
-                f"\n--- {p.name}:\n" + "\n".join(p.read_text().splitlines()[-15:])
-                for p in sorted(directory.glob("*.out")) + sorted(directory.glob("*.log"))
-            )
-            raise Unavailable(f"{what} within {timeout_s} s{tails}")
+            raise Unavailable(f"{what} within {timeout_s} s{_tails(directory)}")
         time.sleep(0.5)
+
+
+def _tails(directory: Path) -> str:
+    """The last lines of every daemon's output and log, for an error message."""
+    return "".join(
+        f"\n--- {p.name}:\n" + "\n".join(p.read_text().splitlines()[-15:])
+        for p in sorted(directory.glob("*.out")) + sorted(directory.glob("*.log"))
+    )
 
 
 def stop(directory: Path) -> None:
