@@ -45,20 +45,17 @@ from dvc_data.hashfile.tree import Tree
 from dvc_objects.errors import ObjectFormatError
 
 from pipeline.infra import stage_table
+from pipeline.infra.config import SAFE_LOADER
 from pipeline.infra.io import file_md5
 
 LOCK_FILE = stage_table.LOCK_FILE
 
-try:  # libyaml's loader (see the module docstring)
-    _BASE_LOADER: type = yaml.CSafeLoader
-except AttributeError:  # pragma: no cover - PyYAML built without libyaml
-    _BASE_LOADER = yaml.SafeLoader
 
-
-class _YAML_LOADER(_BASE_LOADER):  # noqa: N801 -- a loader class, named as the constant it was
-    """PyYAML's loader with YAML 1.2's floats. DVC writes dvc.lock with ruamel.yaml (YAML 1.2),
-    which spells 1.0e-6 as ``1e-06``; PyYAML (YAML 1.1) needs a dot and would read that as the
-    string "1e-06", so a params value recorded in the lock would differ from params.yaml's."""
+class _YAML_LOADER(SAFE_LOADER):  # noqa: N801 -- a loader class, named as the constant it was
+    """libyaml's loader (see the module docstring) with YAML 1.2's floats. DVC writes
+    dvc.lock with ruamel.yaml (YAML 1.2), which spells 1.0e-6 as ``1e-06``; PyYAML (YAML 1.1)
+    needs a dot and would read that as the string "1e-06", so a params value recorded in the
+    lock would differ from params.yaml's."""
 
 
 _YAML_LOADER.add_implicit_resolver(
