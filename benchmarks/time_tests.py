@@ -11,13 +11,21 @@ Usage: python benchmarks/time_tests.py [--fast] [--write-doc] [-- PYTEST-ARGS...
 With pytest-xdist (`-n 2`, the default of `make test`), a file's time is the sum of its
 tests' times on both workers, so the file times add up to about twice the wall time. The CPU
 seconds are a test's own whatever the other worker does: compare those between runs.
+
+This machine's speed moves from day to day (docs/design.md, "Test times": the same tests have
+cost a quarter more CPU seconds on one day than on another), so the table starts with a fixed
+workload timed just before and just after the suite: `import torch` in a fresh interpreter,
+the floor of every training and embedding job the suite starts. Compare two tables' walls
+only at similar speeds.
 """
+
 
 from __future__ import annotations
 
 import argparse
 import io
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -41,6 +49,17 @@ def run_pytest(extra: list[str], junit: Path) -> tuple[float, int]:
     return time.perf_counter() - start, code
 
 
+def speed_probe(repeats: int = 5) -> float:
+    """The least CPU seconds (user + sys) of `python -c "import torch"` over ``repeats``."""
+    best = float("inf")
+    for _ in range(repeats):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        subprocess.run([sys.executable, "-c", "import torch"], check=True)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        best = min(best, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+    return best
+
+
 def read_cases(junit: Path) -> list[tuple[str, str, float, float, str]]:
     """(file, test name, seconds, CPU seconds, outcome) of every test case in the report."""
     cases = []
@@ -56,14 +75,16 @@ def read_cases(junit: Path) -> list[tuple[str, str, float, float, str]]:
     return cases
 
 
-def table(wall: float, cases, label: str) -> str:
+def table(wall: float, cases, label: str, probes: tuple[float, float]) -> str:
     out = io.StringIO()
     outcomes = defaultdict(int)
     for *_, outcome in cases:
         outcomes[outcome] += 1
     counts = ", ".join(f"{n} {name}" for name, n in sorted(outcomes.items()))
     out.write(f"{label}: {len(cases)} tests ({counts}), pytest wall {wall:.1f} s, "
-              f"{os.cpu_count()} cores\n\n")
+              f"{os.cpu_count()} cores\n")
+    out.write(f"machine speed: `import torch` {probes[0]:.2f} CPU-s before the suite, "
+              f"{probes[1]:.2f} after (least of 5)\n\n")
     out.write(f"CPU seconds of the tests and the subprocesses they waited for: "
               f"{sum(c[3] for c in cases):.0f}\n\n")
     per_file: dict[str, list[tuple[float, float]]] = defaultdict(list)
@@ -90,10 +111,12 @@ def main() -> None:
     extra = (["-m", "not e2e"] if args.fast else []) + args.pytest_args
     with tempfile.TemporaryDirectory() as tmp:
         junit = Path(tmp) / "junit.xml"
+        before = speed_probe()
         wall, code = run_pytest(extra, junit)
+        probes = (before, speed_probe())
         cases = read_cases(junit)
     label = "make test-fast" if args.fast else "make test"
-    text = table(wall, cases, label)
+    text = table(wall, cases, label, probes)
     print(text, end="")
     if args.write_doc:
         sys.path.insert(0, str(ROOT))
