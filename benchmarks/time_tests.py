@@ -60,42 +60,49 @@ def speed_probe(repeats: int = 5) -> float:
     return best
 
 
-def read_cases(junit: Path) -> list[tuple[str, str, float, float, str]]:
-    """(file, test name, seconds, CPU seconds, outcome) of every test case in the report."""
+def read_cases(junit: Path) -> list[tuple[str, str, float, float, str, str]]:
+    """(file, test name, seconds, CPU seconds, outcome, its message) of every test case in the
+    report; the message is pytest's reason for a skip or failure, empty for a pass."""
     cases = []
     for case in ET.parse(junit).getroot().iter("testcase"):
         module = case.get("classname", "").split(".")
         file = "tests/" + (module[1] if module[:1] == ["tests"] else module[0]) + ".py"
-        outcome = "passed"
+        outcome, message = "passed", ""
         for child in case:
             if child.tag in ("failure", "error", "skipped"):
-                outcome = child.tag
+                outcome, message = child.tag, child.get("message", "")
         cpu = sum(float(p.get("value")) for p in case.iter("property") if p.get("name") == "cpu_s")
-        cases.append((file, case.get("name", ""), float(case.get("time", 0.0)), cpu, outcome))
+        cases.append((file, case.get("name", ""), float(case.get("time", 0.0)), cpu, outcome,
+                      message))
     return cases
 
 
 def table(wall: float, cases, label: str, probes: tuple[float, float]) -> str:
     out = io.StringIO()
     outcomes = defaultdict(int)
-    for *_, outcome in cases:
+    for *_, outcome, _ in cases:
         outcomes[outcome] += 1
     counts = ", ".join(f"{n} {name}" for name, n in sorted(outcomes.items()))
     out.write(f"{label}: {len(cases)} tests ({counts}), pytest wall {wall:.1f} s, "
               f"{os.cpu_count()} cores\n")
+    # A skip is this machine's, not the suite's (e.g. no Chromium, which `make test` installs
+    # first and this script does not): the table says which tests and why.
+    for file, name, _, _, outcome, message in cases:
+        if outcome == "skipped":
+            out.write(f"skipped: {file}::{name}: {message}\n")
     out.write(f"machine speed: `import torch` {probes[0]:.2f} CPU-s before the suite, "
               f"{probes[1]:.2f} after (least of 5)\n\n")
     out.write(f"CPU seconds of the tests and the subprocesses they waited for: "
               f"{sum(c[3] for c in cases):.0f}\n\n")
     per_file: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    for file, _, seconds, cpu, _ in cases:
+    for file, _, seconds, cpu, *_ in cases:
         per_file[file].append((seconds, cpu))
     out.write(f"{'file':<36}{'tests':>6}{'seconds':>10}{'CPU-s':>8}\n")
     for file, times in sorted(per_file.items(), key=lambda kv: -sum(t for t, _ in kv[1])):
         wall, cpu = sum(t for t, _ in times), sum(c for _, c in times)
         out.write(f"{file:<36}{len(times):>6}{wall:>10.1f}{cpu:>8.1f}\n")
     out.write(f"\nslowest {SLOWEST} tests (setup + call + teardown), seconds and CPU-s:\n")
-    for file, name, seconds, cpu, _ in sorted(cases, key=lambda c: -c[2])[:SLOWEST]:
+    for file, name, seconds, cpu, *_ in sorted(cases, key=lambda c: -c[2])[:SLOWEST]:
         out.write(f"{seconds:>8.1f} s {cpu:>7.1f}  {file}::{name}\n")
     return out.getvalue()
 
