@@ -19,7 +19,6 @@ the floor of every training and embedding job the suite starts. Compare two tabl
 only at similar speeds.
 """
 
-
 from __future__ import annotations
 
 import argparse

@@ -150,7 +150,6 @@ def start(directory: Path, timeout_s: float = 60) -> dict[str, str]:
     env = {**os.environ, "SLURM_CONF": str(conf)}
     node = socket.gethostname().split(".")[0]
     _munge_key()
-    pids: list[int] = []
     # The Popen objects are kept: one dropped while its daemon runs is reaped by subprocess
     # when it exits, and a later waitpid of its pid would raise ECHILD instead of saying so.
     procs: dict[str, subprocess.Popen] = {}
@@ -170,11 +169,9 @@ def start(directory: Path, timeout_s: float = 60) -> dict[str, str]:
             "slurmd": ["slurmd", "-D", "--conf-server", node, "-N", node],
         }
         for name in DAEMONS:
-            proc = procs[name] = subprocess.Popen(commands[name], env=env, stdout=logs[name],
-                                                  stderr=subprocess.STDOUT,
-                                                  start_new_session=True)
-            pids.append(proc.pid)
-            (directory / "pids").write_text("\n".join(map(str, pids)) + "\n")
+            procs[name] = subprocess.Popen(commands[name], env=env, stdout=logs[name],
+                                           stderr=subprocess.STDOUT, start_new_session=True)
+            (directory / "pids").write_text("".join(f"{p.pid}\n" for p in procs.values()))
             if name == "munged":
                 _wait(lambda: _run("munge", "-n", check=False).returncode == 0, timeout_s,
                       "munged did not answer", directory)

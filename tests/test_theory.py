@@ -14,7 +14,7 @@ from scipy.stats import multinomial
 
 from pipeline.maths import theory
 from pipeline.maths.free_features import batch_losses
-from pipeline.maths.losses import cross_entropy_loss, supcon_loss
+from pipeline.maths.losses import _scaled_gram, cross_entropy_loss, supcon_loss
 from pipeline.maths.simplex import regular_simplex
 
 
@@ -562,8 +562,6 @@ def test_supcon_float32_on_the_blocked_gram_equals_the_float64_definition(b, h):
     """float32 on the CPU builds the Gram matrix from row blocks, the lower triangle copied:
     it equals one product to float32 rounding, and the loss and its gradient equal autograd
     of the definition in float64."""
-    from pipeline.maths.losses import _scaled_gram
-
     rng = np.random.default_rng(b + h)
     y = rng.integers(0, max(2, b // 8), size=b)
     z = rng.normal(size=(b, h))
